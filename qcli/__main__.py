@@ -1,0 +1,5 @@
+import sys
+
+from qcli.cli import main
+
+sys.exit(main())

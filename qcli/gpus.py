@@ -1,0 +1,68 @@
+"""The GPU catalog (configs/gpus.yaml) and `--gpu NAME|SIZE` resolution. No torch here."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from qcli.errors import UsageError
+from qcli.resources import config_file
+from qcli.units import MIB, parse_bytes
+
+
+class GPU(BaseModel):
+    """One GPU model: the capacity the driver reports and what it can compute."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    memory_mib: int = Field(gt=0)
+    compute_capability: str | None = None
+    bf16: bool | None = None
+    aliases: list[str] = Field(default_factory=list)
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.memory_mib * MIB
+
+    def device(self) -> Device:
+        return Device(
+            name=self.name, capacity_bytes=self.memory_bytes, compute_capability=self.compute_capability, bf16=self.bf16
+        )
+
+
+class Device(BaseModel):
+    """A device to plan for: its capacity in bytes and, when known, its compute features."""
+
+    name: str
+    capacity_bytes: int
+    compute_capability: str | None = None
+    bf16: bool | None = None
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[\s_\-]+", "", name).lower()
+
+
+@lru_cache(maxsize=1)
+def catalog() -> tuple[GPU, ...]:
+    """Return the GPUs of configs/gpus.yaml, validated."""
+    raw = yaml.safe_load(config_file("gpus.yaml").read_text(encoding="utf-8"))
+    return tuple(GPU.model_validate(item) for item in raw)
+
+
+def resolve_gpu(text: str) -> Device:
+    """Return the GPU a `--gpu` value names: a catalog name/alias, or a size such as 24GB / 80GiB."""
+    wanted = _key(text)
+    for gpu in catalog():
+        if wanted in {_key(gpu.name), *(_key(a) for a in gpu.aliases)}:
+            return gpu.device()
+    if re.match(r"^\s*[0-9.]", text):
+        size = parse_bytes(text, flag="--gpu")
+        # A bare size: capacity only; the GPU's compute features are unknown.
+        return Device(name=text.strip(), capacity_bytes=size)
+    names = ", ".join(g.name for g in catalog())
+    raise UsageError(f"--gpu {text!r} is neither a known GPU nor a size", f"use one of {names}, or e.g. 24GB")

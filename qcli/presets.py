@@ -1,0 +1,202 @@
+"""Presets: YAML files validated by pydantic (extra keys forbidden), resolved by name or path,
+overridden with `--set key=value`, converted to a BitsAndBytesConfig (transformers imported lazily).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from qcli.errors import UsageError
+from qcli.formats import BF16, FP16, FP32, Format, normalize_dtype
+from qcli.resources import config_file, config_files
+
+TorchDtype = Literal["float32", "float16", "bfloat16"]
+StorageDtype = Literal["uint8", "int8", "float16", "bfloat16", "float32"]
+
+
+def _dtype(value: Any) -> Any:
+    return normalize_dtype(value) if isinstance(value, str) else value
+
+
+class Quantization(BaseModel):
+    """The BitsAndBytesConfig fields a preset may set (names as transformers spells them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    bnb_4bit_use_double_quant: bool = False
+    bnb_4bit_compute_dtype: TorchDtype | None = None
+    bnb_4bit_quant_storage: StorageDtype = "uint8"
+    llm_int8_threshold: float = Field(6.0, ge=0)
+    llm_int8_skip_modules: list[str] | None = None
+    llm_int8_enable_fp32_cpu_offload: bool = False
+    llm_int8_has_fp16_weight: bool = False
+
+    _norm = field_validator("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage", mode="before")(_dtype)
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> Quantization:
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("load_in_4bit and load_in_8bit cannot both be true; choose one")
+        if not (self.load_in_4bit or self.load_in_8bit):
+            raise ValueError("set load_in_4bit or load_in_8bit to true (or drop the quantization block)")
+        return self
+
+    def format(self) -> Format:
+        if self.load_in_8bit:
+            return Format("int8", "int8")
+        return Format(self.bnb_4bit_quant_type, "4bit", double_quant=self.bnb_4bit_use_double_quant)
+
+
+class Preset(BaseModel):
+    """A named loading recipe: the dtype of unquantized modules and the optional quantization."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    dtype: TorchDtype
+    quantization: Quantization | None = None
+    source: str | None = Field(default=None, exclude=True)
+
+    _norm = field_validator("dtype", mode="before")(_dtype)
+
+    def weight_format(self) -> Format:
+        """Return the storage format of quantizable linear weights."""
+        if self.quantization is not None:
+            return self.quantization.format()
+        return {"float32": FP32, "float16": FP16, "bfloat16": BF16}[self.dtype]
+
+    @property
+    def compute_dtype(self) -> str:
+        q = self.quantization
+        if q is not None and q.load_in_4bit:
+            return q.bnb_4bit_compute_dtype or "float32"
+        return self.dtype
+
+    @property
+    def skip_modules(self) -> list[str] | None:
+        return self.quantization.llm_int8_skip_modules if self.quantization else None
+
+    def bnb_kwargs(self) -> dict[str, Any] | None:
+        """Return the BitsAndBytesConfig keyword arguments (dtype names as strings)."""
+        if self.quantization is None:
+            return None
+        q = self.quantization
+        kw: dict[str, Any] = {"load_in_4bit": q.load_in_4bit, "load_in_8bit": q.load_in_8bit}
+        if q.load_in_4bit:
+            kw |= {
+                "bnb_4bit_quant_type": q.bnb_4bit_quant_type,
+                "bnb_4bit_use_double_quant": q.bnb_4bit_use_double_quant,
+                "bnb_4bit_compute_dtype": q.bnb_4bit_compute_dtype or "float32",
+                "bnb_4bit_quant_storage": q.bnb_4bit_quant_storage,
+            }
+        else:
+            kw |= {"llm_int8_threshold": q.llm_int8_threshold, "llm_int8_has_fp16_weight": q.llm_int8_has_fp16_weight}
+        kw["llm_int8_enable_fp32_cpu_offload"] = q.llm_int8_enable_fp32_cpu_offload
+        if q.llm_int8_skip_modules is not None:
+            kw["llm_int8_skip_modules"] = list(q.llm_int8_skip_modules)
+        return kw
+
+    def to_bnb_config(self) -> Any:
+        """Return a transformers BitsAndBytesConfig, or None for an unquantized preset."""
+        kw = self.bnb_kwargs()
+        if kw is None:
+            return None
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        for key in ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage"):
+            if key in kw:
+                kw[key] = getattr(torch, kw[key])
+        return BitsAndBytesConfig(**kw)
+
+
+def builtin_names() -> list[str]:
+    """Return the names of the presets shipped in configs/."""
+    return [f.name.removesuffix(".yaml") for f in config_files() if f.name != "gpus.yaml"]
+
+
+def _read(name_or_path: str) -> tuple[str, str]:
+    """Return (source label, YAML text) for a preset name or a path to a YAML file."""
+    path = Path(name_or_path).expanduser()
+    looks_like_path = path.suffix in {".yaml", ".yml"} or "/" in name_or_path or path.exists()
+    if looks_like_path:
+        if not path.is_file():
+            raise UsageError(f"preset file {name_or_path!r} does not exist", "give a YAML file or a built-in name")
+        try:
+            return str(path), path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"preset file {name_or_path!r} cannot be read: {exc}") from exc
+    if name_or_path not in builtin_names():
+        raise UsageError(
+            f"unknown preset {name_or_path!r}",
+            f"built-in presets: {', '.join(builtin_names())}; or give a path to a YAML file",
+        )
+    return f"configs/{name_or_path}.yaml", config_file(f"{name_or_path}.yaml").read_text(encoding="utf-8")
+
+
+def _apply_set(data: dict[str, Any], assignment: str, source: str) -> None:
+    key, sep, raw = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UsageError(
+            f"--set {assignment!r} is not key=value", "e.g. --set quantization.bnb_4bit_compute_dtype=float16"
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"--set {assignment!r}: the value is not valid YAML ({exc.problem})") from exc
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UsageError(f"--set {key}: {part!r} in {source} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    """Return pydantic errors as one line: 'file: field: problem (allowed values)'."""
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "literal_error":
+            msg = f"got {err.get('input')!r}; {msg.lower()}"
+        problems.append(f"{loc}: {msg}")
+    return f"{source}: " + "; ".join(problems)
+
+
+def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Preset:
+    """Return the validated Preset named (built-in) or found at a path, with --set overrides applied."""
+    source, text = _read(name_or_path)
+    try:
+        data = yaml.safe_load(text)  # safe_load: a !!python tag never executes
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UsageError(f"{source}: YAML syntax error{where}: {getattr(exc, 'problem', exc)}") from exc
+    if data is None:
+        raise UsageError(f"{source}: the file is empty", "a preset needs at least name and dtype")
+    if not isinstance(data, dict):
+        raise UsageError(f"{source}: the top level must be a mapping of keys (name, dtype, quantization)")
+    for assignment in overrides or []:
+        _apply_set(data, assignment, source)
+    try:
+        preset = Preset.model_validate(data)
+    except ValidationError as exc:
+        raise UsageError(format_validation_error(source, exc)) from None
+    preset.source = source
+    return preset

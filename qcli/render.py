@@ -1,0 +1,139 @@
+"""Rich views of the result objects. Nothing is computed here but unit conversions."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from qcli.report import EstimateReport, Plan
+from qcli.units import gb, gib, human_bytes, human_params
+
+
+def console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 120)
+
+
+def _size_cells(n_bytes: int | None) -> tuple[str, str]:
+    if n_bytes is None:
+        return ("—", "—")
+    return (gib(n_bytes), gb(n_bytes))
+
+
+def components_table(plan: Plan | EstimateReport, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("component")
+    table.add_column("bytes", justify="right")
+    table.add_column("GiB (2^30)", justify="right")
+    table.add_column("GB (10^9)", justify="right")
+    for c in plan.components or []:
+        table.add_row(c.name, f"{c.bytes:,}", *_size_cells(c.bytes))
+    table.add_section()
+    table.add_row("[bold]total (tensors)[/bold]", f"{plan.total_bytes:,}", *_size_cells(plan.total_bytes))
+    if plan.devices:
+        for c in plan.overheads or []:
+            table.add_row(c.name, f"{c.bytes:,}", *_size_cells(c.bytes))
+        table.add_row(
+            "[bold]required (total + overheads)[/bold]", f"{plan.required_bytes:,}", *_size_cells(plan.required_bytes)
+        )
+    return table
+
+
+def devices_table(report: EstimateReport | Plan) -> Table:
+    table = Table(title="fit", title_justify="left")
+    for col in ("device", "capacity", "required", "headroom", "fits", "holds"):
+        table.add_column(col, justify="left" if col in {"device", "holds", "fits"} else "right")
+    for d in report.devices or []:
+        table.add_row(
+            d.name,
+            gib(d.capacity_bytes),
+            gib(d.required_bytes),
+            gib(d.headroom_bytes),
+            "[green]yes[/green]" if d.fits else "[red]no[/red]",
+            " … ".join(d.blocks),
+        )
+    return table
+
+
+def comparison_table(report: EstimateReport) -> Table:
+    table = Table(title=f"{human_params(report.params)} parameters ({report.params:,})", title_justify="left")
+    for col in ("precision", "bits/param", "weights GiB", "weights GB", "total GiB", "total GB"):
+        table.add_column(col, justify="left" if col == "precision" else "right")
+    with_fit = any(p.devices for p in report.plans or [])
+    if with_fit:
+        table.add_column("required GiB", justify="right")
+        table.add_column("fits", justify="left")
+    for p in report.plans or []:
+        row = [
+            p.label,
+            f"{p.bits_per_param:.3f}",
+            f"{p.weight_bytes / 2**30:,.2f}",
+            f"{p.weight_bytes / 1e9:,.3f}",
+            f"{p.total_bytes / 2**30:,.2f}",
+            f"{p.total_bytes / 1e9:,.3f}",
+        ]
+        if with_fit:
+            row += [f"{p.required_bytes / 2**30:,.2f}", "[green]yes[/green]" if p.fits else "[red]no[/red]"]
+        table.add_row(*row)
+    return table
+
+
+def render_estimate(report: EstimateReport, out: Console) -> None:
+    head = report.model or "bare parameter count"
+    if report.groups:
+        groups = Table(
+            title=f"{head}: {report.model_type}, {human_params(report.params)} parameters "
+            f"({report.params:,}; counted {report.count_method})",
+            title_justify="left",
+        )
+        groups.add_column("group")
+        groups.add_column("params", justify="right")
+        groups.add_column("share", justify="right")
+        for name, count in report.groups.items():
+            groups.add_row(name, f"{count:,}", f"{count / report.params:.1%}" if report.params else "—")
+        out.print(groups)
+    if report.plans is not None:
+        out.print(comparison_table(report))
+    else:
+        title = f"{report.label}: {human_params(report.params)} parameters, {report.bits_per_param:.3f} bits/param"
+        if report.groups:
+            title += f" for the weights (unquantized modules in {report.load_dtype})"
+        out.print(components_table(report, title))
+        if report.training:
+            t = report.training
+            out.print(
+                f"training: {t.mode}, {human_params(t.trainable_params)} trainable params, optimizer "
+                f"{t.optimizer}; activations by {t.activation_formula}"
+            )
+    if report.devices:
+        out.print(devices_table(report))
+        verdict = "[green]fits[/green]" if report.fits else "[red]does not fit[/red]"
+        if report.offloaded_bytes:
+            verdict += f" ({human_bytes(report.offloaded_bytes)} would be offloaded to CPU)"
+        out.print(f"verdict: {verdict}")
+        if report.max_context is not None:
+            out.print(f"max context that fits: {report.max_context:,} tokens (batch {report.batch or 1})")
+    if report.recommendation:
+        rec = report.recommendation
+        out.print(f"recommendation: [bold]{rec.preset or 'none'}[/bold] — {rec.reason}")
+        for n in rec.notes:
+            out.print(f"  note: {n}")
+    for n in report.notes:
+        out.print(f"note: {n}")
+
+
+def print_json(obj: Any) -> None:
+    """Print a pydantic result as one JSON object on stdout, nothing else."""
+    sys.stdout.write(obj.model_dump_json(indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def presets_table(presets: list[Any]) -> Table:
+    table = Table(title="presets (configs/; a YAML file path works wherever a name does)", title_justify="left")
+    for col in ("name", "weights", "dtype", "description"):
+        table.add_column(col)
+    for p in presets:
+        table.add_row(p.name, p.weight_format().label, p.dtype, p.description)
+    return table

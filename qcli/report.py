@@ -1,0 +1,103 @@
+"""Pydantic result models: what each command returns and what --json prints, as is."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Component(BaseModel):
+    """One line of a memory breakdown."""
+
+    name: str
+    bytes: int
+
+
+class DeviceFit(BaseModel):
+    """How much of a plan one device holds, and whether it fits."""
+
+    name: str
+    capacity_bytes: int
+    assigned_bytes: int = Field(description="tensor bytes placed on this device (weights, KV cache, training state)")
+    overhead_bytes: int = Field(description="CUDA context + allocator margin on this device")
+    required_bytes: int
+    headroom_bytes: int
+    fits: bool
+    blocks: list[str] = Field(default_factory=list, description="module blocks placed here (first..last)")
+    compute_capability: str | None = None
+    bf16: bool | None = None
+
+
+class Training(BaseModel):
+    """Training state on top of the weights."""
+
+    mode: str
+    optimizer: str
+    trainable_params: int
+    lora_rank: int | None = None
+    lora_targets: list[str] | None = None
+    sequence_length: int
+    batch: int
+    gradient_checkpointing: bool
+    components: list[Component]
+    activation_formula: str
+    total_bytes: int
+
+
+class Recommendation(BaseModel):
+    preset: str | None
+    reason: str
+    notes: list[str] = Field(default_factory=list)
+
+
+class Plan(BaseModel):
+    """The memory one precision needs: the components add up to total_bytes."""
+
+    format: str
+    label: str
+    params: int
+    bits_per_param: float = Field(description="weight bytes × 8 / params (quantization constants included)")
+    weight_bytes: int
+    total_bytes: int
+    components: list[Component]
+    kv_cache_bytes: int | None = None
+    training: Training | None = None
+    overheads: list[Component] = Field(default_factory=list)
+    overhead_bytes: int = 0
+    required_bytes: int = 0
+    devices: list[DeviceFit] = Field(default_factory=list)
+    fits: bool | None = None
+    offloaded_bytes: int | None = Field(default=None, description="bytes that fit on no device (would go to CPU)")
+
+
+class EstimateReport(BaseModel):
+    """`qcli estimate`: one plan (top-level fields) or a comparison (`plans`)."""
+
+    source: str = Field(description="'params' (bare count) or 'model' (a real config)")
+    model: str | None = None
+    model_type: str | None = None
+    count_method: str | None = Field(default=None, description="analytic (config.json) or meta (transformers)")
+    params: int
+    groups: dict[str, int] | None = None
+    preset: str | None = None
+    load_dtype: str | None = None
+    format: str | None = None
+    label: str | None = None
+    bits_per_param: float | None = None
+    weight_bytes: int | None = None
+    total_bytes: int | None = None
+    components: list[Component] | None = None
+    kv_cache_bytes: int | None = None
+    context: int | None = None
+    batch: int | None = None
+    training: Training | None = None
+    overheads: list[Component] | None = None
+    overhead_bytes: int | None = None
+    required_bytes: int | None = None
+    devices: list[DeviceFit] | None = None
+    fits: bool | None = None
+    offloaded_bytes: int | None = None
+    max_context: int | None = None
+    recommendation: Recommendation | None = None
+    stored: dict[str, int] | None = Field(default=None, description="safetensors bytes per stored dtype")
+    plans: list[Plan] | None = None
+    notes: list[str] = Field(default_factory=list)

@@ -1,0 +1,103 @@
+"""Parse parameter counts and byte sizes; format byte counts with explicit units.
+
+GiB is 2**30 bytes and GB is 10**9 bytes; qcli never prints "GB" for 2**30.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+from qcli.errors import UsageError
+
+GIB = 2**30
+MIB = 2**20
+GB = 10**9
+
+# A model with more than a quadrillion parameters is a typo, not a plan.
+MAX_PARAMS = 10**15
+MAX_BYTES = 2**60
+
+_PARAM_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+_BYTE_UNIT = {
+    "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}  # fmt: skip
+_NUMBER = r"(?P<num>[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)"
+_PARAMS_RE = re.compile(rf"^{_NUMBER}\s*(?P<suffix>[kmbgt]?)$", re.IGNORECASE)
+_BYTES_RE = re.compile(rf"^{_NUMBER}\s*(?P<unit>[kmgt]?i?b)$", re.IGNORECASE)
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation as exc:  # pragma: no cover - the regex admits only numbers
+        raise ValueError(text) from exc
+    if not value.is_finite():
+        raise ValueError(text)
+    return value
+
+
+def parse_params(text: str) -> int:
+    """Return the parameter count written as 8b, 7.24B, 125m, 1.5t, 8030261248 or 8e9."""
+    raw = text.strip().replace("_", "").replace(",", "")
+    match = _PARAMS_RE.match(raw)
+    if not match:
+        raise UsageError(
+            f"--params {text!r} is not a parameter count",
+            "write it like 8b, 7.24B, 125m, 1.5t, 8030261248 or 8e9",
+        )
+    value = _decimal(match["num"]) * _PARAM_SUFFIX[match["suffix"].lower()]
+    count = int(value.to_integral_value())
+    if count < 1:
+        raise UsageError(f"--params {text!r} is not a positive parameter count", "e.g. --params 8b")
+    if count > MAX_PARAMS:
+        raise UsageError(f"--params {text!r} is larger than {MAX_PARAMS:.0e} parameters", "check the suffix")
+    return count
+
+
+def parse_bytes(text: str, flag: str = "size") -> int:
+    """Return the byte count written as 24GB, 80GiB, 512MiB or 1.5TB (a unit is required)."""
+    raw = text.strip().replace("_", "")
+    match = _BYTES_RE.match(raw)
+    if not match:
+        raise UsageError(
+            f"{flag} {text!r} is not a size",
+            "give a number and a unit: GB is 10^9 bytes, GiB is 2^30 (e.g. 24GB, 80GiB, 512MiB)",
+        )
+    value = _decimal(match["num"]) * _BYTE_UNIT[match["unit"].lower()]
+    count = int(value.to_integral_value())
+    if count < 1 or count > MAX_BYTES:
+        raise UsageError(f"{flag} {text!r} is out of range", "give a positive size such as 24GB")
+    return count
+
+
+def gib(n_bytes: float) -> str:
+    """Return bytes as GiB with two decimals and the unit, e.g. '4.19 GiB'."""
+    return f"{n_bytes / GIB:,.2f} GiB"
+
+
+def gb(n_bytes: float) -> str:
+    """Return bytes as GB (10^9) with three decimals and the unit, e.g. '4.500 GB'."""
+    return f"{n_bytes / GB:,.3f} GB"
+
+
+def human_bytes(n_bytes: float) -> str:
+    """Return a compact binary-unit figure (B, KiB, MiB, GiB, TiB) for small and large sizes."""
+    value = float(n_bytes)
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{sign}{value:,.0f} {unit}" if unit == "B" else f"{sign}{value:,.2f} {unit}"
+        value /= 1024
+    return f"{sign}{value:,.2f} TiB"
+
+
+def human_params(n_params: float) -> str:
+    """Return a parameter count as 8.03 B, 125.0 M, 1.05 K."""
+    for div, unit in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
+        if abs(n_params) >= div:
+            return f"{n_params / div:,.2f} {unit}"
+    return f"{n_params:,.0f}"
