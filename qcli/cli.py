@@ -166,6 +166,63 @@ def presets_show(
         typer.echo(f"quantization_config=BitsAndBytesConfig(\n{args},\n)")
 
 
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+DeviceMapOpt = Annotated[
+    str | None, typer.Option("--device-map", help="accelerate device map: auto, balanced, sequential.")
+]
+MaxMemoryOpt = Annotated[str | None, typer.Option("--max-memory", help="Per-device caps, e.g. 0=20GiB,cpu=64GiB.")]
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the repo's own modelling code.")]
+DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="Override the preset's dtype.")]
+
+
+def _tty() -> bool:
+    return sys.stderr.isatty()
+
+
+@app.command(
+    epilog="Examples: qcli load demo --preset qlora --prompt 'The capital of France is' | "
+    "qcli load meta-llama/Llama-3.2-1B --preset int8 --json"
+)
+def load(
+    model: Annotated[str, typer.Argument(help="Model directory, hub id, or demo.")],
+    preset: Annotated[str, typer.Option("--preset", "-p", help="Preset name or YAML file.")] = "qlora",
+    set_: SetOpt = None,
+    device: DeviceOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    dtype: DtypeOpt = None,
+    revision: RevisionOpt = None,
+    trust_remote_code: TrustOpt = False,
+    prompt: Annotated[str | None, typer.Option("--prompt", help="Run a short greedy generation.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate.")] = 16,
+    json_: JsonOpt = False,
+) -> None:
+    """Load a model with a preset and report the memory it really takes."""
+    from qcli.loader import LoadOptions, load_report
+    from qcli.render import console, print_json, render_load, status
+
+    opts = LoadOptions(
+        model=model,
+        preset=preset,
+        sets=set_ or [],
+        device=device,
+        device_map=device_map,
+        max_memory=max_memory,
+        dtype=dtype,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        prompt=prompt,
+        max_new_tokens=max_new_tokens,
+        progress=_tty() and not json_,
+    )
+    with status(f"loading {model} with preset {preset}", enabled=_tty() and not json_):
+        report, _ = load_report(opts)
+    if json_:
+        print_json(report)
+    else:
+        render_load(report, console())
+
+
 def _py(value: object) -> str:
     if isinstance(value, str) and value in {"float32", "float16", "bfloat16", "uint8", "int8"}:
         return f"torch.{value}"

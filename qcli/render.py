@@ -137,3 +137,88 @@ def presets_table(presets: list[Any]) -> Table:
     for p in presets:
         table.add_row(p.name, p.weight_format().label, p.dtype, p.description)
     return table
+
+
+def render_load(report: Any, out: Console) -> None:
+    table = Table(
+        title=f"{report.model} · preset {report.preset} · {report.device} · loaded in {report.load_seconds:.2f} s",
+        title_justify="left",
+    )
+    table.add_column("measure")
+    table.add_column("bytes", justify="right")
+    table.add_column("size (binary units)", justify="right")
+    table.add_column("what it is")
+    table.add_row(
+        "memory_bytes",
+        f"{report.memory_bytes:,}",
+        human_bytes(report.memory_bytes),
+        "every tensor once: params, buffers, quant_state, SCB",
+    )
+    for kind, size in sorted(report.memory_breakdown.items()):
+        table.add_row(f"  {kind}", f"{size:,}", human_bytes(size), "")
+    table.add_row(
+        "footprint_bytes",
+        f"{report.footprint_bytes:,}",
+        human_bytes(report.footprint_bytes),
+        "transformers get_memory_footprint() (misses 4-bit quant_state)",
+    )
+    if report.estimate_bytes is not None:
+        table.add_row(
+            "estimate_bytes",
+            f"{report.estimate_bytes:,}",
+            human_bytes(report.estimate_bytes),
+            f"qcli estimate, {report.estimate_error_pct:+.3f}% vs measured",
+        )
+    for c in report.cuda or []:
+        table.add_section()
+        table.add_row(
+            f"{c.device} allocated", f"{c.allocated_bytes:,}", human_bytes(c.allocated_bytes), "torch allocator"
+        )
+        table.add_row(
+            f"{c.device} reserved", f"{c.reserved_bytes:,}", human_bytes(c.reserved_bytes), "allocator segments"
+        )
+        table.add_row(
+            f"{c.device} peak allocated",
+            f"{c.peak_allocated_bytes:,}",
+            human_bytes(c.peak_allocated_bytes),
+            "during the load",
+        )
+        table.add_row(f"{c.device} peak reserved", f"{c.peak_reserved_bytes:,}", human_bytes(c.peak_reserved_bytes), "")
+        table.add_row(
+            f"{c.device} CUDA context",
+            f"{c.cuda_context_bytes:,}",
+            human_bytes(c.cuda_context_bytes),
+            "total − free − reserved (incl. other processes)",
+        )
+        table.add_row(
+            f"{c.device} free / total",
+            f"{c.free_bytes:,}",
+            f"{human_bytes(c.free_bytes)} / {human_bytes(c.total_bytes)}",
+            "",
+        )
+    if report.cuda is None:
+        table.add_row("CUDA allocated / reserved", "—", "—", "absent: no CUDA device")
+    if report.rss_bytes is not None:
+        table.add_row("process RSS", f"{report.rss_bytes:,}", human_bytes(report.rss_bytes), "resident memory (CPU)")
+    out.print(table)
+    c = report.census
+    out.print(
+        f"modules: {c.linear4bit} Linear4bit, {c.linear8bit} Linear8bitLt, {c.linear_unquantized} unquantized "
+        f"Linear ({', '.join(c.unquantized_modules[:4]) or 'none'}{' …' if len(c.unquantized_modules) > 4 else ''})"
+    )
+    out.print("kept dtypes: " + ", ".join(f"{k} {human_params(v)}" for k, v in c.kept_dtypes.items()))
+    out.print("placement: " + ", ".join(f"{k} {human_bytes(v)}" for k, v in c.placement.items()))
+    if report.generation:
+        g = report.generation
+        out.print(f"generation ({g.new_tokens} tokens, {g.seconds:.2f} s): [bold]{g.prompt}[/bold]{g.text}")
+    for n in report.notes:
+        out.print(f"note: {n}")
+
+
+def status(message: str, enabled: bool) -> Any:
+    """Return a spinner on stderr while work runs (a no-op when piped or with --json)."""
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext()
+    return Console(stderr=True).status(message)

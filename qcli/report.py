@@ -101,3 +101,60 @@ class EstimateReport(BaseModel):
     stored: dict[str, int] | None = Field(default=None, description="safetensors bytes per stored dtype")
     plans: list[Plan] | None = None
     notes: list[str] = Field(default_factory=list)
+
+
+class CudaMemory(BaseModel):
+    """torch.cuda figures of one device after the load; the context is total − free − reserved."""
+
+    device: str
+    allocated_bytes: int
+    reserved_bytes: int
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    total_bytes: int
+    free_bytes: int
+    cuda_context_bytes: int = Field(description="total − free − reserved: context plus other processes")
+
+
+class Census(BaseModel):
+    """What the loaded model is made of and where it went."""
+
+    linear4bit: int
+    linear8bit: int
+    linear_unquantized: int
+    quantizable_linears: int = Field(description="nn.Linear/Conv1D modules before quantization")
+    unquantized_modules: list[str]
+    kept_dtypes: dict[str, int] = Field(description="unquantized parameter count per dtype")
+    placement: dict[str, int] = Field(description="tensor bytes per device (cpu, cuda:0, disk…)")
+    device_map: dict[str, str] | None = None
+    offloaded: list[str] = Field(default_factory=list)
+    meta_tensors: int = 0
+
+
+class Generation(BaseModel):
+    prompt: str
+    text: str
+    new_tokens: int
+    seconds: float
+
+
+class LoadReport(BaseModel):
+    """`qcli load`: the bytes the model really holds, next to the estimate."""
+
+    model: str
+    preset: str
+    device: str
+    dtype: str
+    quantization: dict | None
+    memory_bytes: int = Field(description="every tensor once: params, buffers, 4-bit quant_state, int8 SCB")
+    memory_breakdown: dict[str, int]
+    footprint_bytes: int = Field(description="transformers get_memory_footprint(): misses the 4-bit quant_state")
+    estimate_bytes: int | None = Field(description="`qcli estimate --model M --preset P` weight bytes")
+    estimate_error_pct: float | None = Field(description="(estimate − measured) / measured × 100")
+    load_seconds: float
+    cuda: list[CudaMemory] | None = Field(description="null on CPU: no CUDA allocator")
+    rss_bytes: int | None = Field(description="resident memory of this process")
+    census: Census
+    generation: Generation | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)

@@ -1,0 +1,275 @@
+"""Loading a model with a preset: device choice, placement through accelerate's device maps,
+the load itself, measurement and an optional greedy generation. Imports torch lazily."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qcli.errors import RunError, UsageError
+from qcli.presets import Preset, load_preset
+from qcli.report import Generation, LoadReport
+
+
+@dataclass
+class LoadOptions:
+    model: str
+    preset: str = "qlora"
+    sets: list[str] = field(default_factory=list)
+    device: str = "auto"
+    device_map: str | None = None
+    max_memory: str | None = None
+    dtype: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+    prompt: str | None = None
+    max_new_tokens: int = 16
+    progress: bool = False
+
+
+@dataclass
+class Loaded:
+    """A loaded model and what it took to load it."""
+
+    model: Any
+    tokenizer: Any
+    path: str
+    device: str
+    preset: Preset
+    load_seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def quiet_libraries(progress: bool = False) -> None:
+    """Silence library chatter that is not ours: bnb's optional-kernel notice, int8 cast warnings."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+    warnings.filterwarnings("ignore", message=".*inputs will be cast.*")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        if not progress:
+            hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def resolve_device(device: str) -> str:
+    """Return 'cpu' or 'cuda:N' for --device auto|cpu|cuda|cuda:N; an unavailable device is bad input."""
+    import torch
+
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if not match:
+        raise UsageError(f"--device {device!r} is not a device", "use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA GPU is available here", "use --device cpu or auto")
+    index = int(match.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return f"cuda:{index}"
+
+
+def parse_max_memory(text: str | None) -> dict[int | str, str] | None:
+    """Return accelerate's max_memory from '0=20GiB,cpu=64GiB'."""
+    if not text:
+        return None
+    from qcli.units import parse_bytes
+
+    out: dict[int | str, str] = {}
+    for part in text.split(","):
+        key, sep, size = part.partition("=")
+        key = key.strip()
+        if not sep or not (key.isdigit() or key in {"cpu", "disk"}):
+            raise UsageError(f"--max-memory {part!r} is not DEVICE=SIZE", "e.g. --max-memory 0=20GiB,cpu=64GiB")
+        parse_bytes(size, "--max-memory")
+        out[int(key) if key.isdigit() else key] = size.strip()
+    return out
+
+
+def model_path(model: str, revision: str | None) -> str:
+    """Return the local path or hub id to load; `demo` is built on first use."""
+    from qcli.hub import DEMO_NAME, resolve
+
+    if model == DEMO_NAME:
+        from qcli.demo import ensure_demo
+
+        return str(ensure_demo())
+    source = resolve(model, revision, read_safetensors=False)  # bad paths and missing configs: exit 2
+    if source.local_dir is not None:
+        if Path(model).is_file():
+            raise UsageError(f"{model}: load needs the model directory, not its config.json")
+        return str(source.local_dir)
+    return model
+
+
+def _error_for(exc: BaseException, opts: LoadOptions) -> RunError:
+    text = f"{type(exc).__name__}: {exc}"
+    if "OutOfMemory" in type(exc).__name__ or "out of memory" in str(exc).lower():
+        hint = (
+            f"`qcli estimate --model {opts.model} --preset {opts.preset}` shows what it needs; try a smaller "
+            "preset (int8, qlora) or --max-memory to offload"
+        )
+        return RunError(f"out of memory while loading {opts.model} with preset {opts.preset}", hint)
+    if "libbitsandbytes" in text or "CUDA Setup failed" in text or ("bitsandbytes" in text and "CUDA" in text):
+        return RunError(
+            f"bitsandbytes cannot find its CUDA library ({str(exc).splitlines()[0][:200]})",
+            "install a bitsandbytes wheel built for your CUDA version, or use --device cpu",
+        )
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    return RunError(
+        f"loading {opts.model} failed: {type(exc).__name__}: {first}",
+        "is the checkpoint complete? re-download it, or run with --debug",
+    )
+
+
+def load(opts: LoadOptions, preset: Preset | None = None) -> Loaded:
+    """Return the model loaded with the preset on the chosen device."""
+    preset = preset or load_preset(opts.preset, opts.sets)
+    if opts.dtype:
+        preset = preset.model_copy(update={"dtype": Preset.model_validate({"name": "x", "dtype": opts.dtype}).dtype})
+    max_memory = parse_max_memory(opts.max_memory)
+    path = model_path(opts.model, opts.revision)
+    quiet_libraries(opts.progress)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(opts.device)
+    notes = []
+    if device == "cpu":
+        notes.append("no CUDA: loaded on the CPU (bitsandbytes quantizes there too); CUDA figures are absent")
+    if opts.device_map:
+        device_map: Any = opts.device_map
+    else:
+        device_map = {"": device}
+    kwargs: dict[str, Any] = {
+        "dtype": getattr(torch, preset.dtype),
+        "device_map": device_map,
+        "revision": opts.revision,
+        "trust_remote_code": opts.trust_remote_code,
+    }
+    bnb = preset.to_bnb_config()
+    if bnb is not None:
+        kwargs["quantization_config"] = bnb
+    if max_memory:
+        kwargs["max_memory"] = max_memory
+    from qcli.measure import reset_cuda_peaks
+
+    reset_cuda_peaks()
+    start = time.perf_counter()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (UsageError, RunError):
+        raise
+    except Exception as exc:
+        raise _error_for(exc, opts) from exc
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    model.eval()
+    tokenizer = None
+    with contextlib.suppress(Exception):
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=opts.revision, trust_remote_code=opts.trust_remote_code
+        )
+    return Loaded(
+        model=model, tokenizer=tokenizer, path=path, device=device, preset=preset, load_seconds=seconds, notes=notes
+    )
+
+
+def generate(loaded: Loaded, prompt: str, max_new_tokens: int) -> Generation:
+    """Return a greedy continuation of the prompt."""
+    import torch
+
+    if loaded.tokenizer is None:
+        raise RunError(f"{loaded.path} has no tokenizer: cannot run --prompt")
+    inputs = loaded.tokenizer(prompt, return_tensors="pt").to(loaded.device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = loaded.model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id,
+        )
+    seconds = time.perf_counter() - start
+    new = out[0][inputs["input_ids"].shape[1] :]
+    text = loaded.tokenizer.decode(new, skip_special_tokens=True)
+    return Generation(prompt=prompt, text=text, new_tokens=int(new.numel()), seconds=round(seconds, 4))
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("torch", "transformers", "accelerate", "bitsandbytes"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[pkg] = version(pkg)
+    return out
+
+
+def estimate_for(model: str, preset: str, sets: list[str], revision: str | None) -> int | None:
+    """Return `qcli estimate`'s weight bytes for the same model and preset (None if it cannot tell)."""
+    from qcli.estimate import EstimateOptions, run_estimate
+
+    try:
+        return run_estimate(EstimateOptions(model=model, preset=preset, sets=sets, revision=revision)).weight_bytes
+    except UsageError:
+        return None
+
+
+def load_report(opts: LoadOptions) -> tuple[LoadReport, Loaded]:
+    """Return the load report (and the loaded model) for `qcli load`."""
+    from qcli.measure import census, cuda_memory, rss_bytes, tensor_memory
+
+    preset = load_preset(opts.preset, opts.sets)
+    estimate = estimate_for(opts.model, opts.preset, opts.sets, opts.revision)
+    loaded = load(opts, preset)
+    model = loaded.model
+    total, by_kind, _ = tensor_memory(model)
+    spec = None
+    with contextlib.suppress(Exception):
+        from qcli.hub import resolve
+        from qcli.modelspec import from_config
+
+        spec = from_config(resolve(loaded.path, read_safetensors=False).config)
+    quantizable = []
+    if spec is not None:
+        from qcli.planner import quantized_tensors
+
+        fmt = preset.weight_format()
+        if fmt.kind != "dense":
+            quantizable = sorted(quantized_tensors(spec, fmt, preset.skip_modules))
+    report = LoadReport(
+        model=opts.model,
+        preset=preset.name,
+        device=loaded.device,
+        dtype=preset.dtype,
+        quantization=preset.bnb_kwargs(),
+        memory_bytes=total,
+        memory_breakdown=by_kind,
+        footprint_bytes=int(model.get_memory_footprint()),
+        estimate_bytes=estimate,
+        estimate_error_pct=round((estimate - total) / total * 100, 4) if estimate else None,
+        load_seconds=round(loaded.load_seconds, 4),
+        cuda=cuda_memory(),
+        rss_bytes=rss_bytes(),
+        census=census(model, quantizable),
+        versions=versions(),
+        notes=list(loaded.notes),
+    )
+    if report.census.offloaded:
+        report.notes.append(f"{len(report.census.offloaded)} module(s) offloaded to CPU/disk: slow and not on the GPU")
+    if opts.prompt:
+        report.generation = generate(loaded, opts.prompt, opts.max_new_tokens)
+    return report, loaded

@@ -1,0 +1,89 @@
+"""`qcli load` on the demo model, for real, under every built-in preset (bitsandbytes on the CPU)."""
+
+import pytest
+
+from qcli.formats import Format, storage_bytes
+from qcli.loader import LoadOptions, load_report
+from qcli.presets import builtin_names, load_preset
+
+pytestmark = pytest.mark.slow
+
+
+def independent_count(model) -> int:
+    """Bytes from the storage formula for quantized weights + element sizes for everything else."""
+    total = 0
+    for module in model.modules():
+        for _, p in module.named_parameters(recurse=False):
+            state = getattr(p, "quant_state", None)
+            if state is not None:
+                fmt = Format(state.quant_type, "4bit", double_quant=bool(state.nested))
+                total += storage_bytes(fmt, state.shape.numel(), state.shape[0])
+            elif type(p).__name__ == "Int8Params":
+                total += storage_bytes(Format("int8", "int8"), p.numel(), p.shape[0])
+            else:
+                total += p.numel() * p.element_size()
+        for _, b in module.named_buffers(recurse=False):
+            total += b.numel() * b.element_size()
+    return total
+
+
+@pytest.mark.parametrize("preset", builtin_names())
+def test_every_preset_loads_and_matches_the_estimate(preset):
+    report, loaded = load_report(LoadOptions(model="demo", preset=preset, device="auto"))
+    assert report.device == "cpu" and report.cuda is None
+    assert report.memory_bytes == independent_count(loaded.model)
+    assert abs(report.estimate_error_pct) <= 0.5
+    fmt = load_preset(preset).weight_format()
+    c = report.census
+    if fmt.kind == "4bit":
+        assert c.linear4bit == c.quantizable_linears == 28 and c.linear_unquantized == 1  # lm_head kept
+        assert report.footprint_bytes < report.memory_bytes  # get_memory_footprint misses quant_state
+    elif fmt.kind == "int8":
+        assert c.linear8bit == 28 and report.memory_breakdown["int8 row scales (SCB)"] > 0
+    else:
+        assert c.linear4bit == c.linear8bit == 0 and report.footprint_bytes == report.memory_bytes
+
+
+def test_load_cli_prompt_and_json(cli):
+    r = cli("load", "demo", "--preset", "qlora", "--prompt", "The capital of France is", "--json")
+    assert r.code == 0, r.err
+    data = r.json()
+    assert data["cuda"] is None and data["rss_bytes"] > 0
+    assert "Paris" in data["generation"]["text"]
+    assert data["memory_bytes"] == data["estimate_bytes"]
+
+
+def test_load_table_output(cli):
+    r = cli("load", "demo", "--preset", "nf4")
+    assert r.code == 0 and "memory_bytes" in r.out and "absent" in r.out and "Linear4bit" in r.out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["/no/such/dir"], "no such"),
+        (["demo", "--device", "cuda"], "no CUDA"),
+        (["demo", "--device", "tpu"], "not a device"),
+        (["demo", "--preset", "nope"], "unknown preset"),
+        (["demo", "--max-memory", "gpu0=20"], "DEVICE=SIZE"),
+    ],
+)
+def test_load_bad_input(cli, args, needle):
+    r = cli("load", *args)
+    assert r.code == 2 and needle in r.err and "Traceback" not in r.err
+
+
+def test_missing_config_is_bad_input(cli, tmp_path):
+    assert cli("load", str(tmp_path)).code == 2
+
+
+def test_broken_checkpoint_is_a_run_failure(cli, tmp_path):
+    from qcli.demo import DEMO_CONFIG, ensure_demo
+
+    ensure_demo()
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps(DEMO_CONFIG))
+    (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    r = cli("load", str(tmp_path), "--preset", "bf16")
+    assert r.code == 1 and r.err.startswith("Error: loading") and "Traceback" not in r.err
