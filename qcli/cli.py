@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from qcli import __version__
-from qcli.errors import ExitCode, QcliError
+from qcli.errors import ExitCode, QcliError, UsageError
 
 app = typer.Typer(
     name="qcli",
@@ -221,6 +222,118 @@ def load(
         print_json(report)
     else:
         render_load(report, console())
+
+
+@app.command(epilog="Example: qcli verify demo --preset qlora --expect Paris --budget 5GiB --junit verify.xml")
+def verify(
+    model: Annotated[str, typer.Argument(help="Model directory, hub id, or demo.")],
+    preset: Annotated[str, typer.Option("--preset", "-p", help="Preset name or YAML file.")] = "qlora",
+    set_: SetOpt = None,
+    device: DeviceOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    revision: RevisionOpt = None,
+    trust_remote_code: TrustOpt = False,
+    prompt: Annotated[str | None, typer.Option("--prompt", help="Prompt for the generation check.")] = None,
+    expect: Annotated[str | None, typer.Option("--expect", help="Substring the generation must contain.")] = None,
+    budget: Annotated[str | None, typer.Option("--budget", help="Memory budget, e.g. 5GiB.")] = None,
+    tolerance: Annotated[str, typer.Option("--tolerance", help="Allowed measured-vs-estimate gap.")] = "5%",
+    reference: Annotated[str | None, typer.Option("--reference", help="Reference preset for agreement/KL.")] = None,
+    min_agreement: Annotated[float, typer.Option("--min-agreement", help="Top-1 agreement threshold.")] = 0.9,
+    max_kl: Annotated[float, typer.Option("--max-kl", help="KL divergence threshold.")] = 0.1,
+    allow_offload: Annotated[
+        bool, typer.Option("--allow-offload", help="Pass even if modules are on CPU/disk.")
+    ] = False,
+    junit: Annotated[str | None, typer.Option("--junit", help="Write JUnit XML here.")] = None,
+    json_: JsonOpt = False,
+) -> int:
+    """Pass/fail gate for a quantized model: exit 0 when every check passes, 1 otherwise."""
+    from qcli.loader import LoadOptions
+    from qcli.render import console, print_json, render_verify, status
+    from qcli.verify import VerifyOptions, run_verify, write_junit
+
+    opts = VerifyOptions(
+        load=LoadOptions(
+            model=model,
+            preset=preset,
+            sets=set_ or [],
+            device=device,
+            device_map=device_map,
+            max_memory=max_memory,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            prompt=prompt,
+            progress=_tty() and not json_,
+        ),
+        expect=expect,
+        budget=budget,
+        tolerance=tolerance,
+        reference=reference,
+        min_agreement=min_agreement,
+        max_kl=max_kl,
+        allow_offload=allow_offload,
+    )
+    with status(f"verifying {model} with preset {preset}", enabled=_tty() and not json_):
+        report = run_verify(opts)
+    if junit:
+        write_junit(report, junit, f"{model} {preset}")
+    if json_:
+        print_json(report)
+    else:
+        render_verify(report, console())
+    return ExitCode.OK if report.passed else ExitCode.FAILED
+
+
+@app.command(epilog="Example: qcli compare demo --presets bf16,int8,nf4,qlora --markdown report.md")
+def compare(
+    model: Annotated[str, typer.Argument(help="Model directory, hub id, or demo.")],
+    presets: Annotated[str, typer.Option("--presets", help="Comma-separated presets.")] = "bf16,int8,nf4,qlora",
+    reference: Annotated[str | None, typer.Option("--reference", help="Reference preset (default: the first).")] = None,
+    device: DeviceOpt = "auto",
+    text: Annotated[str | None, typer.Option("--text", help="Text file for perplexity (default: built-in).")] = None,
+    prompt: Annotated[
+        str, typer.Option("--prompt", help="Prompt for speed and continuations.")
+    ] = "The capital of France is",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Decode length.")] = 16,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per preset before it is stopped.")] = 1800,
+    csv: Annotated[str | None, typer.Option("--csv", help="Write CSV here.")] = None,
+    markdown: Annotated[str | None, typer.Option("--markdown", help="Write a Markdown report here.")] = None,
+    plot: Annotated[str | None, typer.Option("--plot", help="Write memory-vs-quality PNG (needs matplotlib).")] = None,
+    json_: JsonOpt = False,
+) -> int:
+    """Memory, speed and quality of several presets side by side, each in its own process."""
+    from qcli import compare as cmp
+    from qcli.render import console, print_json, render_compare
+
+    opts = cmp.CompareOptions(
+        model=model,
+        presets=presets.split(","),
+        reference=reference,
+        device=device,
+        text=text,
+        prompt=prompt,
+        max_new_tokens=max_new_tokens,
+        timeout_seconds=timeout,
+    )
+    if plot:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UsageError("--plot needs matplotlib", "pip install 'qcli[plot]'")
+    tty = _tty() and not json_
+    err = console(stderr=True)
+    report = cmp.run_compare(opts, progress=(lambda m: err.print(m)) if tty else None)
+    if csv:
+        cmp.to_csv(report, csv)
+    if markdown:
+        Path(markdown).write_text(cmp.to_markdown(report), encoding="utf-8")
+    if plot:
+        cmp.plot(report, plot)
+    if json_:
+        print_json(report)
+    else:
+        render_compare(report, console())
+    return ExitCode.FAILED if report.failed else ExitCode.OK
 
 
 def _py(value: object) -> str:

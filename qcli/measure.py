@@ -69,10 +69,15 @@ def census(model: Any, quantizable_names: list[str]) -> Census:
     unquantized: list[str] = []
     kept: Counter[str] = Counter()
     meta = 0
+    qtypes: Counter[str] = Counter()
+    cdtypes: Counter[str] = Counter()
     for name, module in model.named_modules():
         kind = type(module).__name__
         if kind == "Linear4bit":
             counts["4bit"] += 1
+            st = module.weight.quant_state  # read at load: bnb's CPU path repacks it after a forward
+            qtypes[f"{st.quant_type}+dq" if st.nested else st.quant_type] += 1
+            cdtypes[str(module.compute_dtype).removeprefix("torch.")] += 1
         elif kind == "Linear8bitLt":
             counts["8bit"] += 1
         elif isinstance(module, nn.Linear) or kind == "Conv1D":

@@ -222,3 +222,65 @@ def status(message: str, enabled: bool) -> Any:
     if not enabled:
         return contextlib.nullcontext()
     return Console(stderr=True).status(message)
+
+
+def render_verify(report: Any, out: Console) -> None:
+    table = Table(
+        title="qcli verify: " + ("[green]PASSED[/green]" if report.passed else "[red]FAILED[/red]"),
+        title_justify="left",
+    )
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail")
+    for c in report.checks:
+        mark = "[yellow]warn[/yellow]" if c.warning else ("[green]pass[/green]" if c.passed else "[red]FAIL[/red]")
+        table.add_row(c.name, mark, c.detail)
+    out.print(table)
+
+
+def render_compare(report: Any, out: Console) -> None:
+    table = Table(
+        title=f"qcli compare {report.model} on {report.device} (reference {report.reference})", title_justify="left"
+    )
+    for col in (
+        "preset",
+        "memory",
+        "saved ×",
+        "est. err",
+        "load s",
+        "prefill s",
+        "decode tok/s",
+        "perplexity",
+        "Δ ppl",
+        "top-1 agree",
+        "KL",
+    ):
+        table.add_column(col, justify="left" if col == "preset" else "right")
+
+    def f(v: Any, spec: str) -> str:
+        return "—" if v is None else format(v, spec)
+
+    for r in report.results:
+        if r.error:
+            table.add_row(r.preset, f"[red]error: {r.error}[/red]", *[""] * 9)
+            continue
+        table.add_row(
+            r.preset,
+            human_bytes(r.memory_bytes),
+            f(r.memory_saved_x, ".2f"),
+            f(r.estimate_error_pct, "+.2f") + "%",
+            f(r.load_seconds, ".2f"),
+            f(r.prefill_seconds, ".4f"),
+            f(r.tokens_per_second, ".1f"),
+            f(r.perplexity, ".3f"),
+            f(r.delta_perplexity, "+.3f"),
+            f(r.top1_agreement, ".3f"),
+            f(r.kl_divergence, ".4f"),
+        )
+    out.print(table)
+    out.print(f"speed: {report.speed_method}; quality on {report.text} ({report.scored_tokens} scored tokens)")
+    for r in report.results:
+        if r.continuation is not None:
+            out.print(f"  {r.preset:>9}: {report.prompt}[bold]{r.continuation}[/bold]")
+    for n in report.notes:
+        out.print(f"note: {n}")

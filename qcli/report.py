@@ -129,6 +129,8 @@ class Census(BaseModel):
     device_map: dict[str, str] | None = None
     offloaded: list[str] = Field(default_factory=list)
     meta_tensors: int = 0
+    quant_types: dict[str, int] = Field(default_factory=dict, description="Linear4bit count per quant type (+dq)")
+    compute_dtypes: dict[str, int] = Field(default_factory=dict, description="Linear4bit count per compute dtype")
 
 
 class Generation(BaseModel):
@@ -158,3 +160,44 @@ class LoadReport(BaseModel):
     generation: Generation | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
+
+
+class CompareRow(BaseModel):
+    preset: str
+    memory_bytes: int | None = None
+    allocated_bytes: int | None = None
+    reserved_bytes: int | None = None
+    peak_allocated_bytes: int | None = None
+    estimate_bytes: int | None = None
+    estimate_error_pct: float | None = None
+    load_seconds: float | None = None
+    prefill_seconds: float | None = None
+    prefill_seconds_min: float | None = None
+    prefill_seconds_max: float | None = None
+    tokens_per_second: float | None = None
+    tokens_per_second_min: float | None = None
+    tokens_per_second_max: float | None = None
+    perplexity: float | None = None
+    top1_agreement: float | None = None
+    kl_divergence: float | None = None
+    memory_saved_x: float | None = Field(default=None, description="reference memory_bytes / this memory_bytes")
+    delta_perplexity: float | None = None
+    continuation: str | None = None
+    device: str | None = None
+    error: str | None = None
+
+
+class CompareReport(BaseModel):
+    model: str
+    reference: str
+    device: str
+    text: str = Field(description="the evaluation text: 'built-in sample' or a file path")
+    scored_tokens: int | None = None
+    prompt: str
+    speed_method: str | None = None
+    results: list[CompareRow]
+    notes: list[str] = Field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(r.error for r in self.results)

@@ -1,0 +1,110 @@
+"""Quality and speed of a loaded model: sliding-window perplexity, the log-probabilities used for
+top-1 agreement and KL divergence against a reference, prefill latency and decode speed."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+EVAL_TOKENS = 512  # tokens of the text that are scored
+WINDOW = 256  # sliding window; the stride is half of it
+SPEED_METHOD_CPU = "time.perf_counter, 1 warm-up + {n} timed runs, median (min–max)"
+SPEED_METHOD_CUDA = "CUDA events, 1 warm-up + {n} timed runs, median (min–max)"
+
+
+def token_ids(tokenizer: Any, text: str) -> Any:
+    ids = tokenizer(text, return_tensors="pt")["input_ids"][0][:EVAL_TOKENS]
+    if ids.numel() < 2:
+        from qcli.errors import UsageError
+
+        raise UsageError("the evaluation text has fewer than 2 tokens", "give a longer --text file")
+    return ids
+
+
+def perplexity_and_logprobs(model: Any, ids: Any, device: str) -> tuple[float, Any]:
+    """Return (perplexity, fp32 log-probs of the first window's positions).
+
+    Sliding windows of WINDOW tokens with stride WINDOW/2; each token is scored once; NLL summed
+    in fp32 and divided by the scored tokens.
+    """
+    import torch
+
+    window = min(WINDOW, getattr(model.config, "max_position_embeddings", WINDOW) or WINDOW)
+    stride = max(1, window // 2)
+    nll_sum, scored, prev_end, first = 0.0, 0, 0, None
+    with torch.no_grad():
+        for begin in range(0, ids.numel(), stride):
+            end = min(begin + window, ids.numel())
+            chunk = ids[begin:end].unsqueeze(0).to(device)
+            logits = model(chunk).logits[0].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            if first is None:
+                first = logp[:-1].cpu()
+            targets = chunk[0, 1:]
+            new_from = max(prev_end, begin + 1) - begin  # score each target once
+            token_nll = -logp[:-1].gather(1, targets.unsqueeze(1)).squeeze(1)
+            nll_sum += float(token_nll[new_from - 1 :].sum())
+            scored += int(token_nll[new_from - 1 :].numel())
+            prev_end = end
+            if end == ids.numel():
+                break
+    return float(torch.exp(torch.tensor(nll_sum / scored))), first
+
+
+def agreement_and_kl(ref_logp: Any, logp: Any) -> tuple[float, float]:
+    """Return top-1 agreement and mean KL(reference ‖ candidate) over the same positions."""
+
+    n = min(ref_logp.shape[0], logp.shape[0])
+    ref, cand = ref_logp[:n].float(), logp[:n].float()
+    agree = float((ref.argmax(-1) == cand.argmax(-1)).float().mean())
+    kl = float((ref.exp() * (ref - cand)).sum(-1).mean().clamp_min(0))
+    return agree, kl
+
+
+def _timed(fn: Any, device: str, runs: int) -> list[float]:
+    import torch
+
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        if device.startswith("cuda"):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def speed(model: Any, tokenizer: Any, prompt: str, device: str, new_tokens: int, runs: int = 3) -> dict[str, Any]:
+    """Return prefill latency (s) and decode tokens/s, medians with min/max, and the method."""
+    import torch
+
+    inputs = tokenizer(prompt, return_tensors="pt").to(device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.no_grad():
+        prefill = _timed(lambda: model(**inputs), device, runs)
+        total = _timed(
+            lambda: model.generate(
+                **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad
+            ),
+            device,
+            runs,
+        )
+    decode_tps = [new_tokens / max(t - statistics.median(prefill), 1e-9) for t in total]
+    method = (SPEED_METHOD_CUDA if device.startswith("cuda") else SPEED_METHOD_CPU).format(n=runs)
+    return {
+        "prefill_seconds": statistics.median(prefill),
+        "prefill_seconds_min": min(prefill),
+        "prefill_seconds_max": max(prefill),
+        "tokens_per_second": statistics.median(decode_tps),
+        "tokens_per_second_min": min(decode_tps),
+        "tokens_per_second_max": max(decode_tps),
+        "speed_method": method,
+    }
