@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from qcli import formats
 from qcli.errors import UsageError
 from qcli.formats import COMPARISON_FORMATS, Format, normalize_dtype, parse_format
 from qcli.gpus import Device, resolve_gpu
@@ -216,9 +215,7 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
 
         def fits(name: str, mode: str | None) -> Plan:
             p = load_preset(name)
-            r = request(p.weight_format(), p.dtype, name, p.skip_modules, mode if train_mode or mode else None)
-            r.training = _training(opts, mode) if mode else None
-            return build_plan(spec, r)
+            return build_plan(spec, request(p.weight_format(), p.dtype, name, p.skip_modules, mode))
 
         report.recommendation = recommend(spec.params, train_mode, bf16_ok, fits)
         if preset is not None and preset.compute_dtype == "bfloat16" and bf16_ok is False:
@@ -247,6 +244,3 @@ def _flatten(report: EstimateReport, plan: Plan) -> None:
     ):
         setattr(report, key, getattr(plan, key))
     report.devices = plan.devices or None
-
-
-__all__ = ["EstimateOptions", "formats", "run_estimate"]

@@ -145,17 +145,8 @@ def weight_layout(spec: ModelSpec, fmt: Format, load_dtype: str, skip_modules: l
     return WeightLayout(dict(components), blocks, quantized)
 
 
-def kv_cache_bytes(spec: ModelSpec, context: int, batch: int, kv_dtype: str) -> int:
-    """Return 2 · kv_heads · head_dim · bytes · batch · min(context, window) summed over layers."""
-    att = spec.attention
-    if att is None:
-        return 0
-    per_token = 2 * att.kv_heads * att.head_dim * dtype_bytes(kv_dtype) * batch
-    windows = att.windows or [None] * att.layers
-    return sum(per_token * (min(context, w) if w else context) for w in windows)
-
-
-def _kv_per_layer(spec: ModelSpec, context: int, batch: int, kv_dtype: str) -> list[int]:
+def kv_per_layer(spec: ModelSpec, context: int, batch: int, kv_dtype: str) -> list[int]:
+    """Return each layer's KV cache: 2 · kv_heads · head_dim · bytes · batch · min(context, window)."""
     att = spec.attention
     if att is None:
         return []
@@ -213,7 +204,7 @@ def build_plan(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None = 
     kv_total: int | None = None
     kv_dtype = req.kv_dtype or req.load_dtype
     if req.context and spec.attention is not None and req.training is None:
-        per_layer = _kv_per_layer(spec, req.context, req.batch, kv_dtype)
+        per_layer = kv_per_layer(spec, req.context, req.batch, kv_dtype)
         kv_total = sum(per_layer)
         components.append(
             Component(name=f"KV cache ({kv_dtype}, {req.context} tokens × batch {req.batch})", bytes=kv_total)
