@@ -1,0 +1,276 @@
+"""Sweep every causal-LM model type the installed transformers knows and compare qcli with it.
+
+    python -m sweep.run                 # all types -> docs/sweep.md and sweep/truth.json
+    python -m sweep.run llama mamba     # a few types, table printed only
+
+Each type runs in a worker process under a per-type time limit, so one type that hangs or crashes
+cannot stop the sweep: the worker is killed and restarted for the types after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TRUTH_JSON = ROOT / "sweep" / "truth.json"
+TABLE_MD = ROOT / "docs" / "sweep.md"
+TYPE_TIMEOUT_S = 120
+
+
+def all_types() -> list[str]:
+    """Return every model type in transformers' causal-LM auto mapping, sorted."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def qcli_answer(cfg: dict[str, Any], batch: int, prompt: int, dtype: str) -> dict[str, Any]:
+    """Return qcli's parameters, 4-bit quantized modules and cache bytes for a saved config.json."""
+    from qcli.formats import NF4
+    from qcli.modelspec import from_config
+    from qcli.planner import kv_per_layer, quantized_tensors
+
+    spec = from_config(cfg)
+    quantized = sorted(name.removesuffix(".weight") for name in quantized_tensors(spec, NF4, None))
+    numel = {t.name: t.numel for t in spec.tensors}
+    answer: dict[str, Any] = {
+        "path": spec.source,
+        "params": spec.params,
+        "quantized_4bit": quantized,
+        "quantized_4bit_params": sum(numel.get(f"{m}.weight", 0) for m in quantized),
+        "prefill_bytes": None,
+        "decode_bytes": None,
+    }
+    if spec.attention is not None:
+        answer["prefill_bytes"] = sum(kv_per_layer(spec, prompt, batch, dtype))
+        answer["decode_bytes"] = sum(kv_per_layer(spec, prompt + 1, batch, dtype))
+    return answer
+
+
+def _pct(got: int | None, want: int | None) -> str:
+    if got is None or want is None:
+        return f"{got} vs {want}"
+    return f"{(got - want) / want:+.1%}" if want else f"{got} vs 0"
+
+
+def compare(truth: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+    """Return one row of the table: which of params / quantized split / cache are exact, and why not."""
+    notes: list[str] = []
+    params_ok = answer["params"] == truth["params"]
+    if not params_ok:
+        notes.append(f"params {answer['params']:,} vs {truth['params']:,} ({_pct(answer['params'], truth['params'])})")
+    want_q, got_q = set(truth["quantized_4bit"]), set(answer["quantized_4bit"])
+    quant_ok = want_q == got_q and answer["quantized_4bit_params"] == truth["quantized_4bit_params"]
+    if not quant_ok:
+        extra, missing = sorted(got_q - want_q), sorted(want_q - got_q)
+        part = f"quantized {answer['quantized_4bit_params']:,} vs {truth['quantized_4bit_params']:,}"
+        if extra:
+            part += f"; qcli also quantizes {', '.join(extra[:2])}{' …' if len(extra) > 2 else ''}"
+        if missing:
+            part += f"; qcli keeps {', '.join(missing[:2])}{' …' if len(missing) > 2 else ''}"
+        notes.append(part)
+    cache = truth.get("cache") or {}
+    if cache.get("path") is None:
+        cache_ok: bool | None = None
+        notes.append(f"cache not measured: {cache.get('error', '')[:80]}")
+    elif cache.get("type") is None:
+        cache_ok = not answer["prefill_bytes"]
+        if not cache_ok:
+            notes.append("no cache, qcli plans one")
+    else:
+        cache_ok = answer["prefill_bytes"] == cache["prefill_bytes"] and answer["decode_bytes"] == cache["decode_bytes"]
+        if not cache_ok:
+            notes.append(
+                f"cache prefill {_pct(answer['prefill_bytes'], cache['prefill_bytes'])}, "
+                f"decode {_pct(answer['decode_bytes'], cache['decode_bytes'])} ({'/'.join(sorted(set(cache['layer_types'])))})"
+            )
+    return {"params_ok": params_ok, "quant_ok": quant_ok, "cache_ok": cache_ok, "notes": "; ".join(notes)}
+
+
+def _one(model_type: str, truth_only: bool = False) -> dict[str, Any]:
+    from sweep.truth import truth
+
+    t0 = time.perf_counter()
+    try:
+        result = truth(model_type)
+    except Exception as exc:
+        return {"model_type": model_type, "status": "transformers cannot build", "error": f"{exc!r:.300}"}
+    result["status"] = "ok"
+    result["truth_seconds"] = round(time.perf_counter() - t0, 2)
+    if truth_only:
+        return result
+    t1 = time.perf_counter()
+    try:
+        answer = qcli_answer(result["config"], result["cache_batch"], result["cache_prompt"], result["cache_dtype"])
+    except Exception as exc:
+        result["status"] = "qcli error"
+        result["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        return result
+    result["qcli_seconds"] = round(time.perf_counter() - t1, 2)
+    result["answer"] = answer
+    result["row"] = compare(result, answer)
+    return result
+
+
+def _alarm(signum: int, frame: Any) -> None:
+    raise TimeoutError("time limit")
+
+
+def worker(timeout_s: int) -> None:
+    """Read model types on stdin, write one JSON result per line on stdout."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    signal.signal(signal.SIGALRM, _alarm)
+    out = sys.stdout
+    sys.stdout = sys.stderr  # library prints must not corrupt the JSON lines
+    for line in sys.stdin:
+        model_type = line.strip()
+        if not model_type:
+            continue
+        signal.alarm(timeout_s)
+        try:
+            result = _one(model_type)
+        except TimeoutError:
+            result = {"model_type": model_type, "status": "timeout", "error": f"over {timeout_s} s"}
+        finally:
+            signal.alarm(0)
+        out.write(json.dumps(result) + "\n")
+        out.flush()
+
+
+def sweep(types: list[str], timeout_s: int = TYPE_TIMEOUT_S) -> list[dict[str, Any]]:
+    """Return one result per type, computed in a restartable worker process."""
+    results: list[dict[str, Any]] = []
+    todo = list(types)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    while todo:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sweep.run", "--worker", "--timeout", str(timeout_s)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
+        assert proc.stdin and proc.stdout
+        while todo:
+            model_type = todo[0]
+            start = time.perf_counter()
+            proc.stdin.write(model_type + "\n")
+            proc.stdin.flush()
+            ready, _, _ = select.select([proc.stdout], [], [], timeout_s + 60)
+            line = proc.stdout.readline() if ready else ""
+            todo.pop(0)
+            if not line:
+                proc.kill()
+                proc.wait()
+                results.append({"model_type": model_type, "status": "worker died", "error": "killed or crashed"})
+                break
+            result = json.loads(line)
+            result["seconds"] = round(time.perf_counter() - start, 2)
+            results.append(result)
+            row = result.get("row") or {}
+            print(f"{model_type:28} {result['status']:12} {result['seconds']:6.1f}s {row.get('notes', '')[:90]}",
+                  file=sys.stderr, flush=True)
+        else:
+            proc.stdin.close()
+            proc.wait()
+    return results
+
+
+def _mark(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("yes" if ok else "**no**")
+
+
+def table(results: list[dict[str, Any]], title: str) -> str:
+    """Return docs/sweep.md: the counts, then one row per type."""
+    import transformers
+
+    built = [r for r in results if r.get("row")]
+    with_cache = [r for r in built if r["row"]["cache_ok"] is not None and (r.get("cache") or {}).get("type")]
+    lines = [
+        f"# {title}",
+        "",
+        "Generated by `make sweep` (`python -m sweep.run`): every model type in transformers'",
+        "`MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`, its default config shrunk to a few layers (sweep/truth.py),",
+        "built as `AutoModelForCausalLM` on the meta device with weights tied. Truth: unique parameters;",
+        "the modules transformers' own bitsandbytes quantizer turns into Linear4bit; the storage bytes of the",
+        "model's own cache object after a prefill of batch 2 × 24 tokens and after one decode step (bfloat16,",
+        "sliding windows shrunk to 8 tokens).",
+        "",
+        f"transformers {transformers.__version__}: {len(results)} causal-LM types, {len(built)} built and compared.",
+        "",
+        f"- parameters exact: {sum(r['row']['params_ok'] for r in built)}/{len(built)}",
+        f"- 4-bit quantized split exact: {sum(r['row']['quant_ok'] for r in built)}/{len(built)}",
+        f"- cache exact (prefill and decode): {sum(bool(r['row']['cache_ok']) for r in with_cache)}/{len(with_cache)}"
+        " types with a cache",
+        f"- analytic path: {sum(r['answer']['path'] == 'analytic' for r in built)} types, "
+        f"meta path: {sum(r['answer']['path'] == 'meta' for r in built)}",
+        "",
+        "| type | class | path | params exact | quantized split exact | cache exact | seconds | discrepancy |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        row = r.get("row")
+        if row is None:
+            lines.append(
+                f"| {r['model_type']} | {r.get('class', '')} | – | – | – | – | {r.get('seconds', '')} "
+                f"| {r['status']}: {str(r.get('error', '')).replace('|', '/')[:120]} |"
+            )
+            continue
+        lines.append(
+            f"| {r['model_type']} | {r['class']} | {r['answer']['path']} | {_mark(row['params_ok'])} "
+            f"| {_mark(row['quant_ok'])} | {_mark(row['cache_ok'])} | {r.get('qcli_seconds', '')} "
+            f"| {row['notes'].replace('|', '/')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def save_truth(results: list[dict[str, Any]]) -> None:
+    """Write the truth of every built type to sweep/truth.json (the fast sample test reads it)."""
+    import transformers
+
+    keep = ("class", "config", "params", "quantized_4bit", "quantized_4bit_params", "cache_batch", "cache_prompt",
+            "cache_dtype", "cache")  # fmt: skip
+    data = {
+        "transformers": transformers.__version__,
+        "types": {r["model_type"]: {k: r[k] for k in keep if k in r} for r in results if "params" in r},
+    }
+    TRUTH_JSON.write_text(json.dumps(data, indent=None, sort_keys=True, separators=(",", ":")) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("types", nargs="*", help="model types (default: all causal-LM types)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--timeout", type=int, default=TYPE_TIMEOUT_S, help="seconds per type")
+    parser.add_argument("--title", default="Sweep: qcli against transformers, every causal-LM type")
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.timeout)
+        return
+    types = args.types or all_types()
+    results = sweep(types, args.timeout)
+    text = table(results, args.title)
+    if args.types:
+        print(text)
+        return
+    TABLE_MD.write_text(text)
+    save_truth(results)
+    print(text.split("| type |")[0])
+
+
+if __name__ == "__main__":
+    main()
