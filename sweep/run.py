@@ -30,7 +30,9 @@ def all_types() -> list[str]:
     """Return every model type in transformers' causal-LM auto mapping, sorted."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+    from sweep.truth import VARIANTS
+
+    return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) + sorted(VARIANTS)
 
 
 def qcli_answer(cfg: dict[str, Any], batch: int, prompt: int, dtype: str) -> dict[str, Any]:
@@ -89,9 +91,10 @@ def compare(truth: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
     else:
         cache_ok = answer["prefill_bytes"] == cache["prefill_bytes"] and answer["decode_bytes"] == cache["decode_bytes"]
         if not cache_ok:
+            kinds = "/".join(sorted(set(cache["layer_types"])))
             notes.append(
                 f"cache prefill {_pct(answer['prefill_bytes'], cache['prefill_bytes'])}, "
-                f"decode {_pct(answer['decode_bytes'], cache['decode_bytes'])} ({'/'.join(sorted(set(cache['layer_types'])))})"
+                f"decode {_pct(answer['decode_bytes'], cache['decode_bytes'])} ({kinds})"
             )
     return {"params_ok": params_ok, "quant_ok": quant_ok, "cache_ok": cache_ok, "notes": "; ".join(notes)}
 
@@ -182,8 +185,11 @@ def sweep(types: list[str], timeout_s: int = TYPE_TIMEOUT_S) -> list[dict[str, A
             result["seconds"] = round(time.perf_counter() - start, 2)
             results.append(result)
             row = result.get("row") or {}
-            print(f"{model_type:28} {result['status']:12} {result['seconds']:6.1f}s {row.get('notes', '')[:90]}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{model_type:28} {result['status']:12} {result['seconds']:6.1f}s {row.get('notes', '')[:90]}",
+                file=sys.stderr,
+                flush=True,
+            )
         else:
             proc.stdin.close()
             proc.wait()

@@ -81,16 +81,44 @@ def _shrink_dict(d: dict[str, Any], base: int) -> dict[str, Any]:
     return d
 
 
-def shrunk_config(model_type: str, base: int = 2) -> Any:
-    """Return transformers' default config of a model type, shrunk to a few layers."""
+# Configs real checkpoints use that a type's default config does not exercise: name -> (type, overrides, keys
+# dropped from the saved config.json).
+VARIANTS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
+    # Falcon-40B's shape: grouped KV that transformers expands to every query head before caching.
+    "falcon@new_decoder_architecture": (
+        "falcon",
+        {
+            "new_decoder_architecture": True,
+            "num_kv_heads": 8,
+            "num_attention_heads": 128,
+            "hidden_size": 8192,
+            "num_ln_in_parallel_attn": None,
+            "parallel_attn": True,
+        },
+        (),
+    ),
+    # A transformers-4 Qwen2 config with sliding windows and no layer_types (transformers derives them).
+    "qwen2@use_sliding_window": (
+        "qwen2",
+        {"use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 1},
+        ("layer_types",),
+    ),
+    "mistral@no_window": ("mistral", {"sliding_window": None}, ()),
+    "qwen3_moe@dense_every_other": ("qwen3_moe", {"decoder_sparse_step": 2, "mlp_only_layers": [0]}, ()),
+}
+
+
+def shrunk_config(model_type: str, base: int = 2, shrink: bool = True) -> Any:
+    """Return transformers' default config of a model type (or a VARIANTS name), shrunk to a few layers."""
     from transformers import AutoConfig
 
-    cfg = AutoConfig.for_model(model_type)
-    small = _shrink_dict(cfg.to_dict(), base)
-    try:
-        return type(cfg).from_dict(small)
-    except Exception:  # a shrink that the config class rejects: fall back to the default
-        return cfg
+    mt, overrides, _ = VARIANTS.get(model_type, (model_type, {}, ()))
+    cfg = AutoConfig.for_model(mt)
+    d = {**cfg.to_dict(), **overrides}
+    if overrides.get("use_sliding_window") or "layer_types" in VARIANTS.get(model_type, ("", {}, ()))[2]:
+        d.pop("layer_types", None)  # let the config class derive them again
+    small = _shrink_dict(d, base) if shrink else d
+    return type(cfg).from_dict(small)
 
 
 def model_class(config: Any) -> type:
@@ -101,13 +129,16 @@ def model_class(config: Any) -> type:
     return _get_model_class(config, AutoModelForCausalLM._model_mapping)
 
 
-def saved_config(config: Any, cls: type) -> dict[str, Any]:
+def saved_config(config: Any, cls: type, drop: tuple[str, ...] = ()) -> dict[str, Any]:
     """Return config.json as `model.save_pretrained` writes it (diff against defaults, architectures set)."""
     config = copy.deepcopy(config)
     config.architectures = [cls.__name__]
     with tempfile.TemporaryDirectory() as tmp:
         config.save_pretrained(tmp)
-        return json.loads((Path(tmp) / "config.json").read_text())
+        saved = json.loads((Path(tmp) / "config.json").read_text())
+    for key in drop:
+        saved.pop(key, None)
+    return saved
 
 
 def meta_model(config: Any, dtype: str = DTYPE) -> Any:
@@ -230,13 +261,21 @@ def _tiny_real(config: Any) -> Any:
 def truth(model_type: str) -> dict[str, Any]:
     """Return the ground truth of one model type (see the module docstring)."""
     start = time.perf_counter()
-    config = shrunk_config(model_type)
-    cls = model_class(config)
-    model = meta_model(config)
+    try:
+        config = shrunk_config(model_type)
+        cls = model_class(config)
+        model = meta_model(config)
+        shrunk = True
+    except Exception:  # a shrink the model rejects: its default config, whole
+        config = shrunk_config(model_type, shrink=False)
+        cls = model_class(config)
+        model = meta_model(config)
+        shrunk = False
     result: dict[str, Any] = {
         "model_type": model_type,
         "class": cls.__name__,
-        "config": saved_config(config, cls),
+        "shrunk": shrunk,
+        "config": saved_config(config, cls, VARIANTS.get(model_type, ("", {}, ()))[2]),
         "params": sum(p.numel() for p in model.parameters()),
     }
     shapes = {name: module.weight.numel() for name, module in model.named_modules() if hasattr(module, "weight")}
