@@ -19,6 +19,7 @@ from qcli.plan.presets import load_preset
 from qcli.resources import data_text
 from qcli.results import CompareReport, CompareRow
 from qcli.run.loader import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, resolve_device
+from qcli.run.quality import agreement_and_kl
 
 
 @dataclass
@@ -72,8 +73,6 @@ def validate(opts: CompareOptions) -> tuple[list[str], str, str]:
 def run_compare(opts: CompareOptions, progress: Callable[[str], None] | None = None) -> CompareReport:
     """Return the comparison; a preset that fails gets its error in its row and the others still run."""
     import torch
-
-    from qcli.run.quality import agreement_and_kl
 
     presets, reference, text = validate(opts)
     rows: dict[str, CompareRow] = {}
