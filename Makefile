@@ -6,7 +6,7 @@ QCLI := $(VENV)/bin/qcli
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench smoke clean
+.PHONY: install test lint demo bench sweep smoke clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check qcli tests benchmarks
+	$(VENV)/bin/ruff check qcli tests benchmarks sweep
 
 demo: $(STAMP)
 	$(QCLI) estimate --model demo --preset qlora --context 512 --gpu T4
@@ -29,6 +29,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
+
+# Every causal-LM type of the installed transformers against qcli: docs/sweep.md and sweep/truth.json
+# (minutes; tests/test_sweep_sample.py runs a sample of it in `make test`).
+sweep: $(STAMP)
+	QCLI_NO_SPEC_CACHE=1 $(PY) -m sweep.run
 
 smoke: $(STAMP)
 	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'make smoke needs a CUDA GPU: none found')"

@@ -110,7 +110,12 @@ class Plan(BaseModel):
     weight_bytes: int
     total_bytes: int = Field(description="every tensor: weights, KV cache, training state")
     components: list[Component]
-    kv_cache_bytes: int | None = None
+    kv_cache_bytes: int | None = Field(
+        default=None, description="the cache right after a prompt of context_tokens: the peak, what the total counts"
+    )
+    kv_cache_decode_bytes: int | None = Field(
+        default=None, description="the cache while decoding at context_tokens (sliding windows hold only the window)"
+    )
     training: Training | None = None
     overheads: list[Component] = Field(default_factory=list)
     overhead_bytes: int = 0
@@ -127,6 +132,7 @@ class ModelInfo(BaseModel):
     name: str | None = Field(default=None, description="the MODEL argument; null for --params")
     model_type: str | None = None
     count_method: Literal["analytic", "meta", "params"]
+    model_class: str | None = Field(default=None, description="the transformers class counted: the one `load` builds")
     total_params: int
     params_by_group: dict[str, int] | None = None
     context_limit_tokens: int | None = Field(default=None, description="the config's max_position_embeddings")

@@ -37,25 +37,23 @@ def all_types() -> list[str]:
 
 def qcli_answer(cfg: dict[str, Any], batch: int, prompt: int, dtype: str) -> dict[str, Any]:
     """Return qcli's parameters, 4-bit quantized modules and cache bytes for a saved config.json."""
-    from qcli.formats import NF4
-    from qcli.modelspec import from_config
-    from qcli.planner import kv_per_layer, quantized_tensors
+    from qcli.model.describe import from_config
+    from qcli.plan.formats import NF4
+    from qcli.plan.planner import kv_per_layer, quantized_tensors
 
     spec = from_config(cfg)
     quantized = sorted(name.removesuffix(".weight") for name in quantized_tensors(spec, NF4, None))
     numel = {t.name: t.numel for t in spec.tensors}
-    answer: dict[str, Any] = {
+    return {
         "path": spec.source,
+        "class": spec.model_class,
         "params": spec.params,
         "quantized_4bit": quantized,
         "quantized_4bit_params": sum(numel.get(f"{m}.weight", 0) for m in quantized),
-        "prefill_bytes": None,
-        "decode_bytes": None,
+        # after the prefill of `prompt` tokens (the peak), and after one decode step
+        "prefill_bytes": sum(kv_per_layer(spec, prompt, batch, dtype, prefill=True)) or None,
+        "decode_bytes": sum(kv_per_layer(spec, prompt + 1, batch, dtype)) or None,
     }
-    if spec.attention is not None:
-        answer["prefill_bytes"] = sum(kv_per_layer(spec, prompt, batch, dtype))
-        answer["decode_bytes"] = sum(kv_per_layer(spec, prompt + 1, batch, dtype))
-    return answer
 
 
 def _pct(got: int | None, want: int | None) -> str:

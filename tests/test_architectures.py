@@ -4,6 +4,7 @@ import pytest
 
 from qcli.model.describe import from_config
 from qcli.model.meta import from_meta
+from qcli.plan.planner import default_skip_modules, kv_per_layer
 from tests.conftest import fixture_config
 
 PUBLISHED = {
@@ -103,15 +104,6 @@ TINY = {
         "max_position_embeddings": 64,
         "word_embed_proj_dim": 32,
     },
-    "bert": {
-        "model_type": "bert",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "vocab_size": 100,
-        "max_position_embeddings": 64,
-    },
     "falcon-new-arch": {
         "model_type": "falcon",
         "hidden_size": 64,
@@ -150,6 +142,13 @@ def _compare(cfg):
     assert {t.name: (t.shape, t.role, t.dtype) for t in analytic.tensors} == {
         t.name: (t.shape, t.role, t.dtype) for t in meta.tensors
     }
+    # the class load builds, transformers' own skip list, and the cache its own classes store
+    assert analytic.model_class == meta.model_class
+    assert default_skip_modules(analytic) == default_skip_modules(meta)
+    for prefill in (True, False):
+        assert kv_per_layer(analytic, 5000, 2, "bfloat16", prefill=prefill) == kv_per_layer(
+            meta, 5000, 2, "bfloat16", prefill=prefill
+        )
 
 
 @pytest.mark.parametrize("name", PUBLISHED)
@@ -177,6 +176,21 @@ def test_meta_fallback_for_unknown_architecture_ties_embeddings():
     assert spec.source == "meta"
     assert spec.tied_embeddings
     assert spec.groups()["lm_head"] == 0  # counted once, not twice
+
+
+def test_encoder_family_is_counted_as_the_causal_lm_class_load_builds():
+    cfg = {
+        "model_type": "bert",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "vocab_size": 100,
+        "max_position_embeddings": 64,
+    }
+    spec = from_config(cfg)
+    assert spec.source == "meta" and spec.model_class == "BertLMHeadModel"
+    assert any(t.name.startswith("cls.predictions.") for t in spec.tensors)  # the LM head, not the bare encoder
 
 
 def test_llama3_groups_show_the_unquantized_billion():

@@ -45,12 +45,17 @@ def test_kv_cache_gqa(cli):
     assert plan(data)["kv_cache_bytes"] == 2 * 32 * 8 * 128 * 8192 * 2 * 2  # 2·L·kv·hd·T·B·bytes
 
 
-def test_kv_cache_sliding_window_is_capped(cli):
+def test_kv_cache_sliding_window_peak_and_steady_state(cli):
+    # transformers' DynamicSlidingWindowLayer holds the whole prompt right after the prefill (the peak the
+    # total counts) and a W-token tensor while decoding.
     mistral = est(cli, "mistral-7b-v0.1", "--preset", "bf16", "--context", "32768")
-    assert plan(mistral)["kv_cache_bytes"] == 2 * 32 * 8 * 128 * 4096 * 2  # capped at the 4096 window
+    assert plan(mistral)["kv_cache_bytes"] == 2 * 32 * 8 * 128 * 32768 * 2
+    assert plan(mistral)["kv_cache_decode_bytes"] == 2 * 32 * 8 * 128 * 4096 * 2  # capped at the 4096 window
+    assert any("while decoding" in n for n in mistral["notes"])
     gemma = est(cli, "gemma-2-9b", "--preset", "bf16", "--context", "8192")
     per_token_layer = 2 * 8 * 256 * 2
-    assert plan(gemma)["kv_cache_bytes"] == per_token_layer * (21 * 4096 + 21 * 8192)  # alternating layers
+    assert plan(gemma)["kv_cache_decode_bytes"] == per_token_layer * (21 * 4096 + 21 * 8192)  # alternating layers
+    assert plan(gemma)["kv_cache_bytes"] == per_token_layer * 42 * 8192
 
 
 def test_training_qlora_counts_adapters_and_activations(cli):

@@ -58,7 +58,13 @@ def _head_dim(cfg: Cfg) -> int:
 
 
 def _layer_types(cfg: Cfg, layers: int) -> list[str]:
-    """Return each layer's attention type as transformers 5 derives it when the config omits it."""
+    """Return each layer's attention type as transformers 5's config classes derive it.
+
+    Mirrors each config's `__post_init__` (qwen2/qwen3: sliding from `max_window_layers` on when
+    `use_sliding_window`; qwen2_moe: every other layer below it; gemma2/3 patterns) and, for configs with
+    no `layer_types`, transformers' `get_layer_types_and_kwargs`: a `sliding_window` makes every layer
+    sliding.
+    """
     layer_types = cfg.get("layer_types")
     if isinstance(layer_types, list) and len(layer_types) == layers:
         return [str(t) for t in layer_types]
@@ -68,14 +74,36 @@ def _layer_types(cfg: Cfg, layers: int) -> list[str]:
     if mt == "gemma3_text":  # Gemma 3: five sliding layers, then one full (sliding_window_pattern 6)
         pattern = cfg.get("sliding_window_pattern") or 6
         return ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers)]
-    sliding = cfg.get("sliding_window") and cfg.get("use_sliding_window", True) and mt in {"mistral", "mixtral", "phi3"}
-    return ["sliding_attention" if sliding else "full_attention"] * layers
+    window = _window(cfg)
+    if mt in {"qwen2", "qwen3"}:
+        first = cfg.get("max_window_layers", 28)
+        return ["sliding_attention" if window and i >= first else "full_attention" for i in range(layers)]
+    if mt == "qwen2_moe":
+        last = cfg.get("max_window_layers", 28)
+        return ["sliding_attention" if window and (i + 1) % 2 and i < last else "full_attention" for i in range(layers)]
+    return ["sliding_attention" if window else "full_attention"] * layers
+
+
+# transformers 5 config defaults for `sliding_window` (absent: no window unless the config sets one).
+_DEFAULT_WINDOW = {"mistral": 4096, "gemma2": 4096, "gemma3_text": 4096, "qwen2": 4096, "qwen3": 4096,
+                   "qwen2_moe": 4096, "qwen3_moe": 4096}  # fmt: skip
+# Families whose config class drops `sliding_window` unless `use_sliding_window` is set.
+_USE_SLIDING_WINDOW = frozenset({"qwen2", "qwen3", "qwen2_moe", "qwen3_moe"})
+
+
+def _window(cfg: Cfg) -> int | None:
+    """Return the config's sliding window as its config class resolves it, or None."""
+    mt = cfg.get("model_type")
+    if mt in _USE_SLIDING_WINDOW and not cfg.get("use_sliding_window", False):
+        return None
+    window = cfg.get("sliding_window", _DEFAULT_WINDOW.get(str(mt)))
+    return int(window) if isinstance(window, int) and not isinstance(window, bool) and window > 0 else None
 
 
 def _windows(cfg: Cfg, layers: int) -> list[int | None]:
     """Return the attention window of each layer (None = full attention)."""
-    window = cfg.get("sliding_window") or (4096 if cfg.get("model_type") in {"gemma2", "gemma3_text"} else None)
-    return [int(window) if t == "sliding_attention" and window else None for t in _layer_types(cfg, layers)]
+    window = _window(cfg)
+    return [window if t == "sliding_attention" else None for t in _layer_types(cfg, layers)]
 
 
 def attention_shape(cfg: Cfg) -> AttentionShape:
@@ -94,7 +122,12 @@ def attention_shape(cfg: Cfg) -> AttentionShape:
     layers = cfg_int(norm, "num_hidden_layers")
     heads = cfg_int(norm, "num_attention_heads")
     kv = norm.get("num_key_value_heads") or norm.get("num_kv_heads")
-    if cfg.get("multi_query") and not cfg.get("new_decoder_architecture"):
+    falcon = cfg.get("model_type") == "falcon"
+    if falcon and cfg.get("new_decoder_architecture"):
+        # FalconAttention caches K/V expanded to every query head under the new decoder architecture
+        # (modeling_falcon: `num_kv_heads = self.num_heads if self.new_decoder_architecture`).
+        kv = heads
+    elif cfg.get("multi_query", falcon):  # Falcon's multi_query defaults to True
         kv = 1
     kv_heads = cfg_int({"kv": kv or heads}, "kv")
     return AttentionShape(
@@ -114,6 +147,20 @@ def _rope_buffers(b: _Builder, prefix: str, rotary_dim: int, count: int = 1, nam
             b.add(f"{prefix}{n}.{buf}", (rotary_dim // 2,), "buffer", dtype="float32")
 
 
+def _default_skips(b: _Builder, tied: bool) -> tuple[str, ...]:
+    """Return the modules transformers' bnb quantizer keeps unquantized for a *ForCausalLM builder's list.
+
+    Mirrors `get_keys_to_not_convert` on the model before tying: the output head `lm_head`; the module of
+    the last parameter, which before tying is always lm_head's (`lm_head.bias` when it has one: only a
+    trailing `.weight` is stripped, so that entry skips nothing more); both ends of the tie.
+    """
+    has_bias = any(t.name == "lm_head.bias" for t in b.tensors)
+    skips = {"lm_head", "lm_head.bias" if has_bias else "lm_head"}
+    if tied:
+        skips.add(next(t.module for t in b.tensors if t.role == "embedding"))
+    return tuple(sorted(skips))
+
+
 def _spec(cfg: Cfg, b: _Builder, tied: bool, attn: AttentionShape | None = None, **kw: Any) -> ModelSpec:
     return ModelSpec(
         model_type=cfg["model_type"],
@@ -122,12 +169,19 @@ def _spec(cfg: Cfg, b: _Builder, tied: bool, attn: AttentionShape | None = None,
         vocab_size=cfg_int(cfg, "vocab_size"),
         tied_embeddings=tied,
         max_position_embeddings=cfg.get("max_position_embeddings") or cfg.get("n_positions"),
+        model_class=CAUSAL_LM_CLASS[cfg["model_type"]],
+        default_skips=_default_skips(b, tied),
         **kw,
     )
 
 
-def _moe_layer(cfg: Cfg, i: int, experts_key: str) -> bool:
-    experts = cfg.get(experts_key) or 0
+def _experts(cfg: Cfg) -> int:
+    """Return the expert count: transformers 5 saves Qwen-MoE's `num_experts` as `num_local_experts`."""
+    return int(cfg.get("num_experts") or cfg.get("num_local_experts") or 0)
+
+
+def _moe_layer(cfg: Cfg, i: int) -> bool:
+    experts = _experts(cfg)
     if not experts or i in (cfg.get("mlp_only_layers") or []):
         return False
     return (i + 1) % (cfg.get("decoder_sparse_step") or 1) == 0
@@ -162,8 +216,8 @@ def llama_like(cfg: Cfg) -> ModelSpec:
             b.add(f"{p}.mlp.gate.weight", (e, h), "router")
             b.add(f"{p}.mlp.experts.gate_up_proj", (e, 2 * inter, h), "experts")
             b.add(f"{p}.mlp.experts.down_proj", (e, h, inter), "experts")
-        elif mt in {"qwen2_moe", "qwen3_moe"} and _moe_layer(cfg, i, "num_experts"):
-            e, inter = cfg_int(cfg, "num_experts"), cfg_int(cfg, "moe_intermediate_size")
+        elif mt in {"qwen2_moe", "qwen3_moe"} and _moe_layer(cfg, i):
+            e, inter = _experts(cfg), cfg_int(cfg, "moe_intermediate_size")
             b.add(f"{p}.mlp.gate.weight", (e, h), "router")
             b.add(f"{p}.mlp.experts.gate_up_proj", (e, 2 * inter, h), "experts")
             b.add(f"{p}.mlp.experts.down_proj", (e, h, inter), "experts")
@@ -186,8 +240,8 @@ def llama_like(cfg: Cfg) -> ModelSpec:
     b.norm("model.norm", h)
     if not tied:
         b.add("lm_head.weight", (vocab, h), "lm_head")
-    if gemma:  # Gemma scales embeddings by sqrt(hidden): a 0-d fp32 buffer
-        b.add("model.embed_tokens.embed_scale", (), "buffer", dtype="float32")
+    if gemma:  # Gemma scales embeddings by sqrt(hidden): a 0-d buffer
+        b.add("model.embed_tokens.embed_scale", (), "buffer")  # built in the load dtype, not float32
     if mt == "gemma3_text":  # one rotary table per attention type present
         types = [t for t in ("sliding_attention", "full_attention") if t in _layer_types(cfg, layers)]
         for t in types:
@@ -361,47 +415,22 @@ def falcon(cfg: Cfg) -> ModelSpec:
             b.add(f"{p}.{name}.weight", (out_f, in_f), role)
             if bias:
                 b.add(f"{p}.{name}.bias", (out_f,), "bias")
-        if new_arch and cfg.get("num_ln_in_parallel_attn", 2) == 2:
+        # FalconDecoderLayer: a null num_ln_in_parallel_attn means 2 under the new decoder architecture.
+        num_ln = cfg.get("num_ln_in_parallel_attn") or (2 if new_arch else None)
+        if not cfg.get("parallel_attn", True):
+            b.norm(f"{p}.post_attention_layernorm", h, bias=True)
+            b.norm(f"{p}.input_layernorm", h, bias=True)
+        elif num_ln == 2:
             b.norm(f"{p}.ln_attn", h, bias=True)
             b.norm(f"{p}.ln_mlp", h, bias=True)
         else:
             b.norm(f"{p}.input_layernorm", h, bias=True)
-            if not cfg.get("parallel_attn", True):
-                b.norm(f"{p}.post_attention_layernorm", h, bias=True)
     b.norm("transformer.ln_f", h, bias=True)
     if not tied:
         b.add("lm_head.weight", (vocab, h), "lm_head")
     if cfg.get("rotary", not cfg.get("alibi", False)):
         _rope_buffers(b, "transformer.rotary_emb", hd)
     return _spec(cfg, b, tied)
-
-
-def bert(cfg: Cfg) -> ModelSpec:
-    """Return the BertModel tensor list (encoder with pooler; no KV cache)."""
-    h, vocab = cfg_int(cfg, "hidden_size"), cfg_int(cfg, "vocab_size")
-    layers, inter = cfg_int(cfg, "num_hidden_layers"), cfg_int(cfg, "intermediate_size")
-    positions, types = cfg_int(cfg, "max_position_embeddings"), cfg_int(cfg, "type_vocab_size", 2)
-    b = _Builder()
-    b.add("embeddings.word_embeddings.weight", (vocab, h), "embedding")
-    b.add("embeddings.position_embeddings.weight", (positions, h), "embedding")
-    b.add("embeddings.token_type_embeddings.weight", (types, h), "embedding")
-    b.norm("embeddings.LayerNorm", h, bias=True)
-    for i in range(layers):
-        p = f"encoder.layer.{i}"
-        for n in ("query", "key", "value"):
-            b.linear(f"{p}.attention.self.{n}", h, h, True)
-        b.linear(f"{p}.attention.output.dense", h, h, True)
-        b.norm(f"{p}.attention.output.LayerNorm", h, bias=True)
-        b.linear(f"{p}.intermediate.dense", inter, h, True)
-        b.linear(f"{p}.output.dense", h, inter, True)
-        b.norm(f"{p}.output.LayerNorm", h, bias=True)
-    b.linear("pooler.dense", h, h, True)
-    # int64 position_ids and token_type_ids buffers, one row of max_position_embeddings each.
-    b.add("embeddings.position_ids", (1, positions), "buffer", dtype="int64")
-    b.add("embeddings.token_type_ids", (1, positions), "buffer", dtype="int64")
-    return ModelSpec(
-        model_type="bert", tensors=b.tensors, attention=None, vocab_size=vocab, max_position_embeddings=positions
-    )
 
 
 BUILDERS: dict[str, Callable[[Cfg], ModelSpec]] = {
@@ -415,5 +444,14 @@ BUILDERS: dict[str, Callable[[Cfg], ModelSpec]] = {
     "gpt_neox": gpt_neox,
     "opt": opt,
     "falcon": falcon,
-    "bert": bert,
 }
+# The class `qcli load` builds for each analytic family (transformers' MODEL_FOR_CAUSAL_LM_MAPPING_NAMES;
+# tests/test_sweep_sample.py checks the table against it).
+CAUSAL_LM_CLASS: dict[str, str] = {
+    "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "mixtral": "MixtralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM", "qwen3": "Qwen3ForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM", "phi": "PhiForCausalLM", "phi3": "Phi3ForCausalLM",
+    "gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM", "opt": "OPTForCausalLM",
+    "falcon": "FalconForCausalLM",
+}  # fmt: skip

@@ -1,52 +1,207 @@
-"""The meta-device fallback: build a model through transformers without allocating weights, and read
-its tensors back as a ModelSpec. transformers and torch are imported inside the functions."""
+"""The meta-device description: the class `qcli load` builds, made by transformers on the meta device.
+
+torch and transformers are imported inside the functions: importing this module costs nothing. A
+result is cached per (config content, transformers version) in qcli's cache dir, so the second
+estimate of a model reads JSON instead of importing torch.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
 from typing import Any, Literal
 
 from qcli.errors import UsageError
 from qcli.model.architectures import attention_shape, config_dtype
-from qcli.model.spec import ModelSpec, Role, TensorSpec
+from qcli.model.spec import AttentionShape, CacheLayer, ModelSpec, Role, TensorSpec
+from qcli.resources import cache_root
 
-# Encoder-only families: the meta fallback builds the bare AutoModel for them.
-ENCODER_TYPES = frozenset({"bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2", "xlm-roberta"})
+# Bump when what a cached spec holds changes: older entries are then ignored.
+SPEC_CACHE_VERSION = 1
+# transformers' caches follow the model's dtype; the probe runs in bfloat16 so a state tensor kept in
+# float32 (mamba's SSM state) shows as one with a fixed dtype.
+PROBE_DTYPE = "bfloat16"
+PROBE_TOKENS = (2, 4)  # two prefill lengths, shorter than any real window: the per-token slope and the fixed part
 
 
-def from_meta(cfg: dict[str, Any], trust_remote_code: bool = False) -> ModelSpec:
-    """Return the ModelSpec of a model built on the meta device (transformers, imported lazily).
+def transformers_version() -> str | None:
+    """Return the installed transformers version without importing it, or None."""
+    try:
+        return metadata.version("transformers")
+    except metadata.PackageNotFoundError:
+        return None
 
-    Built under `torch.device("meta")` with weights tied afterwards: under transformers 5's
-    `init_empty_weights()` tied embeddings come back untied and would be counted twice.
+
+def _spec_cache_path(cfg: dict[str, Any], trust_remote_code: bool, cache_dir: Path) -> Path | None:
+    version = transformers_version()
+    if version is None:
+        return None
+    key = json.dumps([SPEC_CACHE_VERSION, version, trust_remote_code, cfg], sort_keys=True, default=str)
+    return cache_dir / "specs" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+
+
+def spec_to_json(spec: ModelSpec) -> dict[str, Any]:
+    """Return a ModelSpec as plain JSON data (tensors as compact rows)."""
+    data = asdict(spec)
+    data["tensors"] = [[t.name, list(t.shape), t.role, t.dtype, t.out_features, t.convertible] for t in spec.tensors]
+    return data
+
+
+def spec_from_json(data: dict[str, Any]) -> ModelSpec:
+    """Return the ModelSpec that spec_to_json wrote."""
+    data = dict(data)
+    data["tensors"] = [TensorSpec(n, tuple(s), r, d, o, c) for n, s, r, d, o, c in data["tensors"]]
+    if data.get("attention") is not None:
+        data["attention"] = AttentionShape(**data["attention"])
+    if data.get("cache") is not None:
+        data["cache"] = [
+            CacheLayer(
+                kind=c["kind"],
+                per_token=tuple((n, d) for n, d in c["per_token"]),
+                window=c["window"],
+                state=tuple((n, d) for n, d in c["state"]),
+            )
+            for c in data["cache"]
+        ]
+    for key in ("keep_in_fp32", "default_skips"):
+        if data.get(key) is not None:
+            data[key] = tuple(data[key])
+    return ModelSpec(**data)
+
+
+def from_meta(cfg: dict[str, Any], trust_remote_code: bool = False, cache_dir: Path | None = None) -> ModelSpec:
+    """Return the ModelSpec of the class `load` builds, from the meta device or the spec cache.
+
+    The cache (qcli's cache dir, `specs/`) is keyed by the config's content, the transformers version
+    and trust_remote_code; `QCLI_NO_SPEC_CACHE=1` bypasses it.
     """
+    path = None
+    if not os.environ.get("QCLI_NO_SPEC_CACHE"):
+        path = _spec_cache_path(cfg, trust_remote_code, cache_dir or cache_root())
+    if path is not None and path.is_file():
+        try:
+            return spec_from_json(json.loads(path.read_text()))
+        except (ValueError, TypeError, KeyError):
+            pass  # an entry from another qcli: rebuild it
+    spec = _build(cfg, trust_remote_code)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(spec_to_json(spec)))
+        tmp.replace(path)
+    return spec
+
+
+def _unknown_type(cfg: dict[str, Any]) -> UsageError:
+    version = transformers_version()
+    mt = cfg.get("model_type")
+    if cfg.get("auto_map"):
+        return UsageError(
+            f"config.json: model_type {mt!r} is not part of transformers {version}; the repository ships its own code",
+            "pass --trust-remote-code if you trust that code",
+        )
+    return UsageError(
+        f"config.json: transformers {version} does not know model_type {mt!r}",
+        "upgrade transformers, or check the config's model_type",
+    )
+
+
+def load_config(cfg: dict[str, Any], trust_remote_code: bool = False) -> Any:
+    """Return the transformers config of a config.json dict, read by transformers' own loader.
+
+    The dict goes through `AutoConfig.from_pretrained` on a temporary directory, exactly as a checkpoint's
+    config.json would: transformers 5 writes infinities as `{"__float__": "Infinity"}` and only its loader
+    decodes them; it also applies each config class's own defaults and legacy keys.
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if cfg.get("model_type") not in CONFIG_MAPPING and not (trust_remote_code and cfg.get("auto_map")):
+        raise _unknown_type(cfg)
+    with tempfile.TemporaryDirectory(prefix="qcli-config-") as tmp:
+        (Path(tmp) / "config.json").write_text(json.dumps(cfg))
+        try:
+            return AutoConfig.from_pretrained(tmp, trust_remote_code=trust_remote_code)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UsageError(f"config.json: transformers cannot read it: {first}") from exc
+
+
+def model_class(config: Any, trust_remote_code: bool = False) -> tuple[type, str]:
+    """Return the class `qcli load` builds (AutoModelForCausalLM) and which auto class found it."""
+    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers.models.auto.auto_factory import _get_model_class
+
+    for auto in (AutoModelForCausalLM, AutoModel):
+        if type(config) in auto._model_mapping:
+            return _get_model_class(config, auto._model_mapping), auto.__name__
+    auto_map = getattr(config, "auto_map", None) or {}
+    if trust_remote_code and "AutoModelForCausalLM" in auto_map:
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+        return get_class_from_dynamic_module(auto_map["AutoModelForCausalLM"], config.name_or_path), "remote code"
+    raise UsageError(f"transformers has no model class for model_type {config.model_type!r}")
+
+
+def _build(cfg: dict[str, Any], trust_remote_code: bool) -> ModelSpec:
     try:
         import torch
-        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+        from transformers.utils.generic import ContextManagers
     except ImportError as exc:  # pragma: no cover - transformers is a dependency
         raise UsageError(f"model_type {cfg.get('model_type')!r} needs transformers to count: {exc}") from exc
+    config = load_config(cfg, trust_remote_code)
+    cls, auto = model_class(config, trust_remote_code)
+    dtype = getattr(torch, PROBE_DTYPE)
+    # Built as from_pretrained builds it: its init contexts (meta device, weights not yet tied), where
+    # transformers' bnb quantizer computes the modules it keeps unquantized.
     try:
-        config = AutoConfig.for_model(**cfg) if "model_type" in cfg else None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"config.json: transformers cannot read it ({exc})", "check model_type") from exc
-    archs = [str(a) for a in cfg.get("architectures") or []]
-    causal = any("CausalLM" in a or "LMHead" in a for a in archs) or (
-        not archs and not config.is_encoder_decoder and cfg["model_type"] not in ENCODER_TYPES
-    )
-    with torch.device("meta"):
-        try:
-            if not causal:
-                raise ValueError("encoder")
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-        except ValueError:
-            model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+        with ContextManagers(cls.get_init_context(dtype, True, False, None)):
+            model = cls(config)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"config.json: transformers cannot build {cls.__name__} from it: {first}") from exc
+    skips = _keys_not_to_convert(model)
     model.tie_weights()
-    return spec_from_module(model, cfg, source="meta")
+    spec = spec_from_module(model, config, source="meta")
+    spec.model_class = cls.__name__
+    spec.default_skips = tuple(sorted(skips))
+    if auto != "AutoModelForCausalLM":
+        spec.notes.append(f"transformers has no causal-LM class for {spec.model_type}: counted as {cls.__name__}")
+    try:
+        spec.cache = probe_cache(model, dtype)
+    except Exception as exc:  # a forward the meta device cannot run: fall back to the config's attention shape
+        spec.notes.append(f"cache sized from the config: the meta forward failed ({type(exc).__name__})")
+    return spec
 
 
-def spec_from_module(model: Any, cfg: dict[str, Any], source: Literal["analytic", "meta"] = "meta") -> ModelSpec:
-    """Return the ModelSpec of an instantiated (meta or real) torch model."""
-    import torch
+def _keys_not_to_convert(model: Any) -> set[str]:
+    """Return the modules transformers' bnb quantizer keeps unquantized by default (before tying).
+
+    Mirrors transformers 5 `quantizers.base.get_keys_to_not_convert`: tied weights (both ends), the
+    module of the last parameter (only a trailing `.weight` is stripped, so a last `.bias` keeps
+    nothing), the output embeddings; plus `_keep_in_fp32_modules`, which get_modules_to_not_convert adds.
+    """
+    try:
+        from transformers.quantizers.base import get_keys_to_not_convert
+
+        keys = set(get_keys_to_not_convert(model))
+    except ImportError:  # pragma: no cover - older transformers
+        tied = getattr(model, "all_tied_weights_keys", {}) or {}
+        keys = set(tied) | set(tied.values()) | {list(model.named_parameters())[-1][0]}
+        out = model.get_output_embeddings()
+        keys |= {n for n, m in model.named_modules() if out is not None and m is out}
+        keys = {k.removesuffix(".weight") for k in keys}
+    return keys | set(getattr(model, "_keep_in_fp32_modules", None) or ())
+
+
+def spec_from_module(model: Any, config: Any, source: Literal["analytic", "meta"] = "meta") -> ModelSpec:
+    """Return the ModelSpec of an instantiated (meta or real) torch model, tied weights once."""
     from torch import nn
 
     try:
@@ -57,6 +212,8 @@ def spec_from_module(model: Any, cfg: dict[str, Any], source: Literal["analytic"
     out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     tensors: list[TensorSpec] = []
     seen: set[int] = set()
+    # named_modules() lists a module shared by several layers once, under its first name: the name
+    # transformers' replace_with_bnb_linear sees too.
     for mod_name, module in model.named_modules():
         for p_name, param in module.named_parameters(recurse=False):
             if id(param) in seen:
@@ -65,19 +222,21 @@ def spec_from_module(model: Any, cfg: dict[str, Any], source: Literal["analytic"
             name = f"{mod_name}.{p_name}" if mod_name else p_name
             shape = tuple(param.shape)
             out_features = None
+            convertible = type(module) is nn.Linear or isinstance(module, Conv1D)
             if module is out_emb and out_emb is not None and p_name == "weight":
                 role: Role = "lm_head"
             elif isinstance(module, nn.Embedding):
                 role = "embedding"
-            elif (type(module) is nn.Linear or isinstance(module, Conv1D)) and p_name == "weight":
+            elif convertible and p_name == "weight":
+                # transformers' bnb integration converts exact nn.Linear and Conv1D only.
                 role = "linear"
                 if isinstance(module, Conv1D):
                     out_features = shape[1]
             elif isinstance(module, nn.Linear) and p_name == "weight":
-                role = "linear_subclass"  # transformers' bnb integration converts exact nn.Linear only
+                role = "linear_subclass"
             elif p_name == "bias":
                 role = "bias"
-            elif param.dim() == 3:
+            elif param.dim() == 3 and "expert" in name.lower():
                 role = "experts"
             elif "router" in type(module).__name__.lower():
                 role = "router"
@@ -85,28 +244,129 @@ def spec_from_module(model: Any, cfg: dict[str, Any], source: Literal["analytic"
                 role = "norm"
             else:
                 role = "other"
-            tensors.append(TensorSpec(name, shape, role, out_features=out_features))
+            tensors.append(TensorSpec(name, shape, role, out_features=out_features, convertible=convertible))
+    # A buffer built in the model's dtype follows the load dtype (gemma's embed_scale); one in another
+    # dtype keeps it (rotary inv_freq stays float32, position ids int64).
+    load_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     for b_name, buf in model.named_buffers():
-        dtype = str(buf.dtype).removeprefix("torch.") if buf.dtype != torch.float32 else "float32"
+        dtype = None if buf.dtype == load_dtype else str(buf.dtype).removeprefix("torch.")
         tensors.append(TensorSpec(b_name, tuple(buf.shape), "buffer", dtype=dtype))
-    cfg_text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
     attention = None
-    with contextlib.suppress(UsageError):
-        attention = attention_shape(cfg_text)
+    with contextlib.suppress(UsageError, TypeError, ValueError):
+        attention = attention_shape(text.to_dict())
     return ModelSpec(
-        model_type=str(cfg.get("model_type")),
+        model_type=str(config.model_type),
         tensors=tensors,
         attention=attention,
-        vocab_size=int(cfg_text.get("vocab_size") or 0),
+        vocab_size=int(getattr(text, "vocab_size", 0) or 0),
         tied_embeddings=bool(
             out_emb is not None
             and any(t.role == "embedding" for t in tensors)
             and not any(t.role == "lm_head" for t in tensors)
         ),
-        max_position_embeddings=cfg_text.get("max_position_embeddings"),
+        max_position_embeddings=getattr(text, "max_position_embeddings", None),
         source=source,
         keep_in_fp32=tuple(getattr(model, "_keep_in_fp32_modules", None) or ()),
-        config_dtype=config_dtype(cfg),
+        config_dtype=config_dtype({"dtype": str(dtype) if (dtype := getattr(config, "dtype", None)) else None}),
     )
 
 
+def _walk(obj: Any, found: dict[int, Any], depth: int = 0) -> None:
+    """Collect the tensors reachable from a cache object, by their base (a view keeps its base alive)."""
+    import torch
+
+    if depth > 6 or obj is None:
+        return
+    if isinstance(obj, torch.Tensor):
+        base = obj._base if obj._base is not None else obj
+        found.setdefault(id(base), base)
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            _walk(item, found, depth + 1)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            _walk(item, found, depth + 1)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, (type, torch.nn.Module)):
+        for item in vars(obj).values():
+            _walk(item, found, depth + 1)
+
+
+def _storages(cache: Any) -> list[dict[str, int]]:
+    """Return the state bytes per dtype of each cache layer, then of whatever the cache holds outside them.
+
+    Only tensors of 2 or more dimensions count: 0-d and 1-d ones are bookkeeping (a window's length).
+    """
+    seen: set[int] = set()
+    groups: list[dict[str, int]] = []
+    for part in [*cache.layers, cache]:
+        found: dict[int, Any] = {}
+        _walk(part, found)
+        sizes: dict[str, int] = {}
+        for key, t in found.items():
+            if key in seen or t.dim() < 2:
+                continue
+            seen.add(key)
+            dtype = str(t.dtype).removeprefix("torch.")
+            sizes[dtype] = sizes.get(dtype, 0) + t.untyped_storage().nbytes()
+        groups.append(sizes)
+    return groups
+
+
+def _prefill(model: Any, tokens: int) -> Any:
+    """Return the cache a prefill of `tokens` tokens (batch 1) leaves, or None when the model keeps none."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids = torch.ones(1, tokens, dtype=torch.long, device=device)
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
+    return next((out[k] for k in ("past_key_values", "cache_params") if out.get(k) is not None), None)
+
+
+def probe_cache(model: Any, dtype: Any) -> list[CacheLayer]:
+    """Return what each layer of the model's own cache stores, from two prefills on the meta device.
+
+    A layer's storage after a prefill of n tokens is `slope · n + fixed` per dtype: the slope is the
+    per-token K/V (or latent) part, the fixed part a recurrent state (conv, SSM). Tensors in the probe
+    dtype follow the cache dtype; others (mamba's float32 SSM state) keep theirs. Sliding-window layers
+    say their window (`sliding_window`, transformers' DynamicSlidingWindowLayer and hybrids).
+    """
+    import torch
+
+    dtype_name = str(dtype).removeprefix("torch.")
+    try:
+        caches = [_prefill(model, n) for n in PROBE_TOKENS]
+    except Exception:  # sdpa's mask helpers call .item(), which the meta device cannot answer
+        model.set_attn_implementation("eager")
+        caches = [_prefill(model, n) for n in PROBE_TOKENS]
+    if caches[-1] is None:
+        return []
+    cache = caches[-1]
+    small, large = (_storages(c) for c in caches)
+    if len(small) != len(large):
+        raise ValueError("cache layers differ between probes")
+    n1, n2 = PROBE_TOKENS
+    layers: list[CacheLayer] = []
+    for layer, a, b in zip([*cache.layers, None], small, large, strict=True):
+        if layer is None and not a and not b:
+            break  # nothing held outside the layers
+        per_token, state = [], []
+        for dt in sorted(set(a) | set(b)):
+            s1, s2 = a.get(dt, 0), b.get(dt, 0)
+            itemsize = torch.empty((), dtype=getattr(torch, dt)).element_size()
+            slope, rem = divmod(s2 - s1, n2 - n1)
+            fixed = s1 - slope * n1
+            if rem or slope < 0 or fixed < 0:
+                raise ValueError(f"{type(layer).__name__}: storage is not linear in tokens")
+            if slope:
+                per_token.append((slope // itemsize, None if dt == dtype_name else dt))
+            if fixed:
+                state.append((fixed // itemsize, None if dt == dtype_name else dt))
+        window = getattr(layer, "sliding_window", None) if layer is not None else None
+        window = int(window) if isinstance(window, int) and not isinstance(window, bool) else None
+        kind = "sliding" if window else ("full" if per_token else ("state" if state else "none"))
+        if per_token and state:
+            kind += "+state"
+        layers.append(CacheLayer(kind=kind, per_token=tuple(per_token), window=window, state=tuple(state)))
+    return layers

@@ -41,6 +41,8 @@ class TensorSpec:
     role: Role
     dtype: str | None = None  # a fixed dtype (buffers); None means the load dtype
     out_features: int | None = None  # rows of a linear weight when the shape does not say (Conv1D)
+    # lm_head only: whether its module is an exact nn.Linear / Conv1D, the only modules bitsandbytes converts.
+    convertible: bool = True
 
     @property
     def numel(self) -> int:
@@ -70,6 +72,23 @@ class AttentionShape:
     windows: list[int | None] = field(default_factory=list)  # per layer; None = full attention
 
 
+DtypeElems = tuple[tuple[int, "str | None"], ...]  # (elements, fixed dtype or None for the cache dtype)
+
+
+@dataclass(frozen=True)
+class CacheLayer:
+    """What one layer of transformers' cache holds for one sequence.
+
+    `per_token` grows with every token (K and V, an MLA latent, an indexer key); `state` does not (a
+    mamba conv + SSM state). A sliding-window layer's steady state holds `window` tokens of storage.
+    """
+
+    kind: str  # full, sliding, state, full+state, sliding+state, none
+    per_token: DtypeElems = ()
+    window: int | None = None
+    state: DtypeElems = ()
+
+
 @dataclass
 class ModelSpec:
     """A model's tensors and shapes; tied weights appear once."""
@@ -84,6 +103,10 @@ class ModelSpec:
     source: Literal["analytic", "meta", "params"] = "analytic"
     keep_in_fp32: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
+    model_class: str | None = None  # the class `qcli load` builds, e.g. LlamaForCausalLM
+    # The modules transformers' bnb quantizer keeps unquantized by default (get_keys_to_not_convert).
+    default_skips: tuple[str, ...] | None = None
+    cache: list[CacheLayer] | None = None  # per cache layer; None: sized from `attention`
 
     @property
     def parameters(self) -> list[TensorSpec]:

@@ -116,7 +116,8 @@ def render_estimate(report: EstimateReport, out: Console) -> None:
     if m.params_by_group:
         groups = Table(
             title=f"{head}: {escape(m.model_type or '?')}, {human_params(m.total_params)} parameters "
-            f"({m.total_params:,}; counted {m.count_method})",
+            f"({m.total_params:,}; counted {m.count_method}"
+            f"{' as ' + escape(m.model_class) if m.model_class else ''})",
             title_justify="left",
         )
         groups.add_column("group")

@@ -51,7 +51,7 @@ def component_label(c: Component) -> str:
         prefix = f"{c.format}: " if c.format and c.kind.startswith("quant") else ""
         return prefix + _QUANT_PART_LABELS[c.kind]
     if c.kind == "kv_cache":
-        return f"KV cache ({c.dtype}, {c.context_tokens:,} tokens × batch {c.batch_size})"
+        return f"KV cache ({c.dtype}, {c.context_tokens:,} tokens × batch {c.batch_size}, after the prompt)"
     if c.kind == "lora_adapters":
         return f"LoRA adapters ({c.dtype})"
     if c.kind == "lora_gradients":

@@ -196,6 +196,7 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
             name=opts.model,
             model_type=None if opts.model is None else spec.model_type,
             count_method=spec.source,
+            model_class=spec.model_class,
             total_params=spec.params,
             params_by_group=None if opts.model is None else spec.groups(),
             context_limit_tokens=spec.max_position_embeddings,
@@ -222,6 +223,12 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
     layout = weight_layout(spec, f, load, skip)
     plan = build_plan(spec, req, layout)
     report.plans.append(plan)
+    peak, decode = plan.kv_cache_bytes, plan.kv_cache_decode_bytes
+    if peak is not None and decode is not None and decode < peak:
+        report.notes.append(
+            f"KV cache: {peak / 2**30:,.2f} GiB right after a {opts.context:,}-token prompt (sliding-window "
+            f"layers still hold it all), {decode / 2**30:,.2f} GiB while decoding; the total counts the first"
+        )
     if devices and opts.model is not None:
         plan.max_context_tokens = max_context(spec, req, layout)
         bf16_ok = all(d.bf16 for d in devices) if all(d.bf16 is not None for d in devices) else None

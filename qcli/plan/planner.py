@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from qcli.errors import UsageError
-from qcli.model.spec import GROUP_OF_ROLE, ModelSpec, TensorSpec
+from qcli.model.spec import GROUP_OF_ROLE, CacheLayer, ModelSpec, TensorSpec
 from qcli.plan.formats import Format, dtype_bytes, storage_parts
 from qcli.plan.gpus import Device
 from qcli.plan.training import TrainingRequest, training_state
@@ -62,10 +62,16 @@ def should_convert(module: str, patterns: list[str]) -> bool:
 
 
 def default_skip_modules(spec: ModelSpec) -> list[str]:
-    """Return the modules transformers keeps unquantized by default: the output head, modules tied
-    to the embeddings, the module of the last parameter, and `_keep_in_fp32_modules`."""
+    """Return the modules transformers keeps unquantized by default: the output head, both ends of
+    every tie, the module of the last parameter before tying, and `_keep_in_fp32_modules`.
+
+    The model description carries transformers' own list (`default_skips`, from get_keys_to_not_convert
+    on the meta build, or the analytic builder's equivalent); the rest is a fallback for specs without it.
+    """
     if spec.source == "params":
         return []  # a bare count: every parameter is taken as quantizable
+    if spec.default_skips is not None:
+        return sorted(set(spec.default_skips) | set(spec.keep_in_fp32))
     skips = {t.module for t in spec.parameters if t.role == "lm_head"}
     if spec.tied_embeddings:
         skips |= {t.module for t in spec.parameters if t.role == "embedding"}
@@ -79,21 +85,22 @@ def quantized_tensors(spec: ModelSpec, fmt: Format, skip_modules: list[str] | No
     """Return the names of the weight tensors bitsandbytes quantizes for this format."""
     if fmt.kind == "dense":  # every linear is stored in the dense format
         return {t.name for t in spec.tensors if t.role == "linear"}
+    # llm_int8_skip_modules replaces the default list; _keep_in_fp32_modules is added either way
+    # (transformers' HfQuantizer.get_modules_to_not_convert).
     patterns = default_skip_modules(spec) if skip_modules is None else [*skip_modules, *spec.keep_in_fp32]
     # lm_head is an nn.Linear too: only the default skip list keeps it unquantized.
     return {
         t.name
         for t in spec.tensors
-        if (t.role == "linear" or (t.role == "lm_head" and len(t.shape) == 2)) and should_convert(t.module, patterns)
+        if (t.role == "linear" or (t.role == "lm_head" and t.convertible and len(t.shape) == 2))
+        and should_convert(t.module, patterns)
     }
 
 
 ComponentKey = tuple[str, str | None, str | None, str | None]  # kind, group, dtype, format
 
 
-def tensor_parts(
-    t: TensorSpec, fmt: Format, load_dtype: str, quantized: set[str]
-) -> list[tuple[ComponentKey, int]]:
+def tensor_parts(t: TensorSpec, fmt: Format, load_dtype: str, quantized: set[str]) -> list[tuple[ComponentKey, int]]:
     """Return the ((kind, group, dtype, format), bytes) parts one tensor occupies."""
     if t.name in quantized:
         group = "quantized_linear" if fmt.kind != "dense" else GROUP_OF_ROLE[t.role]
@@ -152,14 +159,34 @@ def weight_layout(spec: ModelSpec, fmt: Format, load_dtype: str, skip_modules: l
     return WeightLayout(components, blocks, quantized, qparams)
 
 
-def kv_per_layer(spec: ModelSpec, context: int, batch: int, kv_dtype: str) -> list[int]:
-    """Return each layer's KV cache: 2 · kv_heads · head_dim · bytes · batch · min(context, window)."""
+def cache_layers(spec: ModelSpec) -> list[CacheLayer]:
+    """Return what each layer of the model's cache stores: measured on the meta build, else from the config."""
+    if spec.cache is not None:
+        return spec.cache
     att = spec.attention
     if att is None:
         return []
-    per_token = 2 * att.kv_heads * att.head_dim * dtype_bytes(kv_dtype) * batch
+    per_token = ((2 * att.kv_heads * att.head_dim, None),)  # K and V, one head_dim vector per KV head each
     windows = att.windows or [None] * att.layers
-    return [per_token * (min(context, w) if w else context) for w in windows]
+    return [CacheLayer("sliding" if w else "full", per_token=per_token, window=w) for w in windows]
+
+
+def cache_layer_bytes(layer: CacheLayer, tokens: int, batch: int, kv_dtype: str, *, prefill: bool) -> int:
+    """Return one cache layer's bytes holding `tokens` tokens of `batch` sequences.
+
+    transformers' DynamicSlidingWindowLayer keeps a view of the last W-1 tokens: right after a prefill
+    that view still holds the whole prompt's storage (the peak); while decoding, a W-token tensor.
+    """
+    held = tokens if (prefill or layer.window is None) else min(tokens, layer.window)
+    token_bytes = sum(n * dtype_bytes(dt or kv_dtype) for n, dt in layer.per_token)
+    state_bytes = sum(n * dtype_bytes(dt or kv_dtype) for n, dt in layer.state)
+    return batch * (token_bytes * held + state_bytes)
+
+
+def kv_per_layer(spec: ModelSpec, context: int, batch: int, kv_dtype: str, *, prefill: bool = False) -> list[int]:
+    """Return each cache layer's bytes at `context` tokens: while decoding (the steady state), or right
+    after a prefill of `context` tokens (prefill=True: the peak of sliding-window layers)."""
+    return [cache_layer_bytes(c, context, batch, kv_dtype, prefill=prefill) for c in cache_layers(spec)]
 
 
 def place(
@@ -209,10 +236,14 @@ def build_plan(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None = 
     components = list(layout.components)
     blocks = dict(layout.blocks)
     kv_total: int | None = None
+    kv_decode: int | None = None
     kv_dtype = req.kv_dtype or req.load_dtype
-    if req.context and spec.attention is not None and req.training is None:
-        per_layer = kv_per_layer(spec, req.context, req.batch, kv_dtype)
+    if req.context and cache_layers(spec) and req.training is None:
+        # Counted at its peak: right after a prompt of `context` tokens every layer holds all of them,
+        # sliding-window layers included; decoding, those keep only their window.
+        per_layer = kv_per_layer(spec, req.context, req.batch, kv_dtype, prefill=True)
         kv_total = sum(per_layer)
+        kv_decode = sum(kv_per_layer(spec, req.context, req.batch, kv_dtype))
         components.append(
             Component(
                 kind="kv_cache",
@@ -220,7 +251,7 @@ def build_plan(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None = 
                 size_bytes=kv_total,
                 context_tokens=req.context,
                 batch_size=req.batch,
-                source="formula",
+                source="meta forward" if spec.cache is not None else "formula",
             )
         )
         layer_blocks = [b for b in blocks if b.startswith("layer")]
@@ -248,6 +279,7 @@ def build_plan(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None = 
         total_bytes=total,
         components=components,
         kv_cache_bytes=kv_total,
+        kv_cache_decode_bytes=kv_decode,
         training=training,
     )
     context_source = "given" if req.cuda_context_given else "default"
@@ -273,7 +305,7 @@ def build_plan(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None = 
 
 def max_context(spec: ModelSpec, req: PlanRequest, layout: WeightLayout) -> int | None:
     """Return the longest context (tokens) whose plan fits the devices, or None when none fits."""
-    if not req.devices or spec.attention is None:
+    if not req.devices or not cache_layers(spec):
         return None
     limit = spec.max_position_embeddings or 2**20
 
