@@ -87,7 +87,8 @@ def compare(truth: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
         if not cache_ok:
             notes.append("no cache, qcli plans one")
     else:
-        cache_ok = answer["prefill_bytes"] == cache["prefill_bytes"] and answer["decode_bytes"] == cache["decode_bytes"]
+        decode_ok = cache["decode_bytes"] is None or answer["decode_bytes"] == cache["decode_bytes"]
+        cache_ok = answer["prefill_bytes"] == cache["prefill_bytes"] and decode_ok
         if not cache_ok:
             kinds = "/".join(sorted(set(cache["layer_types"])))
             notes.append(

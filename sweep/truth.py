@@ -34,9 +34,24 @@ LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "decoder
 WINDOW_KEYS = ("sliding_window", "attention_chunk_size")
 
 
+def _index_lists(d: dict[str, Any], n_layers: int) -> list[str]:
+    """Return the keys holding lists of layer indices (attn_layer_indices, mlp_only_layers, ...)."""
+    return [
+        k
+        for k, v in d.items()
+        if isinstance(v, list)
+        and v
+        and any(word in k for word in ("ind", "idx", "layers", "ids"))
+        and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n_layers for i in v)
+    ]
+
+
 def _pick_layers(d: dict[str, Any], n_layers: int, base: int) -> list[int]:
     """Return the layer indices to keep: the first `base`, plus the first layer of every kind."""
     keep = list(range(min(base, n_layers)))
+    for key in _index_lists(d, n_layers):  # a hybrid's attention layers, say: keep the first of them
+        if d[key][0] not in keep:
+            keep.append(d[key][0])
     for value in d.values():
         if isinstance(value, list) and len(value) == n_layers and all(isinstance(v, str) for v in value):
             for kind in dict.fromkeys(value):
@@ -62,8 +77,14 @@ def _shrink_dict(d: dict[str, Any], base: int) -> dict[str, Any]:
         if not isinstance(n_layers, int) or isinstance(n_layers, bool) or n_layers <= base:
             continue
         keep = _pick_layers(d, n_layers, base)
+        keep = sorted(keep)
+        index_keys = _index_lists(d, n_layers)
         d[key] = len(keep)
+        for k in index_keys:
+            d[k] = [keep.index(i) for i in d[k] if i in keep]
         for k, v in list(d.items()):
+            if k in index_keys:
+                continue
             if isinstance(v, list) and len(v) == n_layers:
                 d[k] = [v[i] for i in keep]
             elif isinstance(v, str) and len(v) == n_layers and n_layers > 3:
@@ -104,6 +125,13 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
         ("layer_types",),
     ),
     "mistral@no_window": ("mistral", {"sliding_window": None}, ()),
+    # Hybrids whose default config has no attention layer (transformers cannot run their cache then).
+    "bamba@attention": ("bamba", {"attn_layer_indices": [1]}, ()),
+    "granitemoehybrid@attention": (
+        "granitemoehybrid",
+        {"layer_types": ["linear_attention", "full_attention"], "num_hidden_layers": 2},
+        (),
+    ),
     "qwen3_moe@dense_every_other": ("qwen3_moe", {"decoder_sparse_step": 2, "mlp_only_layers": [0]}, ()),
 }
 
@@ -234,8 +262,11 @@ def measure_cache(model: Any, batch: int = BATCH, prompt: int = PROMPT) -> dict[
         kwargs = {"cache_params": cache} if "cache_params" in out else {"past_key_values": cache}
         if "cache_params" in out:  # mamba-style models are told where the decode step is
             kwargs["cache_position"] = torch.tensor([prompt], device=device)
-        out = model(input_ids=step, use_cache=True, **kwargs)
-        decode, decode_layers = cache_bytes(_returned_cache(out))
+        try:
+            out = model(input_ids=step, use_cache=True, **kwargs)
+            decode, decode_layers = cache_bytes(_returned_cache(out))
+        except Exception:  # the model cannot decode from this cache (no attention layer to count tokens)
+            decode, decode_layers = None, None
     return {
         "type": type(cache).__name__,
         "layer_types": [type(layer).__name__ for layer in getattr(cache, "layers", None) or []],
@@ -246,6 +277,9 @@ def measure_cache(model: Any, batch: int = BATCH, prompt: int = PROMPT) -> dict[
     }
 
 
+CPU_PARAMS_LIMIT = 400_000_000  # a real CPU model larger than this (0.8 GB in bf16) is not built
+
+
 def _tiny_real(config: Any) -> Any:
     """Return a real CPU model (bfloat16, vocabulary cut to 512) for caches the meta device cannot run."""
     from transformers import AutoModelForCausalLM
@@ -254,6 +288,9 @@ def _tiny_real(config: Any) -> Any:
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     if getattr(text, "vocab_size", 0) and text.vocab_size > 512:
         text.vocab_size = 512
+    params = sum(p.numel() for p in meta_model(config).parameters())
+    if params > CPU_PARAMS_LIMIT:
+        raise MemoryError(f"{params:,} parameters: too large to build on the CPU for a cache truth")
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, DTYPE))
     return model.eval()
 
