@@ -252,9 +252,12 @@ def spec_from_module(model: Any, config: Any, source: Literal["analytic", "meta"
         dtype = None if buf.dtype == load_dtype else str(buf.dtype).removeprefix("torch.")
         tensors.append(TensorSpec(b_name, tuple(buf.shape), "buffer", dtype=dtype))
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    # The config's attribute_map resolves aliases (jetmoe's kv_channels is its head_dim): read through it.
+    names = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim")
+    flat = {**text.to_dict(), **{k: v for k in names if (v := getattr(text, k, None)) is not None}}
     attention = None
     with contextlib.suppress(UsageError, TypeError, ValueError):
-        attention = attention_shape(text.to_dict())
+        attention = attention_shape(flat)
     return ModelSpec(
         model_type=str(config.model_type),
         tensors=tensors,
@@ -313,14 +316,15 @@ def _storages(cache: Any) -> list[dict[str, int]]:
     return groups
 
 
-def _prefill(model: Any, tokens: int) -> Any:
+def _prefill(model: Any, tokens: int, mask: bool = False) -> Any:
     """Return the cache a prefill of `tokens` tokens (batch 1) leaves, or None when the model keeps none."""
     import torch
 
     device = next(model.parameters()).device
     ids = torch.ones(1, tokens, dtype=torch.long, device=device)
+    kwargs = {"attention_mask": torch.ones(1, tokens, dtype=torch.long, device=device)} if mask else {}
     with torch.no_grad():
-        out = model(input_ids=ids, use_cache=True)
+        out = model(input_ids=ids, use_cache=True, **kwargs)
     return next((out[k] for k in ("past_key_values", "cache_params") if out.get(k) is not None), None)
 
 
@@ -337,9 +341,14 @@ def probe_cache(model: Any, dtype: Any) -> list[CacheLayer]:
     dtype_name = str(dtype).removeprefix("torch.")
     try:
         caches = [_prefill(model, n) for n in PROBE_TOKENS]
-    except Exception:  # sdpa's mask helpers call .item(), which the meta device cannot answer
+    except Exception:
+        # sdpa's mask helpers call .item(), which the meta device cannot answer; so does the packed-sequence
+        # check transformers runs when no attention mask is given
         model.set_attn_implementation("eager")
-        caches = [_prefill(model, n) for n in PROBE_TOKENS]
+        try:
+            caches = [_prefill(model, n) for n in PROBE_TOKENS]
+        except Exception:
+            caches = [_prefill(model, n, mask=True) for n in PROBE_TOKENS]
     if caches[-1] is None:
         return []
     cache = caches[-1]
