@@ -213,7 +213,8 @@ def table(results: list[dict[str, Any]], title: str) -> str:
         "built as `AutoModelForCausalLM` on the meta device with weights tied. Truth: unique parameters;",
         "the modules transformers' own bitsandbytes quantizer turns into Linear4bit; the storage bytes of the",
         "model's own cache object after a prefill of batch 2 × 24 tokens and after one decode step (bfloat16,",
-        "sliding windows shrunk to 8 tokens).",
+        "sliding windows shrunk to 8 tokens). `qcli s`: qcli's answer for the type in a warm process (torch",
+        "already imported, no spec cache); `truth s`: transformers' own build, both quantizers and the cache runs.",
         "",
         f"transformers {transformers.__version__}: {len(results)} causal-LM types, {len(built)} built and compared.",
         "",
@@ -224,36 +225,71 @@ def table(results: list[dict[str, Any]], title: str) -> str:
         f"- analytic path: {sum(r['answer']['path'] == 'analytic' for r in built)} types, "
         f"meta path: {sum(r['answer']['path'] == 'meta' for r in built)}",
         "",
-        "| type | class | path | params exact | quantized split exact | cache exact | seconds | discrepancy |",
-        "|---|---|---|---|---|---|---|---|",
+        "| type | class | path | params exact | quantized split exact | cache exact | qcli s | truth s | discrepancy |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         row = r.get("row")
         if row is None:
             lines.append(
-                f"| {r['model_type']} | {r.get('class', '')} | – | – | – | – | {r.get('seconds', '')} "
-                f"| {r['status']}: {str(r.get('error', '')).replace('|', '/')[:120]} |"
+                f"| {r['model_type']} | {r.get('class', '')} | – | – | – | – | | {r.get('truth_seconds', '')} "
+                f"| {r['status']}: {(str(r.get('error', '')).replace('|', '/').splitlines() or [''])[0][:120]} |"
             )
             continue
         lines.append(
             f"| {r['model_type']} | {r['class']} | {r['answer']['path']} | {_mark(row['params_ok'])} "
             f"| {_mark(row['quant_ok'])} | {_mark(row['cache_ok'])} | {r.get('qcli_seconds', '')} "
+            f"| {r.get('truth_seconds', '')} "
             f"| {row['notes'].replace('|', '/')} |"
         )
     return "\n".join(lines) + "\n"
 
 
+TRUTH_KEYS = ("class", "config", "params", "quantized_4bit", "quantized_4bit_params", "cache_batch", "cache_prompt",
+              "cache_dtype", "cache", "truth_seconds")  # fmt: skip
+
+
 def save_truth(results: list[dict[str, Any]]) -> None:
-    """Write the truth of every built type to sweep/truth.json (the fast sample test reads it)."""
+    """Write the truth of every type to sweep/truth.json (the sample test and --reuse-truth read it)."""
     import transformers
 
-    keep = ("class", "config", "params", "quantized_4bit", "quantized_4bit_params", "cache_batch", "cache_prompt",
-            "cache_dtype", "cache")  # fmt: skip
-    data = {
-        "transformers": transformers.__version__,
-        "types": {r["model_type"]: {k: r[k] for k in keep if k in r} for r in results if "params" in r},
-    }
+    types = {}
+    for r in results:
+        if "params" in r:
+            types[r["model_type"]] = {k: r[k] for k in TRUTH_KEYS if k in r}
+        else:
+            types[r["model_type"]] = {"status": r["status"], "error": r.get("error", "")}
+    data = {"transformers": transformers.__version__, "types": types}
     TRUTH_JSON.write_text(json.dumps(data, indent=None, sort_keys=True, separators=(",", ":")) + "\n")
+
+
+def reuse_truth(timeout_s: int) -> list[dict[str, Any]]:
+    """Return the rows for every type in sweep/truth.json, recomputing qcli's side only (in this process)."""
+    import transformers
+
+    data = json.loads(TRUTH_JSON.read_text())
+    if data["transformers"] != transformers.__version__:
+        raise SystemExit(f"sweep/truth.json is for transformers {data['transformers']}: run the full sweep")
+    signal.signal(signal.SIGALRM, _alarm)
+    results = []
+    for model_type, t in data["types"].items():
+        result = {"model_type": model_type, **t}
+        if "params" not in t:
+            results.append(result)
+            continue
+        result["status"] = "ok"
+        start = time.perf_counter()
+        signal.alarm(timeout_s)
+        try:
+            answer = qcli_answer(t["config"], t["cache_batch"], t["cache_prompt"], t["cache_dtype"])
+            result["answer"], result["row"] = answer, compare(t, answer)
+        except Exception as exc:
+            result["status"], result["error"] = "qcli error", f"{type(exc).__name__}: {exc}"[:300]
+        finally:
+            signal.alarm(0)
+        result["qcli_seconds"] = round(time.perf_counter() - start, 2)
+        results.append(result)
+    return results
 
 
 def main() -> None:
@@ -262,9 +298,15 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=int, default=TYPE_TIMEOUT_S, help="seconds per type")
     parser.add_argument("--title", default="Sweep: qcli against transformers, every causal-LM type")
+    parser.add_argument("--reuse-truth", action="store_true", help="recompute qcli's side only, from truth.json")
     args = parser.parse_args()
     if args.worker:
         worker(args.timeout)
+        return
+    if args.reuse_truth:
+        results = reuse_truth(args.timeout)
+        TABLE_MD.write_text(table(results, args.title))
+        print(table(results, args.title).split("| type |")[0])
         return
     types = args.types or all_types()
     results = sweep(types, args.timeout)

@@ -113,6 +113,18 @@ TINY = {
         "vocab_size": 100,
         "new_decoder_architecture": True,
     },
+    "gpt_oss": {
+        "model_type": "gpt_oss",
+        "hidden_size": 64,
+        "intermediate_size": 48,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "num_local_experts": 4,
+        "vocab_size": 100,
+        "sliding_window": 32,
+    },
     "llama-tied-bias": {
         "model_type": "llama",
         "hidden_size": 64,

@@ -29,7 +29,7 @@ META = [
     "minimax",  # linear-attention state kept outside the cache layers
     "deepseek_v3",  # MLA: the latent and the rope key are cached
     "glm_moe_dsa",  # indexer keys cached in float32
-    "gpt_oss",  # sliding + full, fused experts
+    "cohere2",  # sliding + full layers from layer_types
     "gemma3",  # multimodal: counted as Gemma3ForConditionalGeneration
     "zamba2",  # blocks shared across layers
     "roberta",  # lm_head.dense is quantized, lm_head.decoder is tied

@@ -69,7 +69,7 @@ def _layer_types(cfg: Cfg, layers: int) -> list[str]:
     if isinstance(layer_types, list) and len(layer_types) == layers:
         return [str(t) for t in layer_types]
     mt = cfg.get("model_type")
-    if mt == "gemma2":  # Gemma 2 alternates: sliding, full, sliding, ...
+    if mt in {"gemma2", "gpt_oss"}:  # Gemma 2 and gpt-oss alternate: sliding, full, sliding, ...
         return ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers)]
     if mt == "gemma3_text":  # Gemma 3: five sliding layers, then one full (sliding_window_pattern 6)
         pattern = cfg.get("sliding_window_pattern") or 6
@@ -86,7 +86,7 @@ def _layer_types(cfg: Cfg, layers: int) -> list[str]:
 
 # transformers 5 config defaults for `sliding_window` (absent: no window unless the config sets one).
 _DEFAULT_WINDOW = {"mistral": 4096, "gemma2": 4096, "gemma3_text": 4096, "qwen2": 4096, "qwen3": 4096,
-                   "qwen2_moe": 4096, "qwen3_moe": 4096}  # fmt: skip
+                   "qwen2_moe": 4096, "qwen3_moe": 4096, "gpt_oss": 128}  # fmt: skip
 # Families whose config class drops `sliding_window` unless `use_sliding_window` is set.
 _USE_SLIDING_WINDOW = frozenset({"qwen2", "qwen3", "qwen2_moe", "qwen3_moe"})
 
@@ -433,6 +433,40 @@ def falcon(cfg: Cfg) -> ModelSpec:
     return _spec(cfg, b, tied)
 
 
+def gpt_oss(cfg: Cfg) -> ModelSpec:
+    """Return the gpt-oss tensor list (attention sinks, biased router, fused experts with biases)."""
+    h, vocab = cfg_int(cfg, "hidden_size"), cfg_int(cfg, "vocab_size")
+    layers, heads = cfg_int(cfg, "num_hidden_layers"), cfg_int(cfg, "num_attention_heads")
+    kv, hd = cfg_int(cfg, "num_key_value_heads", heads), _head_dim(cfg)
+    e, inter = cfg_int(cfg, "num_local_experts", 128), cfg_int(cfg, "intermediate_size")
+    bias = bool(cfg.get("attention_bias", True))
+    tied = bool(cfg.get("tie_word_embeddings", False))
+    b = _Builder()
+    b.add("model.embed_tokens.weight", (vocab, h), "embedding")
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        b.add(f"{p}.self_attn.sinks", (heads,), "other")  # one learned attention sink per head
+        b.linear(f"{p}.self_attn.q_proj", heads * hd, h, bias)
+        b.linear(f"{p}.self_attn.k_proj", kv * hd, h, bias)
+        b.linear(f"{p}.self_attn.v_proj", kv * hd, h, bias)
+        b.linear(f"{p}.self_attn.o_proj", h, heads * hd, bias)
+        b.add(f"{p}.mlp.router.weight", (e, h), "router")
+        b.add(f"{p}.mlp.router.bias", (e,), "bias")
+        # GptOssExperts stores (experts, in, out) with a bias per expert: 3-D, so never quantized.
+        b.add(f"{p}.mlp.experts.gate_up_proj", (e, h, 2 * inter), "experts")
+        b.add(f"{p}.mlp.experts.gate_up_proj_bias", (e, 2 * inter), "other")
+        b.add(f"{p}.mlp.experts.down_proj", (e, inter, h), "experts")
+        b.add(f"{p}.mlp.experts.down_proj_bias", (e, h), "other")
+        b.norm(f"{p}.input_layernorm", h)
+        b.norm(f"{p}.post_attention_layernorm", h)
+    b.norm("model.norm", h)
+    if not tied:
+        b.add("lm_head.weight", (vocab, h), "lm_head")
+    _rope_buffers(b, "model.rotary_emb", hd)
+    # GptOssPreTrainedModel._keep_in_fp32_modules: transformers adds them to the bnb skip list.
+    return _spec(cfg, b, tied, keep_in_fp32=("input_layernorm", "post_attention_layernorm", "norm"))
+
+
 BUILDERS: dict[str, Callable[[Cfg], ModelSpec]] = {
     **dict.fromkeys(
         ["llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3_text"],
@@ -444,6 +478,7 @@ BUILDERS: dict[str, Callable[[Cfg], ModelSpec]] = {
     "gpt_neox": gpt_neox,
     "opt": opt,
     "falcon": falcon,
+    "gpt_oss": gpt_oss,
 }
 # The class `qcli load` builds for each analytic family (transformers' MODEL_FOR_CAUSAL_LM_MAPPING_NAMES;
 # tests/test_sweep_sample.py checks the table against it).
@@ -453,5 +488,5 @@ CAUSAL_LM_CLASS: dict[str, str] = {
     "qwen3_moe": "Qwen3MoeForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM", "phi": "PhiForCausalLM", "phi3": "Phi3ForCausalLM",
     "gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM", "opt": "OPTForCausalLM",
-    "falcon": "FalconForCausalLM",
+    "falcon": "FalconForCausalLM", "gpt_oss": "GptOssForCausalLM",
 }  # fmt: skip
