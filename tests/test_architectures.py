@@ -4,7 +4,8 @@ import pytest
 
 from qcli.model.describe import from_config
 from qcli.model.meta import from_meta
-from qcli.plan.planner import default_skip_modules, kv_per_layer
+from qcli.plan.formats import BF16
+from qcli.plan.planner import default_skip_modules, kept_in_fp32, kv_per_layer, weight_layout
 from tests.conftest import fixture_config
 
 PUBLISHED = {
@@ -125,6 +126,27 @@ TINY = {
         "vocab_size": 100,
         "sliding_window": 32,
     },
+    "deepseek_v3": {
+        "model_type": "deepseek_v3",
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "moe_intermediate_size": 16,
+        "num_hidden_layers": 3,
+        "first_k_dense_replace": 1,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "n_routed_experts": 8,
+        "n_shared_experts": 2,
+        "num_experts_per_tok": 2,
+        "n_group": 2,
+        "topk_group": 1,
+        "q_lora_rank": 24,
+        "kv_lora_rank": 16,
+        "qk_nope_head_dim": 8,
+        "qk_rope_head_dim": 4,
+        "v_head_dim": 8,
+        "vocab_size": 100,
+    },
     "llama-tied-bias": {
         "model_type": "llama",
         "hidden_size": 64,
@@ -208,3 +230,14 @@ def test_encoder_family_is_counted_as_the_causal_lm_class_load_builds():
 def test_llama3_groups_show_the_unquantized_billion():
     groups = from_config(fixture_config("llama3-8b")).groups()
     assert groups["embeddings"] + groups["lm_head"] == 2 * 128256 * 4096  # 1.05 B never quantized
+
+
+def test_keep_in_fp32_modules_follow_transformers_dtype_plan():
+    # _keep_in_fp32_modules upcast under float16 only; _keep_in_fp32_modules_strict under bfloat16 too.
+    oss, ds = from_config(TINY["gpt_oss"]), from_config(TINY["deepseek_v3"])
+    assert kept_in_fp32(oss, "float16").search("model.layers.0.input_layernorm.weight")
+    assert kept_in_fp32(oss, "bfloat16") is None
+    layout = weight_layout(ds, BF16, "bfloat16", None)
+    fp32 = [c for c in layout.components if c.kind == "weights" and c.dtype == "float32" and c.group == "buffers"]
+    # the router's score-correction bias of the two MoE layers (8 experts), next to the float32 rotary tables
+    assert sum(c.size_bytes for c in fp32) == (2 * 8 + 2 * 2) * 4

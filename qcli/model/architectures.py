@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from qcli.errors import UsageError
-from qcli.model.spec import AttentionShape, ModelSpec, Role, TensorSpec, cfg_int
+from qcli.model.spec import AttentionShape, CacheLayer, ModelSpec, Role, TensorSpec, cfg_int
 
 Cfg = dict[str, Any]
 
@@ -467,6 +467,57 @@ def gpt_oss(cfg: Cfg) -> ModelSpec:
     return _spec(cfg, b, tied, keep_in_fp32=("input_layernorm", "post_attention_layernorm", "norm"))
 
 
+def deepseek_v3(cfg: Cfg) -> ModelSpec:
+    """Return the DeepSeek-V3 tensor list (MLA attention, dense first layers, routed + shared experts)."""
+    h, vocab = cfg_int(cfg, "hidden_size"), cfg_int(cfg, "vocab_size")
+    layers, heads = cfg_int(cfg, "num_hidden_layers"), cfg_int(cfg, "num_attention_heads")
+    q_rank, kv_rank = cfg.get("q_lora_rank", 1536), cfg_int(cfg, "kv_lora_rank", 512)
+    nope, rope = cfg_int(cfg, "qk_nope_head_dim", 128), cfg_int(cfg, "qk_rope_head_dim", 64)
+    v_dim = cfg_int(cfg, "v_head_dim", 128)
+    e, moe_inter = cfg_int(cfg, "n_routed_experts", 256), cfg_int(cfg, "moe_intermediate_size", 2048)
+    shared, dense = cfg_int(cfg, "n_shared_experts", 1), cfg.get("first_k_dense_replace", 3)
+    inter, bias = cfg_int(cfg, "intermediate_size"), bool(cfg.get("attention_bias", False))
+    tied = bool(cfg.get("tie_word_embeddings", False))
+    b = _Builder()
+    b.add("model.embed_tokens.weight", (vocab, h), "embedding")
+    for i in range(layers):
+        p = f"model.layers.{i}.self_attn"
+        if q_rank is None:
+            b.linear(f"{p}.q_proj", heads * (nope + rope), h)
+        else:
+            b.linear(f"{p}.q_a_proj", q_rank, h, bias)
+            b.norm(f"{p}.q_a_layernorm", q_rank)
+            b.linear(f"{p}.q_b_proj", heads * (nope + rope), q_rank)
+        b.linear(f"{p}.kv_a_proj_with_mqa", kv_rank + rope, h, bias)
+        b.norm(f"{p}.kv_a_layernorm", kv_rank)
+        b.linear(f"{p}.kv_b_proj", heads * (nope + v_dim), kv_rank)
+        b.linear(f"{p}.o_proj", h, heads * v_dim, bias)
+        p = f"model.layers.{i}.mlp"
+        if i >= dense:
+            b.add(f"{p}.experts.gate_up_proj", (e, 2 * moe_inter, h), "experts")
+            b.add(f"{p}.experts.down_proj", (e, h, moe_inter), "experts")
+            b.add(f"{p}.gate.weight", (e, h), "router")
+            for name, out_f, in_f in (("gate_proj", moe_inter * shared, h), ("up_proj", moe_inter * shared, h),
+                                      ("down_proj", h, moe_inter * shared)):  # fmt: skip
+                b.linear(f"{p}.shared_experts.{name}", out_f, in_f)
+        else:
+            b.linear(f"{p}.gate_proj", inter, h)
+            b.linear(f"{p}.up_proj", inter, h)
+            b.linear(f"{p}.down_proj", h, inter)
+        b.norm(f"model.layers.{i}.input_layernorm", h)
+        b.norm(f"model.layers.{i}.post_attention_layernorm", h)
+    b.norm("model.norm", h)
+    if not tied:
+        b.add("lm_head.weight", (vocab, h), "lm_head")
+    for i in range(dense, layers):  # the router's score correction: a buffer, float32 by _keep_in_fp32_modules_strict
+        b.add(f"model.layers.{i}.mlp.gate.e_score_correction_bias", (e,), "buffer")
+    _rope_buffers(b, "model.rotary_emb", rope)
+    spec = _spec(cfg, b, tied, keep_in_fp32_strict=("e_score_correction_bias",))
+    # MLA as transformers caches it: the compressed latent and the shared rope key, one vector per token.
+    spec.cache = [CacheLayer("full", per_token=((kv_rank + rope, None),))] * layers
+    return spec
+
+
 BUILDERS: dict[str, Callable[[Cfg], ModelSpec]] = {
     **dict.fromkeys(
         ["llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3_text"],
@@ -479,6 +530,7 @@ BUILDERS: dict[str, Callable[[Cfg], ModelSpec]] = {
     "opt": opt,
     "falcon": falcon,
     "gpt_oss": gpt_oss,
+    "deepseek_v3": deepseek_v3,
 }
 # The class `qcli load` builds for each analytic family (transformers' MODEL_FOR_CAUSAL_LM_MAPPING_NAMES;
 # tests/test_sweep_sample.py checks the table against it).
@@ -488,5 +540,5 @@ CAUSAL_LM_CLASS: dict[str, str] = {
     "qwen3_moe": "Qwen3MoeForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM", "phi": "PhiForCausalLM", "phi3": "Phi3ForCausalLM",
     "gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM", "opt": "OPTForCausalLM",
-    "falcon": "FalconForCausalLM", "gpt_oss": "GptOssForCausalLM",
+    "falcon": "FalconForCausalLM", "gpt_oss": "GptOssForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM",
 }  # fmt: skip

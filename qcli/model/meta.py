@@ -23,7 +23,7 @@ from qcli.model.spec import AttentionShape, CacheLayer, ModelSpec, Role, TensorS
 from qcli.resources import cache_root
 
 # Bump when what a cached spec holds changes: older entries are then ignored.
-SPEC_CACHE_VERSION = 1
+SPEC_CACHE_VERSION = 2
 # transformers' caches follow the model's dtype; the probe runs in bfloat16 so a state tensor kept in
 # float32 (mamba's SSM state) shows as one with a fixed dtype.
 PROBE_DTYPE = "bfloat16"
@@ -69,7 +69,7 @@ def spec_from_json(data: dict[str, Any]) -> ModelSpec:
             )
             for c in data["cache"]
         ]
-    for key in ("keep_in_fp32", "default_skips"):
+    for key in ("keep_in_fp32", "keep_in_fp32_strict", "default_skips"):
         if data.get(key) is not None:
             data[key] = tuple(data[key])
     return ModelSpec(**data)
@@ -270,7 +270,8 @@ def spec_from_module(model: Any, config: Any, source: Literal["analytic", "meta"
         ),
         max_position_embeddings=getattr(text, "max_position_embeddings", None),
         source=source,
-        keep_in_fp32=tuple(getattr(model, "_keep_in_fp32_modules", None) or ()),
+        keep_in_fp32=tuple(sorted(getattr(model, "_keep_in_fp32_modules", None) or ())),
+        keep_in_fp32_strict=tuple(sorted(getattr(model, "_keep_in_fp32_modules_strict", None) or ())),
         config_dtype=config_dtype({"dtype": str(dtype) if (dtype := getattr(config, "dtype", None)) else None}),
     )
 

@@ -101,12 +101,13 @@ class ModelSpec:
     config_dtype: str | None = None
     max_position_embeddings: int | None = None
     source: Literal["analytic", "meta", "params"] = "analytic"
-    keep_in_fp32: tuple[str, ...] = ()
+    keep_in_fp32: tuple[str, ...] = ()  # _keep_in_fp32_modules: float32 under float16 loads, never quantized
     notes: list[str] = field(default_factory=list)
     model_class: str | None = None  # the class `qcli load` builds, e.g. LlamaForCausalLM
     # The modules transformers' bnb quantizer keeps unquantized by default (get_keys_to_not_convert).
     default_skips: tuple[str, ...] | None = None
     cache: list[CacheLayer] | None = None  # per cache layer; None: sized from `attention`
+    keep_in_fp32_strict: tuple[str, ...] = ()  # _keep_in_fp32_modules_strict: float32 under float16/bfloat16
 
     @property
     def parameters(self) -> list[TensorSpec]:

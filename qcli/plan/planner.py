@@ -112,6 +112,19 @@ def tensor_parts(t: TensorSpec, fmt: Format, load_dtype: str, quantized: set[str
     return [(("weights", group, dtype, None), t.numel * dtype_bytes(dtype))]
 
 
+def kept_in_fp32(spec: ModelSpec, load_dtype: str) -> re.Pattern[str] | None:
+    """Return the pattern of tensors transformers loads in float32 whatever the load dtype, or None.
+
+    Mirrors `PreTrainedModel._get_dtype_plan`: `_keep_in_fp32_modules` under float16 loads,
+    `_keep_in_fp32_modules_strict` under float16 and bfloat16; each pattern is searched in the tensor
+    name as a glob (core_model_loading.build_glob_alternation).
+    """
+    patterns = list(spec.keep_in_fp32_strict) if load_dtype in {"float16", "bfloat16"} else []
+    if load_dtype == "float16":
+        patterns += spec.keep_in_fp32
+    return re.compile("|".join(p.replace("*", ".*") for p in patterns)) if patterns else None
+
+
 def _block_of(t: TensorSpec, seen_layers: bool) -> str:
     match = _LAYER_RE.search(t.name)
     if match:
@@ -136,6 +149,7 @@ class WeightLayout:
 def weight_layout(spec: ModelSpec, fmt: Format, load_dtype: str, skip_modules: list[str] | None) -> WeightLayout:
     """Return the weight bytes of a model in a format, per component and per block."""
     quantized = quantized_tensors(spec, fmt, skip_modules)
+    fp32 = kept_in_fp32(spec, load_dtype)
     sizes: dict[ComponentKey, int] = defaultdict(int)
     params: dict[ComponentKey, int] = defaultdict(int)
     blocks: dict[str, int] = {}
@@ -143,7 +157,8 @@ def weight_layout(spec: ModelSpec, fmt: Format, load_dtype: str, skip_modules: l
     for t in spec.tensors:
         block = _block_of(t, seen_layers)
         seen_layers = seen_layers or block.startswith("layer")
-        for i, (key, size) in enumerate(tensor_parts(t, fmt, load_dtype, quantized)):
+        dtype = "float32" if fp32 is not None and t.dtype is None and fp32.search(t.name) else load_dtype
+        for i, (key, size) in enumerate(tensor_parts(t, fmt, dtype, quantized)):
             sizes[key] += size
             if i == 0 and t.role != "buffer":  # a tensor's elements are counted on its first part
                 params[key] += t.numel
