@@ -136,6 +136,11 @@ def worker(timeout_s: int) -> None:
     signal.signal(signal.SIGALRM, _alarm)
     out = sys.stdout
     sys.stdout = sys.stderr  # library prints must not corrupt the JSON lines
+    import bitsandbytes  # noqa: F401  (imported before the first type: its time is not the type's)
+    import transformers  # noqa: F401
+
+    out.write("READY\n")
+    out.flush()
     for line in sys.stdin:
         model_type = line.strip()
         if not model_type:
@@ -167,6 +172,10 @@ def sweep(types: list[str], timeout_s: int = TYPE_TIMEOUT_S) -> list[dict[str, A
             env=env,
         )
         assert proc.stdin and proc.stdout
+        ready, _, _ = select.select([proc.stdout], [], [], 900)  # imports on a busy machine take minutes
+        if not ready or proc.stdout.readline().strip() != "READY":
+            proc.kill()
+            raise SystemExit("the sweep worker did not start")
         while todo:
             model_type = todo[0]
             start = time.perf_counter()
