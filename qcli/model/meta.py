@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
@@ -133,7 +134,7 @@ def load_config(cfg: dict[str, Any], trust_remote_code: bool = False) -> Any:
             raise UsageError(f"config.json: transformers cannot read it: {first}") from exc
 
 
-def model_class(config: Any, trust_remote_code: bool = False) -> tuple[type, str]:
+def model_class(config: Any) -> tuple[type, str]:
     """Return the class `qcli load` builds (AutoModelForCausalLM) and which auto class found it."""
     from transformers import AutoModel, AutoModelForCausalLM
     from transformers.models.auto.auto_factory import _get_model_class
@@ -141,42 +142,65 @@ def model_class(config: Any, trust_remote_code: bool = False) -> tuple[type, str
     for auto in (AutoModelForCausalLM, AutoModel):
         if type(config) in auto._model_mapping:
             return _get_model_class(config, auto._model_mapping), auto.__name__
-    auto_map = getattr(config, "auto_map", None) or {}
-    if trust_remote_code and "AutoModelForCausalLM" in auto_map:
-        from transformers.dynamic_module_utils import get_class_from_dynamic_module
-
-        return get_class_from_dynamic_module(auto_map["AutoModelForCausalLM"], config.name_or_path), "remote code"
     raise UsageError(f"transformers has no model class for model_type {config.model_type!r}")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence transformers' logging and Python warnings (kernel fallbacks, standalone-head hints)."""
+    import warnings
+
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def _instantiate(cls: type, config: Any, dtype: Any) -> Any:
+    """Return the model on the meta device, built as from_pretrained builds it, weights not yet tied."""
+    import torch
+    from transformers.utils.generic import ContextManagers
+
+    try:
+        contexts = cls.get_init_context(dtype, True, False, None)  # transformers 5's from_pretrained contexts
+    except (AttributeError, TypeError):  # another transformers: the meta device alone
+        contexts = [torch.device("meta")]
+    with ContextManagers(contexts):
+        return cls(config)
 
 
 def _build(cfg: dict[str, Any], trust_remote_code: bool) -> ModelSpec:
     try:
         import torch
-        from transformers.utils.generic import ContextManagers
     except ImportError as exc:  # pragma: no cover - transformers is a dependency
-        raise UsageError(f"model_type {cfg.get('model_type')!r} needs transformers to count: {exc}") from exc
+        raise UsageError(f"model_type {cfg.get('model_type')!r} needs torch and transformers to count") from exc
     config = load_config(cfg, trust_remote_code)
-    cls, auto = model_class(config, trust_remote_code)
+    cls, auto = model_class(config)
     dtype = getattr(torch, PROBE_DTYPE)
-    # Built as from_pretrained builds it: its init contexts (meta device, weights not yet tied), where
-    # transformers' bnb quantizer computes the modules it keeps unquantized.
-    try:
-        with ContextManagers(cls.get_init_context(dtype, True, False, None)):
-            model = cls(config)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UsageError(f"config.json: transformers cannot build {cls.__name__} from it: {first}") from exc
-    skips = _keys_not_to_convert(model)
-    model.tie_weights()
-    spec = spec_from_module(model, config, source="meta")
-    spec.model_class = cls.__name__
-    spec.default_skips = tuple(sorted(skips))
-    if auto != "AutoModelForCausalLM":
-        spec.notes.append(f"transformers has no causal-LM class for {spec.model_type}: counted as {cls.__name__}")
-    try:
-        spec.cache = probe_cache(model, dtype)
-    except Exception as exc:  # a forward the meta device cannot run: fall back to the config's attention shape
-        spec.notes.append(f"cache sized from the config: the meta forward failed ({type(exc).__name__})")
+    with _quiet():
+        try:
+            model = _instantiate(cls, config, dtype)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UsageError(f"config.json: transformers cannot build {cls.__name__} from it: {first}") from exc
+        # transformers' bnb quantizer computes its skip list here, before the weights are tied
+        skips = _keys_not_to_convert(model)
+        model.tie_weights()
+        spec = spec_from_module(model, config, source="meta")
+        spec.model_class = cls.__name__
+        spec.default_skips = tuple(sorted(skips))
+        if auto != "AutoModelForCausalLM":
+            spec.notes.append(f"transformers has no causal-LM class for {spec.model_type}: counted as {cls.__name__}")
+        try:
+            spec.cache = probe_cache(model, dtype)
+        except Exception as exc:  # a forward the meta device cannot run: the config's attention shape instead
+            spec.notes.append(f"cache sized from the config: the meta forward failed ({type(exc).__name__})")
     return spec
 
 
