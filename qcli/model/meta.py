@@ -278,7 +278,11 @@ def spec_from_module(model: Any, config: Any, source: Literal["analytic", "meta"
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     # The config's attribute_map resolves aliases (jetmoe's kv_channels is its head_dim): read through it.
     names = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim")
-    flat = {**text.to_dict(), **{k: v for k in names if (v := getattr(text, k, None)) is not None}}
+    flat = text.to_dict()
+    for key in names:
+        with contextlib.suppress(Exception):  # heterogeneous configs refuse global reads of per-layer keys
+            if (value := getattr(text, key, None)) is not None:
+                flat[key] = value
     attention = None
     with contextlib.suppress(UsageError, TypeError, ValueError):
         attention = attention_shape(flat)
