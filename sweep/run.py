@@ -213,7 +213,8 @@ def table(results: list[dict[str, Any]], title: str) -> str:
     import transformers
 
     built = [r for r in results if r.get("row")]
-    with_cache = [r for r in built if r["row"]["cache_ok"] is not None and (r.get("cache") or {}).get("type")]
+    measured = [r for r in built if r["row"]["cache_ok"] is not None]
+    with_cache = [r for r in measured if (r.get("cache") or {}).get("type")]
     lines = [
         f"# {title}",
         "",
@@ -229,8 +230,9 @@ def table(results: list[dict[str, Any]], title: str) -> str:
         "",
         f"- parameters exact: {sum(r['row']['params_ok'] for r in built)}/{len(built)}",
         f"- 4-bit quantized split exact: {sum(r['row']['quant_ok'] for r in built)}/{len(built)}",
-        f"- cache exact (prefill and decode): {sum(bool(r['row']['cache_ok']) for r in with_cache)}/{len(with_cache)}"
-        " types with a cache",
+        f"- cache exact (prefill and decode): {sum(bool(r['row']['cache_ok']) for r in measured)}/{len(measured)}"
+        f" types whose cache transformers could run ({len(with_cache)} keep one, {len(measured) - len(with_cache)}"
+        " none); the others are marked n/a",
         f"- analytic path: {sum(r['answer']['path'] == 'analytic' for r in built)} types, "
         f"meta path: {sum(r['answer']['path'] == 'meta' for r in built)}",
         "",
