@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +32,20 @@ PROBE_TOKENS = (2, 4)  # two prefill lengths, shorter than any real window: the 
 
 
 def transformers_version() -> str | None:
-    """Return the installed transformers version without importing it, or None."""
+    """Return the installed transformers version without importing it, or None.
+
+    Read from the name of its dist-info folder next to the package: the warm spec-cache path runs on
+    every estimate, and importlib.metadata alone costs more than the rest of it.
+    """
+    found = importlib.util.find_spec("transformers")
+    if found is None or not found.origin:
+        return None
+    with os.scandir(Path(found.origin).parent.parent) as entries:
+        for entry in entries:
+            if entry.name.startswith("transformers-") and entry.name.endswith(".dist-info"):
+                return entry.name.removeprefix("transformers-").removesuffix(".dist-info")
+    from importlib import metadata  # an unusual install: ask the slower way
+
     try:
         return metadata.version("transformers")
     except metadata.PackageNotFoundError:
