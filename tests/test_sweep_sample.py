@@ -65,3 +65,18 @@ def test_analytic_classes_are_the_causal_lm_classes() -> None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     assert {mt: MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[mt] for mt in BUILDERS} == CAUSAL_LM_CLASS
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt_oss", "jamba"])
+def test_llm_int8_skip_modules_replaces_the_default_list(model_type: str) -> None:
+    # transformers: a given llm_int8_skip_modules replaces get_keys_to_not_convert's list (lm_head is
+    # then quantized unless listed); _keep_in_fp32_modules are still added.
+    from qcli.model.describe import from_config
+    from qcli.plan.formats import NF4
+    from qcli.plan.planner import quantized_tensors
+    from sweep.truth import quantized_modules, shrunk_config
+
+    skip = ["q_proj", "query"]
+    want = set(quantized_modules(shrunk_config(model_type), 4, skip))
+    got = {n.removesuffix(".weight") for n in quantized_tensors(from_config(_truth(model_type)["config"]), NF4, skip)}
+    assert got == want
