@@ -310,6 +310,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=TYPE_TIMEOUT_S, help="seconds per type")
     parser.add_argument("--title", default="Sweep: qcli against transformers, every causal-LM type")
     parser.add_argument("--reuse-truth", action="store_true", help="recompute qcli's side only, from truth.json")
+    parser.add_argument("--update", action="store_true", help="rebuild the truth of the given types in truth.json")
     args = parser.parse_args()
     if args.worker:
         worker(args.timeout)
@@ -321,6 +322,14 @@ def main() -> None:
         return
     types = args.types or all_types()
     results = sweep(types, args.timeout)
+    if args.update:  # merge these types' truth into truth.json, then rewrite the table from it
+        old = json.loads(TRUTH_JSON.read_text())["types"]
+        fresh = {r["model_type"] for r in results}
+        save_truth([*({"model_type": k, **v} for k, v in old.items() if k not in fresh), *results])
+        results = reuse_truth(args.timeout)
+        TABLE_MD.write_text(table(results, args.title))
+        print(table(results, args.title).split("| type |")[0])
+        return
     text = table(results, args.title)
     if args.types:
         print(text)

@@ -213,8 +213,21 @@ def _build(cfg: dict[str, Any], trust_remote_code: bool) -> ModelSpec:
         try:
             spec.cache = probe_cache(model, dtype)
         except Exception as exc:  # a forward the meta device cannot run: the config's attention shape instead
-            spec.notes.append(f"cache sized from the config: the meta forward failed ({type(exc).__name__})")
+            if _encoder_style(model.config):
+                spec.cache = []  # BERT-style heads cache only as decoders (is_decoder=True)
+            else:
+                spec.notes.append(f"cache sized from the config: the meta forward failed ({type(exc).__name__})")
     return spec
+
+
+def _encoder_style(config: Any) -> bool:
+    """Return whether the config class declares `is_decoder` and the model built is not one.
+
+    Config classes of encoder families (BERT, RoFormer, BigBird, ...) declare the field, and their
+    *ForCausalLM heads keep a cache only when it is true; decoder-only families do not declare it.
+    """
+    declared = "is_decoder" in getattr(type(config), "__dataclass_fields__", {})
+    return declared and not getattr(config, "is_decoder", False)
 
 
 def _keys_not_to_convert(model: Any) -> set[str]:
