@@ -213,21 +213,26 @@ def _build(cfg: dict[str, Any], trust_remote_code: bool) -> ModelSpec:
         try:
             spec.cache = probe_cache(model, dtype)
         except Exception as exc:  # a forward the meta device cannot run: the config's attention shape instead
-            if _encoder_style(model.config):
-                spec.cache = []  # BERT-style heads cache only as decoders (is_decoder=True)
+            if _keeps_no_cache(model):
+                spec.cache = []
             else:
                 spec.notes.append(f"cache sized from the config: the meta forward failed ({type(exc).__name__})")
     return spec
 
 
-def _encoder_style(config: Any) -> bool:
-    """Return whether the config class declares `is_decoder` and the model built is not one.
+def _keeps_no_cache(model: Any) -> bool:
+    """Return whether the model cannot keep a generation cache, judged without running it.
 
-    Config classes of encoder families (BERT, RoFormer, BigBird, ...) declare the field, and their
-    *ForCausalLM heads keep a cache only when it is true; decoder-only families do not declare it.
+    Its forward takes no `use_cache` (XLM), or its config class declares `is_decoder` and the model is
+    not one: encoder families' *ForCausalLM heads (BERT, RoFormer, BigBird, ...) cache only as decoders,
+    while decoder-only families do not declare the field.
     """
-    declared = "is_decoder" in getattr(type(config), "__dataclass_fields__", {})
-    return declared and not getattr(config, "is_decoder", False)
+    import inspect
+
+    if "use_cache" not in inspect.signature(model.forward).parameters:
+        return True
+    declared = "is_decoder" in getattr(type(model.config), "__dataclass_fields__", {})
+    return declared and not getattr(model.config, "is_decoder", False)
 
 
 def _keys_not_to_convert(model: Any) -> set[str]:
