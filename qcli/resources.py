@@ -1,4 +1,4 @@
-"""Where the packaged data files live.
+"""Where qcli's files live: the packaged data, and the user's cache.
 
 configs/ (presets, GPU catalog) sits at the top of the repository, where users browse and copy
 presets; the wheel build (setup.py) copies it into the package as qcli/configs. So an installed qcli
@@ -8,6 +8,7 @@ PYTHONPATH) reads the checkout's configs/ — never another checkout's.
 
 from __future__ import annotations
 
+import os
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -38,3 +39,11 @@ def config_files(suffix: str = ".yaml") -> list[Traversable]:
 def data_text(name: str) -> str:
     """Return a packaged text file from qcli/data."""
     return files("qcli.data").joinpath(name).read_text(encoding="utf-8")
+
+
+def cache_root() -> Path:
+    """Return qcli's cache dir: $QCLI_CACHE, else $XDG_CACHE_HOME/qcli, else ~/.cache/qcli."""
+    if os.environ.get("QCLI_CACHE"):
+        return Path(os.environ["QCLI_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "qcli"

@@ -41,16 +41,20 @@ def data_offsets_bytes(repo: Repo) -> dict[str, int]:
     return totals
 
 
+def source_of(data: dict) -> dict:
+    return data["model"]["source"]
+
+
 def commit_of(data: dict) -> str | None:
-    return data["model_source"]["commit_sha"]
+    return source_of(data)["commit_sha"]
 
 
 def config_from(data: dict) -> str:
-    return data["model_source"]["config_from"]
+    return source_of(data)["config_from"]
 
 
 def stored_of(data: dict) -> dict[str, int]:
-    return data["stored_bytes"]
+    return data["model"]["stored_bytes_by_dtype"]
 
 
 def one_line_error(r, *needles: str, exit_code: int = 2) -> str:
@@ -74,7 +78,7 @@ def test_estimate_takes_a_hub_id_positionally(cli, hub: HubServer, hub_repos):
     data = r.json()
     assert commit_of(data) == hub_repos["acme/tiny-llama"].sha
     assert config_from(data) == "hub"
-    assert data["model_source"]["revision"] == "main"
+    assert source_of(data)["revision"] == "main"
     again = cli("estimate", "acme/tiny-llama", "--preset", "nf4", "--json")
     assert again.code == 0 and config_from(again.json()) == "cache"
     assert commit_of(again.json()) == commit_of(data)
@@ -106,16 +110,16 @@ def test_estimate_takes_a_hub_url(cli, hub: HubServer, hub_repos, url):
     assert r.code == 0, r.err
     data = r.json()
     assert commit_of(data) == sha
-    assert data["model_source"]["repo_id"] == "acme/tiny-llama"
+    assert source_of(data)["repo_id"] == "acme/tiny-llama"
     if "/tree/" in url:
-        assert data["model_source"]["revision"] in {"main", sha}
+        assert source_of(data)["revision"] in {"main", sha}
 
 
 def test_revision_selects_a_commit(cli, hub: HubServer, hub_repos):
     sha = hub_repos["acme/tiny-llama"].sha
     r = cli("estimate", "acme/tiny-llama", "--revision", sha, "--json")
     assert r.code == 0, r.err
-    assert commit_of(r.json()) == sha and r.json()["model_source"]["revision"] == sha
+    assert commit_of(r.json()) == sha and source_of(r.json())["revision"] == sha
 
 
 def test_local_dir_records_where_the_config_came_from(cli, hub_repos, tmp_path):
@@ -272,7 +276,7 @@ def test_prequantized_checkpoint_is_sized_as_stored(cli, hub: HubServer, hub_rep
     r = cli("estimate", "acme/tiny-llama-nf4", "--json")
     assert r.code == 0, r.err
     data = r.json()
-    q = data["prequantized"]
+    q = data["model"]["prequantized"]
     assert q["quant_method"] == "bitsandbytes" and q["format"] == "nf4" and q["loadable"] is True
     stored = data_offsets_bytes(hub_repos["acme/tiny-llama-nf4"])
     assert sum(stored_of(data).values()) == sum(stored.values())
@@ -292,7 +296,7 @@ def test_unsupported_quantization_still_reports_stored_bytes(cli, hub_repos, tmp
     r = cli("estimate", str(local), "--json")
     assert r.code == 0, r.err
     data = r.json()
-    assert data["prequantized"]["quant_method"] == "gptq" and data["prequantized"]["loadable"] is False
+    assert data["model"]["prequantized"]["quant_method"] == "gptq" and not data["model"]["prequantized"]["loadable"]
     assert stored_of(data) == data_offsets_bytes(hub_repos["acme/tiny-llama"])
     assert any("not supported" in n for n in data["notes"])
 

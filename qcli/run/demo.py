@@ -14,18 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from qcli.model.demo import DEMO_CONFIG, DEMO_VERSION, DEMO_VOCAB
-from qcli.resources import data_text
+from qcli.resources import cache_root, data_text
 
 TRAIN_STEPS = 120
 TRAIN_SEQ = 64
-
-
-def cache_root() -> Path:
-    """Return qcli's cache dir: $QCLI_CACHE, else $XDG_CACHE_HOME/qcli, else ~/.cache/qcli."""
-    if os.environ.get("QCLI_CACHE"):
-        return Path(os.environ["QCLI_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "qcli"
 
 
 def demo_dir() -> Path:
