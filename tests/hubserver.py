@@ -9,7 +9,8 @@ typed errors; file_download.py `get_hf_file_metadata` reads `X-Repo-Commit`, `ET
   `.safetensors` files answer 302 to a second server on another port (the "CDN": a different origin, so
   huggingface_hub reads the metadata from the redirect itself, as it does with the real hub's LFS files).
 - GET on the CDN honours `Range` with 206, which `get_safetensors_metadata` relies on.
-- GET `/api/models/{repo}` and `/api/models/{repo}/revision/{rev}`: `id`, `sha`, `siblings`, `gated`.
+- GET `/api/models/{repo}` and `/api/models/{repo}/revision/{rev}`: `id`, `sha`, `siblings`, `gated`;
+  `/api/models/{repo}/tree/{rev}`: the file list `HfApi.list_repo_tree` reads.
 - Errors: an unknown repo is 401 (no token) or 404 (token) with `X-Error-Code: RepoNotFound`; a gated repo
   401 (no token) or 403 (a token not granted) with `GatedRepo`; `RevisionNotFound`; `EntryNotFound` (with
   `X-Repo-Commit`); a plain 403 with no error code; and a repo whose every answer is HTTP 500.
@@ -219,6 +220,10 @@ def _handler(server: HubServer, host: str) -> type[BaseHTTPRequestHandler]:
             if host == "cdn":
                 self._cdn(path, head)
                 return
+            m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)/?", path)
+            if m:
+                self._tree(unquote(m.group(1)), unquote(m.group(2)), head)
+                return
             m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
             if m:
                 self._api(unquote(m.group(1)), unquote(m.group(2) or "main"), head)
@@ -248,6 +253,23 @@ def _handler(server: HubServer, host: str) -> type[BaseHTTPRequestHandler]:
                 "siblings": [{"rfilename": name} for name in sorted(repo.files)],
             }
             self._send(200, {"Content-Type": "application/json"}, json.dumps(info).encode(), head)
+
+        def _tree(self, repo_id: str, rev: str, head: bool) -> None:
+            """The repo's files, as `HfApi.list_repo_tree` reads them (transformers lists shards with it)."""
+            repo = self._access(repo_id, head)
+            if repo is None:
+                return
+            if repo.commit(rev) is None:
+                self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}", head)
+                return
+            entries = []
+            for name in sorted(repo.files):
+                data = repo.files[name]
+                entry = {"type": "file", "path": name, "size": len(data), "oid": git_blob_sha1(data)}
+                if name.endswith(LFS_SUFFIXES):
+                    entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+                entries.append(entry)
+            self._send(200, {"Content-Type": "application/json"}, json.dumps(entries).encode(), head)
 
         def _resolve(self, repo_id: str, rev: str, filename: str, head: bool) -> None:
             repo = self._access(repo_id, head)

@@ -252,6 +252,16 @@ def test_offline_and_cached_uses_the_cache(cli, hub: HubServer, hub_repos, monke
     assert hub.log == []
 
 
+def test_a_cached_commit_needs_no_request(cli, hub: HubServer, hub_repos):
+    sha = hub_repos["acme/tiny-llama"].sha
+    assert cli("estimate", "acme/tiny-llama").code == 0
+    hub.clear_log()
+    r = cli("estimate", "acme/tiny-llama", "--revision", sha, "--json")
+    assert r.code == 0, r.err
+    assert config_from(r.json()) == "cache" and stored_of(r.json())
+    assert hub.log == []  # a commit's files never change: nothing to ask
+
+
 def test_unreachable_with_a_cached_config_uses_the_cache(cli, hub: HubServer, monkeypatch, tmp_path, hub_repos):
     assert cli("estimate", "acme/tiny-llama").code == 0
     from tests.hubserver import free_port
@@ -264,9 +274,24 @@ def test_unreachable_with_a_cached_config_uses_the_cache(cli, hub: HubServer, mo
     assert config_from(r.json()) == "cache" and commit_of(r.json()) == hub_repos["acme/tiny-llama"].sha
 
 
-def test_hub_errors_reach_load_too(cli, hub: HubServer):
+def test_hub_errors_reach_load_verify_and_compare(cli, hub: HubServer):
     one_line_error(cli("load", "acme/missing", "--preset", "nf4"), "not found")
     one_line_error(cli("load", "acme/tiny-llama", "--revision", "nope", "--preset", "nf4"), "revision")
+    one_line_error(cli("verify", "acme/gated-llama", "--preset", "nf4"), "gated")
+    r = cli("compare", "acme/gated-llama", "--presets", "bf16,nf4", "--token", UNGRANTED_TOKEN)
+    one_line_error(r, "gated")
+    assert UNGRANTED_TOKEN not in r.out + r.err
+    one_line_error(cli("compare", "acme/tiny-llama", "--revision", "nope"), "revision")
+
+
+def test_url_and_revision_must_agree(cli, hub: HubServer):
+    r = cli("estimate", "https://huggingface.co/acme/tiny-llama/tree/main", "--revision", "v2")
+    one_line_error(r, "main", "v2")
+
+
+def test_url_of_another_site_is_refused(cli, hub: HubServer):
+    one_line_error(cli("estimate", "https://example.com/acme/tiny-llama"), "not a model URL")
+    one_line_error(cli("estimate", "https://huggingface.co/datasets/acme/data"), "not a model")
 
 
 # -- pre-quantized checkpoints -------------------------------------------------------------------------

@@ -75,6 +75,15 @@ def test_model_info(hub: HubServer, hub_repos):
     assert HfApi().model_info("acme/tiny-llama", revision="main").sha == hub_repos["acme/tiny-llama"].sha
 
 
+def test_list_repo_tree(hub: HubServer, hub_repos):
+    repo = hub_repos["acme/tiny-llama-sharded"]
+    files = {f.path: f for f in HfApi().list_repo_tree("acme/tiny-llama-sharded", revision=repo.sha)}
+    assert set(files) == set(repo.files)
+    shard = "model-00001-of-00002.safetensors"
+    assert files[shard].lfs is not None and files[shard].lfs.size == len(repo.files[shard])
+    assert files["config.json"].lfs is None
+
+
 @pytest.mark.parametrize(
     ("repo_id", "revision", "filename", "error", "status"),
     [

@@ -67,6 +67,7 @@ class Prepared:
     dtype: str
     plan: Plan | None  # the estimate for exactly this load (same spec, preset and dtype)
     quantizable: list[str]  # weight tensors bitsandbytes will quantize, by the same rules as the plan
+    prequantized: bool = False  # a bitsandbytes checkpoint: loads as stored, with its own quantization_config
 
 
 def prepare(opts: LoadOptions) -> Prepared:
@@ -96,7 +97,7 @@ def prepare(opts: LoadOptions) -> Prepared:
             skip = pre.skip_modules
         if fmt.kind != "dense":
             quantizable = sorted(quantized_tensors(spec, fmt, skip))
-    return Prepared(source, spec, preset, dtype, plan, quantizable)
+    return Prepared(source, spec, preset, dtype, plan, quantizable, prequantized=pre is not None)
 
 
 @dataclass
@@ -215,7 +216,8 @@ def load(opts: LoadOptions, prepared: Prepared) -> Loaded:
         "token": opts.token,
         "trust_remote_code": opts.trust_remote_code,
     }
-    bnb = preset.to_bnb_config()
+    # A pre-quantized checkpoint's own quantization_config is the one transformers uses: pass none.
+    bnb = None if prepared.prequantized else preset.to_bnb_config()
     if bnb is not None:
         kwargs["quantization_config"] = bnb
     if max_memory:

@@ -17,7 +17,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     from qcli.run.loader import LoadOptions, generate, load_report
     from qcli.run.quality import perplexity_and_logprobs, speed, token_ids
 
-    opts = LoadOptions(model=spec["model"], preset=spec["preset"], device=spec.get("device", "auto"))
+    opts = LoadOptions(
+        model=spec["model"], preset=spec["preset"], device=spec.get("device", "auto"), revision=spec.get("revision")
+    )
     report, loaded = load_report(opts)
     ids = token_ids(loaded.tokenizer, spec["text"])
     ppl, logp = perplexity_and_logprobs(loaded.model, ids, loaded.device)
