@@ -53,6 +53,13 @@ def endpoint() -> str:
     return constants.ENDPOINT
 
 
+def offline() -> bool:
+    """Return whether huggingface_hub is in offline mode (HF_HUB_OFFLINE)."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
+
+
 def parse_url(text: str) -> tuple[str, str | None] | None:
     """Return (repo_id, revision or None) of a hub model URL; None if `text` is not a URL."""
     if not re.match(r"^https?://", text):
@@ -137,16 +144,14 @@ def fetch(repo_id: str, filename: str, revision: str | None, token: str | None) 
     refusal (no such repo, gated, revision or file not found, 401/403) is raised; no answer or a server
     error falls back to a cached copy of the revision when there is one, as huggingface_hub does.
     """
-    from huggingface_hub import constants
-
     rev = revision or DEFAULT_REVISION
-    if constants.is_offline_mode() or _COMMIT.fullmatch(rev):
+    if offline() or _COMMIT.fullmatch(rev):
         # Nothing to ask the hub: offline, or a commit's files, which never change (hf_hub_download
         # shortcuts a cached commit the same way).
         path = _cached(repo_id, filename, rev)
         if path is not None:
             return HubFile(path, _commit_of(path), "cache")
-        if constants.is_offline_mode():
+        if offline():
             raise HubOffline(repo_id=repo_id, revision=rev, filename=filename, endpoint=endpoint())
     from huggingface_hub import hf_hub_download
     from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url
@@ -184,12 +189,10 @@ def stored_bytes(
 
     A commit's files never change, so the figures are recorded under `cache_dir` for the next run.
     """
-    from huggingface_hub import constants
-
     record = _headers_record(cache_dir, repo_id, commit)
     if record.is_file():
         return json.loads(record.read_text())["stored_bytes_by_dtype"]
-    if not online or constants.is_offline_mode():
+    if not online or offline():
         return None
     from huggingface_hub import HfApi, errors
     from huggingface_hub.utils import disable_progress_bars

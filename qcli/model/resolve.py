@@ -124,8 +124,13 @@ def _from_hub(repo_id: str, revision: str | None, read_safetensors: bool, token:
     if got.fallback:
         source.notes.append(f"{got.fallback}: used the cached config.json of commit {got.commit_sha[:12]}")
     if read_safetensors:
-        stored = hub.stored_bytes(repo_id, got.commit_sha, token, cache_root(), online=got.fallback is None)
+        online = got.fallback is None and not hub.offline()
+        stored = hub.stored_bytes(repo_id, got.commit_sha, token, cache_root(), online=online)
         if stored is None:
-            source.notes.append("stored bytes unknown: no safetensors headers on the hub or in the cache")
+            source.notes.append(
+                "the repo has no safetensors weights: stored bytes unknown"
+                if online
+                else "stored bytes unknown: the hub was not asked and no earlier run recorded them"
+            )
         source.stored_bytes = stored or {}
     return source
