@@ -395,6 +395,13 @@ def build_repos(root: Path) -> dict[str, Repo]:
         "acme/gated-llama": Repo(_files(bf16), access="gated"),
         "acme/forbidden-llama": Repo(_files(bf16), access="forbidden"),
         "acme/broken-llama": Repo(_files(bf16), access="error500"),
+        # A safetensors file whose header is not JSON.
+        "acme/bad-header": Repo(
+            {
+                "config.json": (bf16 / "config.json").read_bytes(),
+                "model.safetensors": b"\x10\0\0\0\0\0\0\0not json at all!",
+            }
+        ),
         # A repo without a config.json: the "file missing in the repo" case.
         "acme/weights-only": Repo({"model.safetensors": (bf16 / "model.safetensors").read_bytes()}),
     }

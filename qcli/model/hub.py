@@ -202,6 +202,8 @@ def stored_bytes(
             meta = HfApi(token=token).get_safetensors_metadata(repo_id, revision=commit)
     except errors.NotASafetensorsRepoError:
         return None
+    except errors.SafetensorsParsingError as exc:
+        raise UsageError(f"{repo_id}: a safetensors header at commit {commit[:12]} cannot be read ({exc})") from None
     except _failures() as exc:
         _raise_for(exc, repo_id, commit, "model.safetensors")
         raise
