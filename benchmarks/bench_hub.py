@@ -75,13 +75,16 @@ def measure(runs: int = RUNS) -> dict[str, float]:
 
 def bench_hub(out: Path = ROOT / "docs" / "bench-hub.md", runs: int = RUNS) -> str:
     """Measure, write docs/bench-hub.md and return its text."""
+    load_before = os.getloadavg()[0]
     t = measure(runs)
     ratio = {k: v / t["local"] for k, v in t.items()}
+    load = f"load average {load_before:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     lines = [
         "# Benchmark: the hub path",
         "",
         f"`qcli estimate {REPO}` against a hub on loopback (tests/hubserver.py, huggingface_hub's real client) "
-        f"versus `qcli estimate ./local-copy`. Machine: {platform.machine()}, Python {platform.python_version()}. "
+        f"versus `qcli estimate ./local-copy`. Machine: {platform.machine()}, "
+        f"Python {platform.python_version()}, {load}. "
         f"Medians of {runs} fresh processes, interleaved. Written by `make bench`.",
         "",
         "| run | wall s | × local | target |",
