@@ -10,7 +10,8 @@ typed errors; file_download.py `get_hf_file_metadata` reads `X-Repo-Commit`, `ET
   huggingface_hub reads the metadata from the redirect itself, as it does with the real hub's LFS files).
 - GET on the CDN honours `Range` with 206, which `get_safetensors_metadata` relies on.
 - GET `/api/models/{repo}` and `/api/models/{repo}/revision/{rev}`: `id`, `sha`, `siblings`, `gated`;
-  `/api/models/{repo}/tree/{rev}`: the file list `HfApi.list_repo_tree` reads.
+  `/api/models/{repo}/tree/{rev}`: the file list `HfApi.list_repo_tree` reads; `/api/agent-harnesses`
+  (an empty registry: huggingface_hub fetches it for its user agent and caches it for a day).
 - Errors: an unknown repo is 401 (no token) or 404 (token) with `X-Error-Code: RepoNotFound`; a gated repo
   401 (no token) or 403 (a token not granted) with `GatedRepo`; `RevisionNotFound`; `EntryNotFound` (with
   `X-Repo-Commit`); a plain 403 with no error code; and a repo whose every answer is HTTP 500.
@@ -219,6 +220,10 @@ def _handler(server: HubServer, host: str) -> type[BaseHTTPRequestHandler]:
             path = urlsplit(self.path).path
             if host == "cdn":
                 self._cdn(path, head)
+                return
+            if path == "/api/agent-harnesses":  # huggingface_hub's user-agent registry, cached 24 h in HF_HOME
+                registry = {"standardEnvVars": [], "harnesses": {}}
+                self._send(200, {"Content-Type": "application/json"}, json.dumps(registry).encode(), head)
                 return
             m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)/?", path)
             if m:
@@ -442,6 +447,7 @@ def point_hub_at(monkeypatch: pytest.MonkeyPatch, endpoint: str, home: Path, off
         monkeypatch.setenv(env, ("1" if value else "0") if isinstance(value, bool) else str(value))
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(home / ".agent_harnesses.json"))
     for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_IMPLICIT_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
