@@ -1,6 +1,7 @@
 """`make bench`: startup of `qcli estimate` against `import torch`, and a compare run on the demo.
 
-Writes docs/bench.md. Timings are medians of several runs on this machine.
+Writes docs/bench.md, and docs/bench-hub.md (bench_hub.py: the hub path against a local copy).
+Timings are medians of several runs on this machine.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_hub import bench_hub  # benchmarks/ is on sys.path: this file runs as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 QCLI = [sys.executable, "-m", "qcli"]
@@ -59,6 +62,7 @@ def main() -> int:
     ]
     (ROOT / "docs" / "bench.md").write_text("\n".join(lines))
     print("\n".join(lines))
+    print(bench_hub())
     return 0
 
 

@@ -52,3 +52,53 @@ class Terminated(BaseException):
     """
 
     exit_code = ExitCode.TERMINATED
+
+
+class HubError(UsageError):
+    """The hub did not give a file of a repo; each subclass is one cause, worded by the CLI's error table."""
+
+    def __init__(
+        self,
+        *,
+        repo_id: str,
+        revision: str,
+        filename: str,
+        endpoint: str,
+        status: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(f"{repo_id}: {type(self).__name__} ({filename} at {revision})")
+        self.repo_id, self.revision, self.filename = repo_id, revision, filename
+        self.endpoint, self.status, self.detail = endpoint, status, detail
+
+
+class HubOffline(HubError):
+    """HF_HUB_OFFLINE is set and the file is not in the hub's cache."""
+
+
+class HubUnreachable(HubError):
+    """No answer from the endpoint: connection refused, DNS, timeout, TLS."""
+
+
+class HubServerError(HubError):
+    """The endpoint answered with a server error (5xx) or another unexpected status."""
+
+
+class HubAccessDenied(HubError):
+    """A plain 401/403: the token is invalid or lacks the permission."""
+
+
+class HubRepoNotFound(HubError):
+    """No such repo, or a private one this token cannot see."""
+
+
+class HubGated(HubRepoNotFound):
+    """A gated repo whose licence this account has not accepted (or no token was sent)."""
+
+
+class HubRevisionNotFound(HubError):
+    """The repo exists; the branch, tag or commit does not."""
+
+
+class HubFileMissing(HubError):
+    """The repo and revision exist; the file does not."""

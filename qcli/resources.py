@@ -1,4 +1,4 @@
-"""Where the packaged data files live.
+"""Where qcli's files live: the packaged data, and the user's cache.
 
 configs/ (presets, GPU catalog) sits at the top of the repository, where users browse and copy
 presets; the wheel build (setup.py) copies it into the package as qcli/configs. So an installed qcli

@@ -126,6 +126,23 @@ class Plan(BaseModel):
     max_context_tokens: int | None = Field(default=None, description="longest context that fits the devices")
 
 
+class SourceInfo(BaseModel):
+    """Where the model's config came from, and for a hub repo the commit it resolved to."""
+
+    config_from: Literal["builtin", "local", "cache", "hub"]
+    repo_id: str | None = None
+    revision: str | None = Field(default=None, description="the revision asked for (default main)")
+    commit_sha: str | None = Field(default=None, description="the commit the revision resolved to")
+
+
+class Prequantized(BaseModel):
+    """A checkpoint saved already quantized (its config.json carries a quantization_config)."""
+
+    quant_method: str = Field(description="the config's quant_method: bitsandbytes, gptq, awq, fp8, …")
+    format: str | None = Field(default=None, description="qcli's format key for bitsandbytes: nf4, nf4+dq, int8")
+    loadable: bool = Field(description="whether qcli load supports it (bitsandbytes checkpoints)")
+
+
 class ModelInfo(BaseModel):
     """What was planned for: a real config, or a bare parameter count."""
 
@@ -137,8 +154,11 @@ class ModelInfo(BaseModel):
     params_by_group: dict[str, int] | None = None
     context_limit_tokens: int | None = Field(default=None, description="the config's max_position_embeddings")
     stored_bytes_by_dtype: dict[str, int] | None = Field(
-        default=None, description="safetensors bytes per stored dtype, from the headers"
+        default=None, description="safetensors bytes per stored dtype: the sum of the headers' data_offsets spans"
     )
+    stored_bytes: int | None = Field(default=None, description="safetensors bytes in all: the checkpoint's size")
+    source: SourceInfo | None = Field(default=None, description="null for --params")
+    prequantized: Prequantized | None = None
 
 
 class EstimateReport(Result):

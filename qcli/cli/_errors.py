@@ -13,7 +13,20 @@ from dataclasses import dataclass
 import typer
 from pydantic import ValidationError
 
-from qcli.errors import ExitCode, QcliError, Terminated
+from qcli.errors import (
+    ExitCode,
+    HubAccessDenied,
+    HubError,
+    HubFileMissing,
+    HubGated,
+    HubOffline,
+    HubRepoNotFound,
+    HubRevisionNotFound,
+    HubServerError,
+    HubUnreachable,
+    QcliError,
+    Terminated,
+)
 from qcli.plan.presets import format_validation_error
 
 DEBUG_HINT = "run with --debug or QCLI_DEBUG=1 for the traceback"
@@ -42,6 +55,41 @@ def _one_line(text: str) -> str:
 def _qcli(exc: BaseException) -> Outcome:
     assert isinstance(exc, QcliError)
     return Outcome(int(exc.exit_code), _one_line(exc.message), exc.hint)
+
+
+def _hub(exc: BaseException) -> Outcome:
+    """Word a hub failure by its cause (qcli.model.hub sorts huggingface_hub's errors into these types)."""
+    assert isinstance(exc, HubError)
+    repo, rev, file, status, code = exc.repo_id, exc.revision, exc.filename, exc.status, int(exc.exit_code)
+    login = "pass --token, set HF_TOKEN or run `hf auth login`"
+    if isinstance(exc, HubOffline):
+        return Outcome(
+            code,
+            f"{repo}: {file} is not in the local cache and HF_HUB_OFFLINE is set (offline)",
+            f"unset HF_HUB_OFFLINE to fetch it, or download it first: `hf download {repo} {file}`",
+        )
+    if isinstance(exc, HubUnreachable):
+        return Outcome(
+            code,
+            f"cannot reach the hub at {exc.endpoint} ({exc.detail}) for {repo}, and it is not in the cache",
+            "check the network, the proxy or HF_ENDPOINT; with HF_HUB_OFFLINE=1 qcli reads the cache only",
+        )
+    if isinstance(exc, HubServerError):
+        return Outcome(code, f"the hub at {exc.endpoint} answered HTTP {status} for {repo}", "try again later")
+    if isinstance(exc, HubAccessDenied):
+        return Outcome(code, f"the hub refused access to {repo} (HTTP {status})", "check the token's permissions")
+    if isinstance(exc, HubGated):
+        who = "no token was sent" if status == 401 else "this token has not been granted access"
+        return Outcome(
+            code, f"{repo} is a gated model and {who}", f"accept the licence on {exc.endpoint}/{repo}, then {login}"
+        )
+    if isinstance(exc, HubRepoNotFound):
+        return Outcome(code, f"{repo}: not found on the hub (or private)", f"check the id; for a private repo {login}")
+    if isinstance(exc, HubRevisionNotFound):
+        return Outcome(code, f"{repo}: revision {rev!r} not found", "give a branch, tag or commit of the repo")
+    if isinstance(exc, HubFileMissing):
+        return Outcome(code, f"{repo} has no {file} at revision {rev}", "is it a transformers model?")
+    return _qcli(exc)
 
 
 def _validation(exc: BaseException) -> Outcome:
@@ -78,6 +126,7 @@ def _broken_pipe(exc: BaseException) -> Outcome:
 
 # Order matters: the first row whose type matches wins, so subclasses come before their bases.
 ERROR_TABLE: list[tuple[type[BaseException], Callable[[BaseException], Outcome]]] = [
+    (HubError, _hub),
     (QcliError, _qcli),
     (ValidationError, _validation),
     (typer.Exit, _typer_exit),

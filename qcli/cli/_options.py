@@ -16,10 +16,20 @@ PresetOpt = Annotated[
 ]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a preset field: key=value (repeatable).")]
 RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub revision: branch, tag or commit.")]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        help="Hub token for gated or private repos (default: HF_TOKEN or `hf auth login`).",
+        show_default=False,
+    ),
+]
 DtypeOpt = Annotated[
     str | None, typer.Option("--dtype", help="dtype of the unquantized modules (default: the preset's).")
 ]
-ModelArg = Annotated[str, typer.Argument(help="Model directory, config.json, hub id, or demo.", show_default=False)]
+ModelArg = Annotated[
+    str, typer.Argument(help="Model directory, config.json, hub id or URL, or demo.", show_default=False)
+]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto (default), cpu, cuda or cuda:N.")]
 DeviceMapOpt = Annotated[
     str | None, typer.Option("--device-map", help="accelerate device map: auto, balanced, sequential.")

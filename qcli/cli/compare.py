@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from qcli.cli._options import DeviceOpt, JsonOpt, MaxNewTokensOpt, ModelArg, PromptOpt
+from qcli.cli._options import DeviceOpt, JsonOpt, MaxNewTokensOpt, ModelArg, PromptOpt, RevisionOpt, TokenOpt
 from qcli.errors import ExitCode, UsageError
 from qcli.output.console import console, print_json, render_compare, stderr_is_terminal
 from qcli.output.files import compare_csv, compare_markdown, compare_plot
@@ -37,6 +37,8 @@ def compare(
     csv: Annotated[str | None, typer.Option("--csv", help="Write CSV here.")] = None,
     markdown: Annotated[str | None, typer.Option("--markdown", help="Write a Markdown report here.")] = None,
     plot: Annotated[str | None, typer.Option("--plot", help="Write memory-vs-quality PNG (needs matplotlib).")] = None,
+    revision: RevisionOpt = None,
+    token: TokenOpt = None,
     json_: JsonOpt = False,
 ) -> int:
     """Memory, speed and quality of several presets side by side, each in its own process."""
@@ -49,6 +51,8 @@ def compare(
         prompt=prompt,
         max_new_tokens=max_new_tokens,
         timeout_seconds=timeout,
+        revision=revision,
+        token=token,
     )
     if plot and importlib.util.find_spec("matplotlib") is None:
         raise UsageError("--plot needs matplotlib", "pip install 'qcli[plot]'")

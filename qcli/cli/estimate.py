@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from qcli.cli._options import DtypeOpt, JsonOpt, PresetOpt, RevisionOpt, SetOpt
+from qcli.cli._options import DtypeOpt, JsonOpt, PresetOpt, RevisionOpt, SetOpt, TokenOpt
 from qcli.output.console import console, print_json, render_estimate
 from qcli.plan.estimate import EstimateOptions, run_estimate
 
@@ -22,7 +22,9 @@ EPILOG = """Examples:
 def estimate(
     model_arg: Annotated[
         str | None,
-        typer.Argument(metavar="[MODEL]", help="Model directory, config.json, hub id or demo.", show_default=False),
+        typer.Argument(
+            metavar="[MODEL]", help="Model directory, config.json, hub id or URL, or demo.", show_default=False
+        ),
     ] = None,
     params: Annotated[str | None, typer.Option("--params", help="Parameter count: 8b, 7.24B, 125m, 8e9.")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="The MODEL, given as an option.")] = None,
@@ -58,6 +60,7 @@ def estimate(
         float | None, typer.Option("--margin", help="Allocator margin, a fraction of tensor bytes (default 0.05).")
     ] = None,
     revision: RevisionOpt = None,
+    token: TokenOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Memory a model needs at a precision: weights with quantization constants, KV cache, training."""
@@ -86,6 +89,7 @@ def estimate(
             cuda_context=cuda_context,
             margin=margin,
             revision=revision,
+            token=token,
         )
     )
     if json_:

@@ -14,6 +14,7 @@ from qcli.cli._options import (
     PromptOpt,
     RevisionOpt,
     SetOpt,
+    TokenOpt,
     TrustOpt,
 )
 from qcli.output.console import console, print_json, render_load, status, stderr_is_terminal
@@ -36,6 +37,7 @@ def load(
     max_memory: MaxMemoryOpt = None,
     dtype: DtypeOpt = None,
     revision: RevisionOpt = None,
+    token: TokenOpt = None,
     trust_remote_code: TrustOpt = False,
     prompt: PromptOpt = None,
     max_new_tokens: MaxNewTokensOpt = None,
@@ -52,6 +54,7 @@ def load(
         max_memory=max_memory,
         dtype=dtype,
         revision=revision,
+        token=token,
         trust_remote_code=trust_remote_code,
         prompt=prompt,
         max_new_tokens=max_new_tokens,

@@ -16,6 +16,7 @@ from qcli.cli._options import (
     PromptOpt,
     RevisionOpt,
     SetOpt,
+    TokenOpt,
     TrustOpt,
 )
 from qcli.errors import ExitCode
@@ -39,6 +40,7 @@ def verify(
     device_map: DeviceMapOpt = None,
     max_memory: MaxMemoryOpt = None,
     revision: RevisionOpt = None,
+    token: TokenOpt = None,
     trust_remote_code: TrustOpt = False,
     prompt: PromptOpt = None,
     expect: Annotated[str | None, typer.Option("--expect", help="Substring the generation must contain.")] = None,
@@ -68,6 +70,7 @@ def verify(
             device_map=device_map,
             max_memory=max_memory,
             revision=revision,
+            token=token,
             trust_remote_code=trust_remote_code,
             prompt=prompt,
             progress=interactive,

@@ -1,29 +1,39 @@
-"""Finding a model's config.json and safetensors metadata: a local directory, a config file, the
-reserved `demo` name, or a hub id through huggingface_hub (honours HF_TOKEN, HF_HOME, HF_HUB_OFFLINE)."""
+"""Finding a model's config.json and the bytes its safetensors store: a local directory, a config file, the
+reserved `demo` name, a hub id or a hub URL (the hub through qcli.model.hub and huggingface_hub, which
+honours HF_TOKEN, HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE)."""
 
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from qcli.errors import UsageError
+from qcli.model import hub
 from qcli.model.demo import DEMO_CONFIG, DEMO_NAME
+from qcli.resources import cache_root
 
 _HUB_ID = r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$"
+ConfigFrom = Literal["builtin", "local", "cache", "hub"]
 
 
 @dataclass
 class ModelSource:
-    """Where a model's files are and what its config says."""
+    """Where a model's files are, which commit they are, and what its config says."""
 
     name: str
     config: dict[str, Any]
+    config_from: ConfigFrom
     local_dir: Path | None = None
-    hub_id: str | None = None
-    stored_bytes: dict[str, int] = field(default_factory=dict)  # safetensors bytes per stored dtype
+    repo_id: str | None = None
+    revision: str | None = None  # as asked for (default: main)
+    commit_sha: str | None = None  # what the revision resolved to
+    # bytes per stored dtype: the sum of the tensors' data_offsets spans in the safetensors headers
+    stored_bytes: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def quantization_config(self) -> dict[str, Any] | None:
@@ -43,106 +53,84 @@ def _read_config(path: Path) -> dict[str, Any]:
     return data
 
 
-# safetensors header dtypes -> bytes per element
-_ST_BYTES = {
-    "F64": 8,
-    "F32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "I64": 8,
-    "I32": 4,
-    "I16": 2,
-    "I8": 1,
-    "U8": 1,
-    "BOOL": 1,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-    "U16": 2,
-    "U32": 4,
-    "U64": 8,
-}
-
-
 def safetensors_header_bytes(path: Path) -> dict[str, int]:
-    """Return stored bytes per dtype from one .safetensors file's header (8-byte length + JSON)."""
-    with path.open("rb") as fh:
-        (length,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(length))
-    totals: dict[str, int] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        totals[info["dtype"]] = totals.get(info["dtype"], 0) + (end - start)
+    """Return stored bytes per dtype of one .safetensors file: the sum of its tensors' data_offsets spans.
+
+    Reads the header only (an 8-byte little-endian length, then that much JSON: the safetensors format).
+    """
+    try:
+        with path.open("rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+        totals: dict[str, int] = {}
+        for name, info in header.items():
+            if name != "__metadata__":
+                start, end = info["data_offsets"]
+                totals[info["dtype"]] = totals.get(info["dtype"], 0) + end - start
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        raise UsageError(f"{path}: not a readable safetensors file ({type(exc).__name__})") from None
     return totals
 
 
-def _local_stored(directory: Path) -> dict[str, int]:
+def local_stored_bytes(directory: Path) -> dict[str, int]:
+    """Return bytes per stored dtype over every .safetensors file in `directory` (shards included)."""
     totals: dict[str, int] = {}
     for f in sorted(directory.glob("*.safetensors")):
-        try:
-            for dtype, size in safetensors_header_bytes(f).items():
-                totals[dtype] = totals.get(dtype, 0) + size
-        except (OSError, ValueError, KeyError, struct.error):
-            continue
+        for dtype, size in safetensors_header_bytes(f).items():
+            totals[dtype] = totals.get(dtype, 0) + size
     return totals
 
 
-def resolve(model: str, revision: str | None = None, read_safetensors: bool = True) -> ModelSource:
-    """Return the ModelSource for a local dir, a config.json path, `demo`, or a hub id."""
+def resolve(
+    model: str, revision: str | None = None, read_safetensors: bool = True, token: str | None = None
+) -> ModelSource:
+    """Return the ModelSource for a local dir, a config.json path, `demo`, a hub id or a hub URL."""
     if model == DEMO_NAME:
-        return ModelSource(name=DEMO_NAME, config=dict(DEMO_CONFIG))
+        return ModelSource(name=DEMO_NAME, config=dict(DEMO_CONFIG), config_from="builtin")
+    from_url = hub.parse_url(model)
+    if from_url is not None:
+        repo_id, url_revision = from_url
+        if revision is not None and url_revision is not None and revision != url_revision:
+            raise UsageError(f"{model} names revision {url_revision!r} and --revision says {revision!r}: give one")
+        return _from_hub(repo_id, revision or url_revision, read_safetensors, token)
     path = Path(model).expanduser()
     if path.is_file():
-        return ModelSource(name=model, config=_read_config(path), local_dir=path.parent)
+        return ModelSource(name=model, config=_read_config(path), config_from="local", local_dir=path.parent)
     if path.is_dir():
         cfg = path / "config.json"
         if not cfg.is_file():
             raise UsageError(f"{model}: no config.json in this directory", "point at a saved transformers model")
-        stored = _local_stored(path) if read_safetensors else {}
-        return ModelSource(name=model, config=_read_config(cfg), local_dir=path, stored_bytes=stored)
-    import re
-
+        stored = local_stored_bytes(path) if read_safetensors else {}
+        return ModelSource(
+            name=model, config=_read_config(cfg), config_from="local", local_dir=path, stored_bytes=stored
+        )
     if model.startswith((".", "/", "~")) or not re.match(_HUB_ID, model):
-        raise UsageError(f"{model}: no such file or directory", "give a model directory, a config.json or a hub id")
-    return _from_hub(model, revision, read_safetensors)
+        raise UsageError(
+            f"{model}: no such file or directory", "give a model directory, a config.json, a hub id or a hub URL"
+        )
+    return _from_hub(model, revision, read_safetensors, token)
 
 
-def _from_hub(repo_id: str, revision: str | None, read_safetensors: bool) -> ModelSource:
-    from huggingface_hub import errors as hf_errors
-    from huggingface_hub import get_safetensors_metadata, hf_hub_download
-
-    try:
-        path = Path(hf_hub_download(repo_id, "config.json", revision=revision))
-    except hf_errors.GatedRepoError:
-        raise UsageError(
-            f"{repo_id} is gated", "accept its licence on the hub, then set HF_TOKEN or run `hf auth login`"
-        ) from None
-    except hf_errors.RepositoryNotFoundError:
-        raise UsageError(
-            f"{repo_id}: no such model on the hub (or it is private)", "check the id; for a private repo set HF_TOKEN"
-        ) from None
-    except hf_errors.RevisionNotFoundError:
-        raise UsageError(f"{repo_id}: revision {revision!r} not found") from None
-    except hf_errors.EntryNotFoundError:
-        raise UsageError(f"{repo_id} has no config.json", "is it a transformers model?") from None
-    except (hf_errors.LocalEntryNotFoundError, OSError) as exc:
-        raise UsageError(
-            f"{repo_id}: config.json is not in the local cache and the hub cannot be reached ({type(exc).__name__})",
-            "connect, unset HF_HUB_OFFLINE, or pass a local directory",
-        ) from None
-    source = ModelSource(name=repo_id, config=_read_config(path), hub_id=repo_id)
+def _from_hub(repo_id: str, revision: str | None, read_safetensors: bool, token: str | None) -> ModelSource:
+    got = hub.fetch(repo_id, "config.json", revision, token)
+    source = ModelSource(
+        name=repo_id,
+        config=_read_config(got.path),
+        config_from=got.came_from,  # type: ignore[arg-type]
+        repo_id=repo_id,
+        revision=revision or hub.DEFAULT_REVISION,
+        commit_sha=got.commit_sha,
+    )
+    if got.fallback:
+        source.notes.append(f"{got.fallback}: used the cached config.json of commit {got.commit_sha[:12]}")
     if read_safetensors:
-        try:
-            meta = get_safetensors_metadata(repo_id, revision=revision)
-            for file_meta in meta.files_metadata.values():
-                for tensor in file_meta.tensors.values():
-                    n = 1
-                    for d in tensor.shape:
-                        n *= d
-                    source.stored_bytes[tensor.dtype] = source.stored_bytes.get(tensor.dtype, 0) + n * _ST_BYTES.get(
-                        tensor.dtype, 0
-                    )
-        except Exception:
-            pass
+        online = got.fallback is None and not hub.offline()
+        stored = hub.stored_bytes(repo_id, got.commit_sha, token, cache_root(), online=online)
+        if stored is None:
+            source.notes.append(
+                "the repo has no safetensors weights: stored bytes unknown"
+                if online
+                else "stored bytes unknown: the hub was not asked and no earlier run recorded them"
+            )
+        source.stored_bytes = stored or {}
     return source

@@ -150,6 +150,8 @@ def render_estimate(report: EstimateReport, out: Console) -> None:
             out.print(f"verdict: {verdict}")
             if plan.max_context_tokens is not None:
                 out.print(f"max context that fits: {plan.max_context_tokens:,} tokens (batch {report.batch_size})")
+    for line in _checkpoint_lines(report):
+        out.print(line)
     if report.recommendation:
         rec = report.recommendation
         out.print(f"recommendation: [bold]{escape(rec.preset or 'none')}[/bold] — {escape(rec.reason)}")
@@ -157,6 +159,24 @@ def render_estimate(report: EstimateReport, out: Console) -> None:
             out.print(f"  note: {escape(n)}")
     for n in report.notes:
         out.print(f"note: {escape(n)}")
+
+
+def _checkpoint_lines(report: EstimateReport) -> list[str]:
+    """Return the lines on the checkpoint itself: its commit, and the bytes it stores next to the plan's."""
+    m, lines = report.model, []
+    src = m.source
+    if src is not None and src.repo_id:
+        commit = f"commit {src.commit_sha[:12]}" if src.commit_sha else "commit unknown"
+        lines.append(
+            f"hub: {escape(src.repo_id)} @ {escape(src.revision or 'main')} = {commit} (config from {src.config_from})"
+        )
+    if m.stored_bytes is not None and m.stored_bytes_by_dtype:
+        by_dtype = ", ".join(f"{escape(k)} {v:,}" for k, v in sorted(m.stored_bytes_by_dtype.items()))
+        line = f"stored: {m.stored_bytes:,} bytes ({human_bytes(m.stored_bytes)}) in safetensors: {by_dtype}"
+        if len(report.plans) == 1:
+            line += f"; planned weights: {report.plans[0].weight_bytes:,} bytes"
+        lines.append(line)
+    return lines
 
 
 def render_presets(report: PresetsReport, out: Console) -> None:
@@ -321,9 +341,7 @@ def render_compare(report: CompareReport, out: Console) -> None:
             f(r.kl_divergence, ".4f"),
         )
     out.print(table)
-    out.print(
-        f"speed: {report.speed_method}; quality on {escape(report.text)} ({report.scored_tokens} scored tokens)"
-    )
+    out.print(f"speed: {report.speed_method}; quality on {escape(report.text)} ({report.scored_tokens} scored tokens)")
     for r in report.results:
         if r.continuation is not None:
             out.print(f"  {escape(r.preset):>9}: {escape(report.prompt)}[bold]{escape(r.continuation)}[/bold]")

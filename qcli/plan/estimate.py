@@ -21,10 +21,11 @@ from qcli.plan.planner import (
     max_context,
     weight_layout,
 )
+from qcli.plan.prequantized import Prequant, checked_format, prequant_of
 from qcli.plan.presets import Preset, load_preset
 from qcli.plan.recommend import recommend
 from qcli.plan.training import DEFAULT_TRAIN_SEQUENCE, TrainingRequest
-from qcli.results import EstimateReport, ModelInfo, Plan
+from qcli.results import EstimateReport, ModelInfo, Plan, SourceInfo
 from qcli.units import parse_bytes, parse_params
 
 PARAMS_NOTE = (
@@ -59,6 +60,7 @@ class EstimateOptions(FromCli):
     cuda_context: str | None = None
     margin: float = DEFAULT_MARGIN_FRACTION
     revision: str | None = None
+    token: str | None = field(default=None, repr=False)  # a hub token: never printed
 
 
 def default_load_dtype(spec: ModelSpec) -> str:
@@ -66,20 +68,31 @@ def default_load_dtype(spec: ModelSpec) -> str:
     return spec.config_dtype if spec.config_dtype in LOAD_DTYPES else FALLBACK_LOAD_DTYPE
 
 
-def preset_plan(spec: ModelSpec, preset: Preset, dtype: str | None = None) -> Plan:
+def preset_plan(spec: ModelSpec, preset: Preset, dtype: str | None = None, pre: Prequant | None = None) -> Plan:
     """Return the weights-only plan of a model loaded with a preset (what `qcli load` builds).
 
-    `dtype` overrides the preset's dtype, as `qcli load --dtype` does.
+    `dtype` overrides the preset's dtype, as `qcli load --dtype` does. A pre-quantized bitsandbytes
+    checkpoint (`pre`) loads in its stored format; a preset asking for another quantization is refused.
     """
-    fmt, load_dtype = preset.weight_format(dtype), dtype or preset.dtype
-    req = PlanRequest(fmt=fmt, load_dtype=load_dtype, preset=preset.name, skip_modules=preset.skip_modules)
+    fmt, skip = preset.weight_format(dtype), preset.skip_modules
+    if pre is not None and pre.quantization is not None:
+        fmt, _ = checked_format(pre, fmt, f"preset {preset.name}")
+        skip = pre.skip_modules
+    req = PlanRequest(fmt=fmt, load_dtype=dtype or preset.dtype, preset=preset.name, skip_modules=skip)
     return build_plan(spec, req)
 
 
-def describe(model: str, revision: str | None = None) -> tuple[ModelSource, ModelSpec]:
+def describe(model: str, revision: str | None = None, token: str | None = None) -> tuple[ModelSource, ModelSpec]:
     """Return the model's source and description: resolved once, described once."""
-    source = resolve(model, revision)
+    source = resolve(model, revision, token=token)
     return source, from_config(source.config)
+
+
+def source_info(source: ModelSource) -> SourceInfo:
+    """Return where the model's config came from and the commit it resolved to."""
+    return SourceInfo(
+        config_from=source.config_from, repo_id=source.repo_id, revision=source.revision, commit_sha=source.commit_sha
+    )
 
 
 def _devices(opts: EstimateOptions) -> list[Device]:
@@ -122,14 +135,7 @@ def _model_notes(source: ModelSource, spec: ModelSpec) -> list[str]:
             "this architecture's linears subclass nn.Linear; transformers 5 quantizes exact nn.Linear "
             "only, so they stay in the load dtype"
         )
-    if source.quantization_config:
-        method = source.quantization_config.get("quant_method", "unknown")
-        stored = sum(source.stored_bytes.values())
-        notes.append(
-            f"pre-quantized checkpoint ({method}): its stored size is "
-            + (f"{stored:,} bytes (safetensors)" if stored else "unknown (no safetensors metadata)")
-            + "; the plan below sizes it from the config"
-        )
+    notes.extend(source.notes)
     return notes
 
 
@@ -158,11 +164,14 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
     kv_dtype = parse_load_dtype(opts.kv_dtype, "--kv-dtype")
     cuda_context = parse_bytes(opts.cuda_context, "--cuda-context") if opts.cuda_context else None
     if opts.model is None:
-        source, spec = None, params_only(parse_params(opts.params or ""))
+        source, spec, pre = None, params_only(parse_params(opts.params or "")), None
         notes = [PARAMS_NOTE]
     else:
-        source, spec = describe(opts.model, opts.revision)
+        source, spec = describe(opts.model, opts.revision, opts.token)
         notes = _model_notes(source, spec)
+        pre = prequant_of(source.quantization_config, opts.model)
+        if pre is not None:
+            notes.append(pre.describe())
     if preset is None and fmt is None and opts.train == "qlora":
         preset = load_preset("qlora")
 
@@ -195,12 +204,18 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
             params_by_group=None if opts.model is None else spec.groups(),
             context_limit_tokens=spec.max_position_embeddings,
             stored_bytes_by_dtype=(source.stored_bytes or None) if source else None,
+            stored_bytes=sum(source.stored_bytes.values()) if source and source.stored_bytes else None,
+            source=source_info(source) if source else None,
+            prequantized=pre.info() if pre else None,
         ),
         context_tokens=opts.context,
         batch_size=opts.batch,
         plans=[],
         notes=notes,
     )
+    stored_fmt = pre.format if pre is not None else None
+    if stored_fmt is not None and preset is None and fmt is None:
+        fmt = stored_fmt  # a pre-quantized checkpoint has one format: its own
     if preset is None and fmt is None:
         for f in COMPARISON_FORMATS:
             load = f.dtype if f.kind == "dense" else model_dtype
@@ -213,6 +228,10 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
     else:
         assert fmt is not None
         f, load, name, skip = fmt, (fmt.dtype if fmt.kind == "dense" else None) or model_dtype, None, None
+    if pre is not None and stored_fmt is not None:
+        f, mismatch = checked_format(pre, f, f"preset {name}" if name else f"--bits {opts.bits}")
+        skip = pre.skip_modules
+        report.notes.extend(mismatch)
     req = request(f, load, name, skip, opts.train)
     layout = weight_layout(spec, f, load, skip)
     plan = build_plan(spec, req, layout)

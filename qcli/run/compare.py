@@ -35,11 +35,13 @@ class CompareOptions(FromCli):
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     timeout_seconds: float = 1800
     speed: bool = True
+    revision: str | None = None
+    token: str | None = field(default=None, repr=False)  # a hub token: given to the workers in HF_TOKEN
     inject_failure: set[str] = field(default_factory=set)  # tests: presets whose worker must fail
 
 
-def validate(opts: CompareOptions) -> tuple[list[str], str, str]:
-    """Check everything before anything loads; return (presets, reference, text)."""
+def validate(opts: CompareOptions) -> tuple[list[str], str, str, str | None]:
+    """Check everything before anything loads; return (presets, reference, text, commit sha for a hub repo)."""
     presets = [p.strip() for p in opts.presets if p.strip()]
     if not presets:
         raise UsageError("--presets is empty", "e.g. --presets bf16,int8,nf4,qlora")
@@ -59,16 +61,18 @@ def validate(opts: CompareOptions) -> tuple[list[str], str, str]:
             raise UsageError(f"--text {opts.text!r} is empty")
     else:
         text = data_text("sample.txt")
-    resolve(opts.model, read_safetensors=False)  # a missing model is bad input before any preset runs
+    # A missing model is bad input before any preset runs; every worker then loads the same commit.
+    source = resolve(opts.model, opts.revision, read_safetensors=False, token=opts.token)
     resolve_device(opts.device)
-    return presets, reference, text
+    return presets, reference, text, source.commit_sha or opts.revision
 
 
 def run_compare(opts: CompareOptions, progress: Callable[[str], None] | None = None) -> CompareReport:
     """Return the comparison; a preset that fails gets its error in its row and the others still run."""
     import torch
 
-    presets, reference, text = validate(opts)
+    presets, reference, text, revision = validate(opts)
+    env = dict(os.environ) | ({"HF_TOKEN": opts.token} if opts.token else {})  # never in the spec file
     rows: dict[str, CompareRow] = {}
     logits: dict[str, object] = {}
     speed_method: str | None = None
@@ -79,6 +83,7 @@ def run_compare(opts: CompareOptions, progress: Callable[[str], None] | None = N
                 progress(f"[{i}/{len(presets)}] {preset}: load, perplexity, speed")
             spec = {
                 "model": opts.model,
+                "revision": revision,
                 "preset": preset,
                 "device": opts.device,
                 "text": text,
@@ -97,7 +102,7 @@ def run_compare(opts: CompareOptions, progress: Callable[[str], None] | None = N
                     capture_output=True,
                     timeout=opts.timeout_seconds,
                     check=False,
-                    env=dict(os.environ),
+                    env=env,
                 )
                 data = json.loads(Path(spec["result_path"]).read_text())
             except subprocess.TimeoutExpired:

@@ -21,6 +21,7 @@ from qcli.options import FromCli
 from qcli.plan.estimate import preset_plan
 from qcli.plan.formats import parse_load_dtype
 from qcli.plan.planner import quantized_tensors
+from qcli.plan.prequantized import checked_format, prequant_of
 from qcli.plan.presets import Preset, load_preset
 from qcli.results import Generation, LoadReport, Plan
 from qcli.run.demo import ensure_demo
@@ -44,6 +45,7 @@ class LoadOptions(FromCli):
     max_memory: str | None = None
     dtype: str | None = None
     revision: str | None = None
+    token: str | None = field(default=None, repr=False)  # a hub token: never printed
     trust_remote_code: bool = False
     prompt: str | None = None
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
@@ -60,15 +62,22 @@ class Prepared:
     dtype: str
     plan: Plan | None  # the estimate for exactly this load (same spec, preset and dtype)
     quantizable: list[str]  # weight tensors bitsandbytes will quantize, by the same rules as the plan
+    prequantized: bool = False  # a bitsandbytes checkpoint: loads as stored, with its own quantization_config
 
 
 def prepare(opts: LoadOptions) -> Prepared:
     """Return the resolved model, its description, the preset and the matching estimate; no torch."""
     preset = load_preset(opts.preset, opts.sets)
     dtype = parse_load_dtype(opts.dtype) or preset.dtype
-    source = resolve(opts.model, opts.revision, read_safetensors=False)  # bad paths: exit 2 before any load
+    source = resolve(opts.model, opts.revision, read_safetensors=False, token=opts.token)  # bad input: exit 2 now
     if source.local_dir is not None and Path(opts.model).is_file():
         raise UsageError(f"{opts.model}: load needs the model directory, not its config.json")
+    pre = prequant_of(source.quantization_config, opts.model)
+    if pre is not None and pre.quantization is None:
+        raise UsageError(
+            f"{opts.model} is a pre-quantized {pre.method} checkpoint: qcli loads bitsandbytes ones only",
+            f"`qcli estimate {opts.model}` still reports its stored bytes",
+        )
     spec: ModelSpec | None
     try:
         spec = from_config(source.config, trust_remote_code=opts.trust_remote_code)
@@ -76,11 +85,14 @@ def prepare(opts: LoadOptions) -> Prepared:
         spec = None
     plan, quantizable = None, []
     if spec is not None:
-        plan = preset_plan(spec, preset, dtype)
-        fmt = preset.weight_format()
+        plan = preset_plan(spec, preset, dtype, pre)
+        fmt, skip = preset.weight_format(), preset.skip_modules
+        if pre is not None:
+            fmt, _ = checked_format(pre, fmt, f"preset {preset.name}")
+            skip = pre.skip_modules
         if fmt.kind != "dense":
-            quantizable = sorted(quantized_tensors(spec, fmt, preset.skip_modules))
-    return Prepared(source, spec, preset, dtype, plan, quantizable)
+            quantizable = sorted(quantized_tensors(spec, fmt, skip))
+    return Prepared(source, spec, preset, dtype, plan, quantizable, prequantized=pre is not None)
 
 
 @dataclass
@@ -151,7 +163,7 @@ def model_path(source: ModelSource) -> str:
         return str(ensure_demo())
     if source.local_dir is not None:
         return str(source.local_dir)
-    return source.hub_id or source.name
+    return source.repo_id or source.name
 
 
 def _error_for(exc: BaseException, opts: LoadOptions) -> RunError:
@@ -194,10 +206,13 @@ def load(opts: LoadOptions, prepared: Prepared) -> Loaded:
     kwargs: dict[str, Any] = {
         "dtype": getattr(torch, prepared.dtype),
         "device_map": device_map,
-        "revision": opts.revision,
+        # The commit the estimate was made for, so that both describe the same files.
+        "revision": prepared.source.commit_sha or opts.revision,
+        "token": opts.token,
         "trust_remote_code": opts.trust_remote_code,
     }
-    bnb = preset.to_bnb_config()
+    # A pre-quantized checkpoint's own quantization_config is the one transformers uses: pass none.
+    bnb = None if prepared.prequantized else preset.to_bnb_config()
     if bnb is not None:
         kwargs["quantization_config"] = bnb
     if max_memory:
@@ -217,7 +232,10 @@ def load(opts: LoadOptions, prepared: Prepared) -> Loaded:
     tokenizer = None
     with contextlib.suppress(Exception):
         tokenizer = AutoTokenizer.from_pretrained(
-            path, revision=opts.revision, trust_remote_code=opts.trust_remote_code
+            path,
+            revision=prepared.source.commit_sha or opts.revision,
+            token=opts.token,
+            trust_remote_code=opts.trust_remote_code,
         )
     return Loaded(
         model=model, tokenizer=tokenizer, path=path, device=device, preset=preset, load_seconds=seconds, notes=notes

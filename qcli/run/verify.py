@@ -53,6 +53,7 @@ def _reference_logprobs(opts: VerifyOptions, text: str) -> Any:
     with tempfile.TemporaryDirectory(prefix="qcli-verify-") as tmp:
         spec = {
             "model": opts.load.model,
+            "revision": opts.load.revision,
             "preset": opts.reference,
             "device": opts.load.device,
             "text": text,
@@ -67,7 +68,7 @@ def _reference_logprobs(opts: VerifyOptions, text: str) -> Any:
             [sys.executable, "-m", "qcli.run.worker", str(Path(tmp) / "spec.json")],
             capture_output=True,
             check=False,
-            env=dict(os.environ),
+            env=dict(os.environ) | ({"HF_TOKEN": opts.load.token} if opts.load.token else {}),  # not in the spec
         )
         result = json.loads(Path(spec["result_path"]).read_text())
         if "error" in result:

@@ -18,7 +18,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
 
-    opts = LoadOptions(model=spec["model"], preset=spec["preset"], device=spec.get("device", "auto"))
+    opts = LoadOptions(
+        model=spec["model"], preset=spec["preset"], device=spec.get("device", "auto"), revision=spec.get("revision")
+    )
     report, loaded = load_report(opts)
     ids = token_ids(loaded.tokenizer, spec["text"])
     ppl, logp = perplexity_and_logprobs(loaded.model, ids, loaded.device)

@@ -1,0 +1,108 @@
+"""`make bench`, hub part: `qcli estimate ORG/NAME` against a hub on loopback, cold and warm cache, against
+the same estimate on a local copy of the repo. Writes docs/bench-hub.md.
+
+The hub is tests/hubserver.py's (huggingface_hub's real client talks to it over HTTP on 127.0.0.1), so the
+figures measure qcli and huggingface_hub, not a network. Cold: a fresh HF_HOME and qcli cache per run.
+Warm: the config and the headers are cached by an earlier run; online, the branch is still checked with
+one HEAD request (as huggingface_hub does), offline (HF_HUB_OFFLINE=1) or at a commit sha it is not.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: `python benchmarks/bench.py`
+    sys.path.insert(0, str(ROOT))
+
+from tests.hubserver import HubServer, build_repos  # noqa: E402  (needs ROOT on sys.path)
+
+RUNS = 7
+REPO = "acme/tiny-llama-sharded"
+# Targets of issue 12: the hub path may cost this much more than the local copy.
+COLD_TARGET, WARM_TARGET = 1.5, 1.1
+
+
+def _env(endpoint: str, home: Path, qcli_cache: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE_")) and k != "QCLI_CACHE"}
+    env |= {
+        "HF_ENDPOINT": endpoint,
+        "HF_HOME": str(home),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "QCLI_CACHE": str(qcli_cache),
+        "PYTHONPATH": str(ROOT),
+    }
+    return env
+
+
+def _time(cmd: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=ROOT)
+    return time.perf_counter() - t0
+
+
+def measure(runs: int = RUNS) -> dict[str, float]:
+    """Return median wall seconds of the local, cold-hub and warm-hub (online, offline, commit) estimates."""
+    qcli = [sys.executable, "-m", "qcli", "estimate"]
+    with tempfile.TemporaryDirectory(prefix="qcli-bench-hub-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        repos = build_repos(tmp / "repos")
+        local = tmp / "local"
+        local.mkdir()
+        for name, data in repos[REPO].files.items():
+            (local / name).write_bytes(data)
+        with HubServer(repos) as hub:
+            times: dict[str, list[float]] = {"local": [], "cold": [], "warm": [], "offline": [], "commit": []}
+            warm_env = _env(hub.url, tmp / "warm-home", tmp / "warm-qcli")
+            subprocess.run([*qcli, REPO], check=True, capture_output=True, env=warm_env, cwd=ROOT)  # fill the cache
+            sha = repos[REPO].sha
+            for i in range(runs):  # interleaved, so that drift on a shared machine hits every row alike
+                times["local"].append(_time([*qcli, str(local)], _env(hub.url, tmp / "l-home", tmp / "l-qcli")))
+                cold_env = _env(hub.url, tmp / f"cold-home-{i}", tmp / f"cold-qcli-{i}")
+                times["cold"].append(_time([*qcli, REPO], cold_env))
+                times["warm"].append(_time([*qcli, REPO], warm_env))
+                times["offline"].append(_time([*qcli, REPO], warm_env | {"HF_HUB_OFFLINE": "1"}))
+                times["commit"].append(_time([*qcli, REPO, "--revision", sha], warm_env))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_hub(out: Path = ROOT / "docs" / "bench-hub.md", runs: int = RUNS) -> str:
+    """Measure, write docs/bench-hub.md and return its text."""
+    load_before = os.getloadavg()[0]
+    t = measure(runs)
+    ratio = {k: v / t["local"] for k, v in t.items()}
+    load = f"load average {load_before:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    lines = [
+        "# Benchmark: the hub path",
+        "",
+        f"`qcli estimate {REPO}` against a hub on loopback (tests/hubserver.py, huggingface_hub's real client) "
+        f"versus `qcli estimate ./local-copy`. Machine: {platform.machine()}, "
+        f"Python {platform.python_version()}, {load}. "
+        f"Medians of {runs} fresh processes, interleaved. Written by `make bench`.",
+        "",
+        "| run | wall s | × local | target |",
+        "|---|---:|---:|---:|",
+        f"| `qcli estimate ./local-copy` | {t['local']:.3f} | 1.00 | |",
+        f"| `qcli estimate {REPO}`, cold cache | {t['cold']:.3f} | {ratio['cold']:.2f} | ≤ {COLD_TARGET} |",
+        f"| `qcli estimate {REPO}`, warm cache | {t['warm']:.3f} | {ratio['warm']:.2f} | ≤ {WARM_TARGET} |",
+        f"| same, warm, `HF_HUB_OFFLINE=1` | {t['offline']:.3f} | {ratio['offline']:.2f} | ≤ {WARM_TARGET} |",
+        f"| same, warm, `--revision <commit sha>` | {t['commit']:.3f} | {ratio['commit']:.2f} | ≤ {WARM_TARGET} |",
+        "",
+        "Online, a warm run still asks the hub which commit the branch is at (one HEAD request, no retries) and so",
+        "imports huggingface_hub's HTTP client; offline or at a commit sha the cached files are read directly.",
+        "",
+    ]
+    text = "\n".join(lines)
+    out.write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    print(bench_hub())

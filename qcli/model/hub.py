@@ -1,0 +1,219 @@
+"""Reading a model repo on the hub through huggingface_hub: config.json, the commit a revision resolves to,
+and the bytes the safetensors store, read from their headers (no weights are downloaded).
+
+Each request is made once. With nothing cached, `hf_hub_download` retries a failed metadata request five
+times with backoff (~23 s of "Retrying in 8s", huggingface_hub file_download.py, the `_ETAG_RETRY_TIMEOUT`
+path); a CLI should answer a dead endpoint in seconds. So qcli first asks for the file's metadata itself
+with `get_hf_file_metadata`, which does not retry, and only then lets `hf_hub_download` fetch the file.
+HF_TOKEN, HF_HOME, HF_ENDPOINT, HF_HUB_OFFLINE and the cache are huggingface_hub's, read there at call time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from qcli.errors import (
+    HubAccessDenied,
+    HubFileMissing,
+    HubGated,
+    HubOffline,
+    HubRepoNotFound,
+    HubRevisionNotFound,
+    HubServerError,
+    HubUnreachable,
+    UsageError,
+)
+
+DEFAULT_REVISION = "main"  # huggingface_hub.constants.DEFAULT_REVISION
+_COMMIT = re.compile(r"[0-9a-f]{40}")  # a full commit sha (huggingface_hub's REGEX_COMMIT_HASH)
+HUB_HOSTS = ("huggingface.co", "www.huggingface.co", "hf.co")  # a pasted URL's host, besides HF_ENDPOINT's
+_NAME = r"[A-Za-z0-9][\w.\-]*"
+_URL = re.compile(
+    rf"^https?://(?P<host>[^/]+)/(?P<repo>{_NAME}/{_NAME})(?:/(?:tree|blob|resolve)/(?P<rev>[^/]+)(?:/.*)?)?/?$"
+)
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """A file of a hub repo on local disk and the commit it belongs to."""
+
+    path: Path
+    commit_sha: str
+    came_from: str  # "hub": downloaded by this run; "cache": already in the hub's cache
+    fallback: str | None = None  # why the cache was used although online: the hub did not answer
+
+
+def endpoint() -> str:
+    """Return the hub endpoint huggingface_hub talks to (HF_ENDPOINT, else https://huggingface.co)."""
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def offline() -> bool:
+    """Return whether huggingface_hub is in offline mode (HF_HUB_OFFLINE)."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
+
+
+def parse_url(text: str) -> tuple[str, str | None] | None:
+    """Return (repo_id, revision or None) of a hub model URL; None if `text` is not a URL."""
+    if not re.match(r"^https?://", text):
+        return None
+    m = _URL.match(text)
+    own_host = re.sub(r"^https?://", "", endpoint()).split("/")[0].lower()
+    if m is None or m.group("host").lower() not in (*HUB_HOSTS, own_host):
+        raise UsageError(f"{text}: not a model URL on the hub", "give https://huggingface.co/ORG/NAME[/tree/REVISION]")
+    if m.group("repo").split("/")[0] in {"datasets", "spaces", "buckets"}:
+        raise UsageError(f"{text}: not a model repo", "qcli reads model repos")
+    return m.group("repo"), m.group("rev")
+
+
+def _failures() -> tuple[type[BaseException], ...]:
+    """Return the exception types that mean "the hub did not give the file" (all sorted by _raise_for)."""
+    import httpx2  # huggingface_hub 2.x's HTTP client: its transport errors mean "no answer"
+    from huggingface_hub import errors
+
+    return errors.HfHubHTTPError, errors.FileMetadataError, httpx2.TransportError
+
+
+def _raise_for(exc: BaseException, repo_id: str, revision: str, filename: str) -> None:
+    """Raise the HubError that names why the hub did not give the file."""
+    from huggingface_hub import errors
+
+    where = {"repo_id": repo_id, "revision": revision, "filename": filename, "endpoint": endpoint()}
+    status = _status(exc)
+    if isinstance(exc, errors.GatedRepoError):  # a RepositoryNotFoundError: first
+        raise HubGated(**where, status=status) from None
+    if isinstance(exc, errors.RepositoryNotFoundError):
+        raise HubRepoNotFound(**where, status=status) from None
+    if isinstance(exc, errors.RevisionNotFoundError):
+        raise HubRevisionNotFound(**where, status=status) from None
+    if isinstance(exc, errors.RemoteEntryNotFoundError):
+        raise HubFileMissing(**where, status=status) from None
+    if status in (401, 403):
+        raise HubAccessDenied(**where, status=status) from None
+    if status is not None:
+        raise HubServerError(**where, status=status) from None
+    raise HubUnreachable(**where, detail=type(exc).__name__) from None
+
+
+def _status(exc: BaseException) -> int | None:
+    """Return the HTTP status of a hub error; None when there was no answer."""
+    from huggingface_hub import errors
+
+    response = exc.response if isinstance(exc, errors.HfHubHTTPError) else None
+    return response.status_code if response is not None else None
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    """Return True when the hub answered "no such thing" or "not for you": a cached copy must not hide that."""
+    status = _status(exc)
+    return status is not None and status < 500 and status != 429
+
+
+def _cached(repo_id: str, filename: str, revision: str) -> Path | None:
+    """Return the cached copy of `filename` at `revision` (branch, tag or commit); None if not cached.
+
+    Reads the hub cache's documented layout as huggingface_hub's `try_to_load_from_cache` does
+    (models--ORG--NAME/refs/REVISION holds a commit, snapshots/COMMIT/FILE the file), without importing
+    huggingface_hub's HTTP stack: that import is about half the time of a whole estimate.
+    """
+    from huggingface_hub import constants
+
+    repo_dir = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    ref = repo_dir / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    path = repo_dir / "snapshots" / commit / filename
+    return path if path.is_file() else None
+
+
+def _commit_of(path: Path) -> str:
+    # The cache keeps each file under snapshots/<commit sha>/ (huggingface_hub's cache layout).
+    return path.parent.name
+
+
+def fetch(repo_id: str, filename: str, revision: str | None, token: str | None) -> HubFile:
+    """Return `filename` of the repo at `revision`, from the hub or from the cache.
+
+    Offline (HF_HUB_OFFLINE), only the cache is read. Online, the file's metadata is asked for once: a
+    refusal (no such repo, gated, revision or file not found, 401/403) is raised; no answer or a server
+    error falls back to a cached copy of the revision when there is one, as huggingface_hub does.
+    """
+    rev = revision or DEFAULT_REVISION
+    if offline() or _COMMIT.fullmatch(rev):
+        # Nothing to ask the hub: offline, or a commit's files, which never change (hf_hub_download
+        # shortcuts a cached commit the same way).
+        path = _cached(repo_id, filename, rev)
+        if path is not None:
+            return HubFile(path, _commit_of(path), "cache")
+        if offline():
+            raise HubOffline(repo_id=repo_id, revision=rev, filename=filename, endpoint=endpoint())
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url
+
+    try:
+        meta = get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=rev), token=token)
+        commit = meta.commit_hash or rev
+        path = _cached(repo_id, filename, commit)
+        if path is not None:
+            return HubFile(path, commit, "cache")
+        path = Path(hf_hub_download(repo_id, filename, revision=rev, token=token))
+        return HubFile(path, _commit_of(path), "hub")
+    except _failures() as exc:
+        cached = None if _is_refusal(exc) else _cached(repo_id, filename, rev)
+        if cached is not None:
+            status = _status(exc)
+            why = f"HTTP {status}" if status is not None else type(exc).__name__
+            return HubFile(cached, _commit_of(cached), "cache", fallback=f"the hub at {endpoint()} failed ({why})")
+        _raise_for(exc, repo_id, rev, filename)
+        raise
+
+
+def _headers_record(cache_dir: Path, repo_id: str, commit: str) -> Path:
+    host = re.sub(r"[^\w.\-]", "_", re.sub(r"^https?://", "", endpoint()))
+    return cache_dir / "safetensors-headers" / host / repo_id.replace("/", "--") / f"{commit}.json"
+
+
+def stored_bytes(
+    repo_id: str, commit: str, token: str | None, cache_dir: Path, online: bool = True
+) -> dict[str, int] | None:
+    """Return bytes per stored dtype of the repo's safetensors at `commit`: the sum of the tensors'
+    `data_offsets` spans, from the headers alone (huggingface_hub's `get_safetensors_metadata` reads them
+    with Range requests). None when the repo has no safetensors, or when not `online` (or HF_HUB_OFFLINE)
+    and not recorded.
+
+    A commit's files never change, so the figures are recorded under `cache_dir` for the next run.
+    """
+    record = _headers_record(cache_dir, repo_id, commit)
+    if record.is_file():
+        return json.loads(record.read_text())["stored_bytes_by_dtype"]
+    if not online or offline():
+        return None
+    from huggingface_hub import HfApi, errors
+    from huggingface_hub.utils import disable_progress_bars
+
+    try:
+        with disable_progress_bars():  # its "Parse safetensors files" bar would break the one-screen output
+            meta = HfApi(token=token).get_safetensors_metadata(repo_id, revision=commit)
+    except errors.NotASafetensorsRepoError:
+        return None
+    except errors.SafetensorsParsingError as exc:
+        raise UsageError(f"{repo_id}: a safetensors header at commit {commit[:12]} cannot be read ({exc})") from None
+    except _failures() as exc:
+        _raise_for(exc, repo_id, commit, "model.safetensors")
+        raise
+    totals: dict[str, int] = {}
+    for file_meta in meta.files_metadata.values():
+        for tensor in file_meta.tensors.values():
+            start, end = tensor.data_offsets
+            totals[tensor.dtype] = totals.get(tensor.dtype, 0) + end - start
+    record.parent.mkdir(parents=True, exist_ok=True)
+    partial = record.with_suffix(".partial")
+    partial.write_text(json.dumps({"stored_bytes_by_dtype": totals}))
+    partial.replace(record)
+    return totals
