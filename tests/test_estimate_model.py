@@ -54,7 +54,7 @@ def test_kv_cache_sliding_window_is_capped(cli):
 
 
 def test_training_qlora_counts_adapters_and_activations(cli):
-    data = est(cli, "llama3-8b", "--train", "qlora", "--lora-rank", "16", "--context", "2048")
+    data = est(cli, "llama3-8b", "--train", "qlora", "--lora-rank", "16", "--context", "2048", "--no-grad-checkpointing")
     t = plan(data)["training"]
     assert plan(data)["preset"] == "qlora"
     per_layer = 16 * ((4096 + 4096) * 2 + (4096 + 1024) * 2 + (4096 + 14336) * 3)
@@ -62,7 +62,8 @@ def test_training_qlora_counts_adapters_and_activations(cli):
     assert "Korthikanti" in t["activation_formula"]
     assert t["total_bytes"] == sum(c["size_bytes"] for c in t["components"])
     assert plan(data)["total_bytes"] == plan(data)["weight_bytes"] + t["total_bytes"]
-    ckpt = est(cli, "llama3-8b", "--train", "qlora", "--context", "2048", "--grad-checkpointing")
+    ckpt = est(cli, "llama3-8b", "--train", "qlora", "--context", "2048")  # PEFT's default: checkpointing on
+    assert plan(ckpt)["training"]["gradient_checkpointing"] is True
     assert plan(ckpt)["training"]["total_bytes"] < t["total_bytes"]
 
 
