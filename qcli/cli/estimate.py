@@ -80,6 +80,10 @@ def estimate(
             help="Full activation checkpointing (default: on for QLoRA, as PEFT does).",
         ),
     ] = None,
+    attention: Annotated[
+        str | None,
+        typer.Option("--attention", help="Training activations: eager (scores stored, default) or sdpa (fused)."),
+    ] = None,
     cuda_context: Annotated[
         str | None, typer.Option("--cuda-context", help="CUDA context per GPU (default 512MiB).")
     ] = None,
@@ -113,6 +117,7 @@ def estimate(
             cpu_memory=cpu_memory,
             mixed_precision=mixed_precision,
             master_weights=master_weights,
+            attention=attention,
             context=context,
             batch=batch,
             kv_dtype=kv_dtype,

@@ -46,15 +46,6 @@ SHARDING: dict[str, Sharding] = {
     "fsdp": Sharding(True, True, True, True),  # ShardingStrategy.FULL_SHARD
     "fsdp_shard_grad_op": Sharding(False, True, True, False),  # weights stay gathered between forward and backward
 }
-STRATEGY_LABELS = {
-    "single": "one GPU",
-    "ddp": "DDP (everything replicated)",
-    "zero1": "DeepSpeed ZeRO-1",
-    "zero2": "DeepSpeed ZeRO-2",
-    "zero3": "DeepSpeed ZeRO-3",
-    "fsdp": "FSDP FULL_SHARD",
-    "fsdp_shard_grad_op": "FSDP SHARD_GRAD_OP",
-}
 
 
 def parse_strategy(text: str | None, gpus: int) -> str:
@@ -183,7 +174,9 @@ def model_states(s: StateInput) -> list[Component]:
     if s.strategy == "ddp" and n > 1:
         grad_bytes = w * P if s.full else 4 * P
         add("ddp_buckets", grad_bytes, False, False, "a copy of the gradients (gradient_as_bucket_view=False)")
-    if shard.gathers and n > 1:
+    # DeepSpeed counts ZeRO-3's gathered module even on one GPU (its fetch buffers exist regardless);
+    # FSDP on one GPU keeps the flat parameters whole, so nothing extra is gathered.
+    if shard.gathers and (n > 1 or zero):
         size = s.gathered_params * s.gathered_bytes_per_param
         grads = s.gathered_params * w if s.full else 0
         what = "largest module (DeepSpeed)" if zero else "largest layer (FSDP unit)"

@@ -60,6 +60,7 @@ class EstimateOptions:
     cpu_memory: str | None = None
     mixed_precision: str | None = None
     master_weights: bool | None = None
+    attention: str = "eager"
     context: int | None = None
     batch: int = 1
     kv_dtype: str | None = None
@@ -160,6 +161,7 @@ def _training(opts: EstimateOptions, mode: str | None, strategy: str | None, gpu
         sequence_length=opts.context or DEFAULT_TRAIN_SEQUENCE,
         batch=opts.batch,
         mixed_precision=opts.mixed_precision,
+        attention=opts.attention,
         master_weights=opts.master_weights,
         strategy=strategy,
         total_gpus=gpus * opts.nodes,
@@ -421,7 +423,7 @@ def how_many(
             if p.fits:
                 gpu = next(r for r in p.devices if r.kind == "gpu")
                 found = GpusNeeded(
-                    strategy=st or f"device_map {opts.device_map or 'auto'}",
+                    strategy=st or "device_map",
                     total_gpus=n * opts.nodes,
                     required_bytes=gpu.required_bytes,
                 )
@@ -429,7 +431,7 @@ def how_many(
             if st == "ddp" and n > 1:
                 break  # DDP replicates everything: more GPUs never lower the per-GPU need
         needed.append(
-            found or GpusNeeded(strategy=st or f"device_map {opts.device_map or 'auto'}", total_gpus=None, required_bytes=None)
+            found or GpusNeeded(strategy=st or "device_map", total_gpus=None, required_bytes=None)
         )
     best = min((g for g in needed if g.total_gpus), key=lambda g: g.total_gpus or 0, default=None)
     if best is None:

@@ -34,6 +34,11 @@ CHECKPOINTED = (
     "full activation checkpointing (Korthikanti et al. 2022): L·2·s·b·h bytes of layer inputs + one layer "
     "recomputed, s·b·h·(34 + 5·a·s/h)"
 )
+SDPA = (
+    "Korthikanti et al. 2022 without the a·s² attention terms (fused SDPA/flash kernels never store the scores): "
+    "L·34·s·b·h bytes (16-bit)"
+)
+SDPA_CHECKPOINTED = "full activation checkpointing: L·2·s·b·h bytes of layer inputs + one layer recomputed, 34·s·b·h"
 LOGITS = "b·s·vocab × 4 B (logits upcast to fp32 for the loss)"
 
 
@@ -46,6 +51,7 @@ class TrainingRequest:
     gradient_checkpointing: bool | None = None  # None: on for k-bit training (PEFT's default), else off
     sequence_length: int = DEFAULT_TRAIN_SEQUENCE
     batch: int = 1
+    attention: str = "eager"  # eager: scores stored (Korthikanti's a·s² term); sdpa: fused kernels, no scores
     mixed_precision: str | None = None  # bf16, fp16, no; None: bf16 unless the load dtype is fp16
     master_weights: bool | None = None  # None: on under ZeRO (DeepSpeed always), off otherwise
     strategy: str = "single"
@@ -85,17 +91,21 @@ def lora_params(spec: ModelSpec, rank: int, targets: list[str]) -> tuple[int, li
     return count, hit
 
 
-def activation_components(spec: ModelSpec, s: int, b: int, checkpointing: bool, precision: str) -> list[Component]:
+def activation_components(
+    spec: ModelSpec, s: int, b: int, checkpointing: bool, precision: str, attention: str = "eager"
+) -> list[Component]:
     """Return the activations (Korthikanti et al. 2022, or its checkpointed form) and the fp32 logits."""
     att = spec.attention
     assert att is not None
     h, a, layers = att.hidden_size, att.heads, att.layers
     scale = 2 if precision == "no" else 1  # the formula counts 16-bit activations
-    one_layer = int(s * b * h * (34 + 5 * a * s / h)) * scale
+    scores = 0 if attention == "sdpa" else 5 * a * s / h
+    one_layer = int(s * b * h * (34 + scores)) * scale
     if checkpointing:
-        size, formula = layers * 2 * s * b * h * scale + one_layer, CHECKPOINTED
+        size = layers * 2 * s * b * h * scale + one_layer
+        formula = SDPA_CHECKPOINTED if attention == "sdpa" else CHECKPOINTED
     else:
-        size, formula = layers * one_layer, KORTHIKANTI
+        size, formula = layers * one_layer, SDPA if attention == "sdpa" else KORTHIKANTI
     out = [
         Component(kind="activations", size_bytes=size, context_tokens=s, batch_size=b, source=formula, formula=formula)
     ]
@@ -176,7 +186,9 @@ def training_state(
         )
     )
     per_gpu_weights, components = states[: len(weights)], states[len(weights) :]  # model_states keeps the order
-    components += activation_components(spec, req.sequence_length, req.batch, checkpointing, precision)
+    if req.attention not in {"eager", "sdpa"}:
+        raise UsageError(f"--attention {req.attention!r} is not known", "use eager or sdpa")
+    components += activation_components(spec, req.sequence_length, req.batch, checkpointing, precision, req.attention)
     upcast = sum(c.num_params or 0 for c in weights if c.kind == "weights" and c.dtype == "float32") if prepared else 0
     training = Training(
         mode=req.mode,
@@ -198,7 +210,7 @@ def training_state(
         batch_size=req.batch,
         gradient_checkpointing=checkpointing,
         components=components,
-        activation_formula=CHECKPOINTED if checkpointing else KORTHIKANTI,
+        activation_formula=components[-2 if spec.vocab_size else -1].formula or "",
         total_bytes=sum(c.size_bytes for c in components if c.device == "gpu"),
     )
     return per_gpu_weights, training
