@@ -25,7 +25,7 @@ from qcli.plan.planner import (
 from qcli.plan.presets import Preset, load_preset
 from qcli.plan.recommend import STRATEGY_ORDER, recommend
 from qcli.plan.training import DEFAULT_TRAIN_SEQUENCE, TrainingRequest
-from qcli.results import EstimateReport, GpusNeeded, ModelInfo, Plan
+from qcli.results import EstimateReport, GpusNeeded, ModelInfo, Plan, Recommendation
 from qcli.units import parse_bytes, parse_params
 
 PARAMS_NOTE = (
@@ -327,6 +327,8 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
         for f in COMPARISON_FORMATS:
             load = f.dtype if f.kind == "dense" else model_dtype
             report.plans.append(build_plan(spec, request(f, load or model_dtype, None, None, None, None, devices)))
+        if devices and opts.model is not None:
+            report.recommendation = _recommend(opts, spec, devices, request)
         report.notes += _context_notes(opts, spec, report.plans[0], devices)
         return report
 
@@ -352,16 +354,7 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
     if devices and opts.model is not None:
         _set_limits(spec, req, plan)
         bf16_ok = all(d.bf16 for d in devices) if all(d.bf16 is not None for d in devices) else None
-        n = len(devices) * opts.nodes
-        strategies = ["single"] if n == 1 else [s for s in STRATEGIES if s != "single"]
-        if opts.strategy:
-            strategies = [parse_strategy(opts.strategy, n)]
-
-        def plan_of(preset_name: str, mode: str | None, st: str | None) -> Plan:
-            p = load_preset(preset_name)
-            return build_plan(spec, request(p.weight_format(), p.dtype, preset_name, p.skip_modules, mode, st, devices))
-
-        report.recommendation = recommend(spec.params, opts.train, bf16_ok, plan_of, strategies)
+        report.recommendation = _recommend(opts, spec, devices, request)
         if preset is not None and preset.compute_dtype == "bfloat16" and bf16_ok is False:
             report.notes.append(
                 f"preset {preset.name} computes in bf16, which this GPU lacks: use nf4-fp16 "
@@ -382,6 +375,23 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
         )
     report.notes += _context_notes(opts, spec, plan, devices)
     return report
+
+
+def _recommend(
+    opts: EstimateOptions, spec: ModelSpec, devices: list[Device], request: Callable[..., PlanRequest]
+) -> Recommendation:
+    """Return the recommendation: every precision × strategy planned on these devices."""
+    bf16_ok = all(d.bf16 for d in devices) if all(d.bf16 is not None for d in devices) else None
+    n = len(devices) * opts.nodes
+    strategies = ["single"] if n == 1 else [s for s in STRATEGIES if s != "single"]
+    if opts.strategy:
+        strategies = [parse_strategy(opts.strategy, n)]
+
+    def plan_of(preset_name: str, mode: str | None, st: str | None) -> Plan:
+        p = load_preset(preset_name)
+        return build_plan(spec, request(p.weight_format(), p.dtype, preset_name, p.skip_modules, mode, st, devices))
+
+    return recommend(spec.params, opts.train, bf16_ok, plan_of, strategies)
 
 
 def _kbit_note(plan: Plan) -> str:
