@@ -1,12 +1,14 @@
 """Where an inference load puts each block: accelerate's device map, mirrored in pure Python.
 
-accelerate's `infer_auto_device_map` / `get_balanced_memory` need a torch model (even on the meta
-device, importing accelerate imports torch), and `qcli estimate` never imports torch. So this module
-re-implements their algorithm (accelerate 1.x `utils/modeling.py`, as transformers 5 `_get_device_map`
-calls it) over qcli's blocks: top-level modules, with each decoder layer one no-split block.
+`infer_auto_device_map` / `get_balanced_memory` need a torch model (even on the meta device, importing
+accelerate imports torch), and `qcli estimate` never imports torch. So this module re-implements the
+algorithm transformers 5 runs for `from_pretrained(device_map=...)` (its own copies in
+`transformers/integrations/accelerate.py`, on accelerate's `get_max_layer_size`) over qcli's blocks:
+top-level modules, with each decoder layer one no-split block.
 
 - `auto` / `balanced`: `get_balanced_memory` caps every GPU but the last at total/n + a buffer of
-  1.25 × max(first no-split block, mean leaf module); with one GPU and no user `max_memory`, 90 %.
+  1.25 × max(biggest no-split block, biggest leaf module) — the biggest block here, since a leaf inside
+  a layer is smaller than its layer; with one GPU and no user `max_memory`, 90 %.
 - `sequential`: each GPU filled up to its `max_memory` before the next.
 - bitsandbytes quantizers take 10 % off every budget (`adjust_max_memory`).
 - The first GPU and the CPU keep room for the largest not-yet-placed block (accelerate's "main devices"),
@@ -25,7 +27,7 @@ from qcli.results import LargestLayer
 
 DEVICE_MAPS = ("auto", "balanced", "sequential")
 _LAYER_RE = re.compile(r"^(.*?\.(?:layers|h|layer|blocks)\.\d+)\.")
-BALANCED_BUFFER = 1.25  # get_balanced_memory: buffer = int(1.25 * max(no-split block, mean leaf))
+BALANCED_BUFFER = 1.25  # get_balanced_memory: buffer = int(1.25 * max(biggest no-split block, biggest leaf))
 SINGLE_GPU_SHARE = 0.9  # get_balanced_memory, one GPU and no max_memory given
 QUANTIZER_SHARE = 0.9  # transformers' Bnb4Bit/8Bit quantizer adjust_max_memory
 
@@ -75,9 +77,7 @@ def balanced_budgets(blocks: dict[str, int], budgets: list[int], user_set: bool)
     if len(budgets) == 1 and not user_set:
         budgets[0] = int(budgets[0] * SINGLE_GPU_SHARE)
     total = sum(blocks.values())
-    first_layer = next((size for b, size in blocks.items() if is_layer(b)), 0)
-    mean_leaf = int(total / max(len(blocks), 1))
-    per_gpu = total // len(budgets) + int(BALANCED_BUFFER * max(first_layer, mean_leaf))
+    per_gpu = total // len(budgets) + int(BALANCED_BUFFER * max(blocks.values(), default=0))
     for i in range(len(budgets) - 1):  # the last GPU keeps its whole budget
         budgets[i] = min(per_gpu, budgets[i])
     return budgets

@@ -239,8 +239,8 @@ def _training_rows(req: PlanRequest, plan: Plan, host: tuple[int, str] | None) -
         groups.setdefault((d.name.split(" #")[0], d.capacity_bytes), []).append(d)
     rows = []
     for (name, _), devs in groups.items():
-        row = _row(devs[0].model_copy(update={"name": name}), gpu_bytes, overhead, ["every rank"], len(devs))
-        rows.append(row)
+        dev = devs[0].model_copy(update={"name": name})
+        rows.append(_row(dev, gpu_bytes, overhead, ["the same on every rank"], len(devs)))
     if host is not None:
         need, _how = host
         cap = req.cpu_memory
