@@ -171,7 +171,10 @@ def render_estimate(report: EstimateReport, out: Console) -> None:
         title = f"{escape(_plan_name(plan))}: {human_params(plan.total_params)} parameters, "
         title += f"{plan.bits_per_param:.3f} bits/param"
         if m.params_by_group:
-            title += f" for the weights (unquantized modules in {plan.load_dtype})"
+            kept = plan.load_dtype
+            if plan.training and plan.training.kbit_prepared:
+                kept = "float32: PEFT's k-bit preparation upcasts them"
+            title += f" for the weights (unquantized modules in {kept})"
         out.print(components_table(plan, title))
         if plan.training:
             t = plan.training

@@ -367,6 +367,7 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
         and plan.training.total_gpus > 1
         and f.kind == "4bit"
         and (plan.training.strategy in {"fsdp", "zero3"})
+        and (preset is None or preset.quantization is None or preset.quantization.bnb_4bit_quant_storage == "uint8")
     ):
         report.notes.append(
             "sharding a 4-bit base (FSDP/ZeRO-3 + QLoRA) needs bnb_4bit_quant_storage set to the compute dtype "

@@ -304,7 +304,7 @@ def build_plan(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None = 
             unit = (largest.num_params, largest.size_bytes / max(largest.num_params, 1))
         weights_pg, training = training_state(spec, t, req.fmt, req.load_dtype, layout.components, unit)
         components = weights_pg + training.components
-        if t.strategy not in {"single", "ddp", "fsdp_shard_grad_op"} or any(c.device == "cpu" for c in components):
+        if t.strategy.startswith("zero") or any(c.device == "cpu" for c in components):
             host = host_bytes_per_node(t.strategy, components, t.node_gpus, spec.params, largest.module_params)
     total = sum(c.size_bytes for c in components if c.device == "gpu")
     params = spec.params
