@@ -23,9 +23,10 @@ from qcli.plan.planner import (
     plan_layout,
 )
 from qcli.plan.presets import Preset, load_preset
-from qcli.plan.recommend import STRATEGY_ORDER, recommend
+from qcli.plan.recommend import recommend
+from qcli.plan.scaling import MAX_GPUS_PER_NODE, copies, how_many
 from qcli.plan.training import DEFAULT_TRAIN_SEQUENCE, TrainingRequest
-from qcli.results import EstimateReport, GpusNeeded, ModelInfo, Plan, Recommendation
+from qcli.results import EstimateReport, ModelInfo, Plan, Recommendation
 from qcli.units import parse_bytes, parse_params
 
 PARAMS_NOTE = (
@@ -34,8 +35,6 @@ PARAMS_NOTE = (
 )
 # A checkpoint that names no dtype, or an exotic one, is planned in bf16 (what `qcli load` passes then).
 FALLBACK_LOAD_DTYPE = "bfloat16"
-# `--gpus auto` tries 1..this many GPUs per node.
-MAX_GPUS_PER_NODE = 64
 
 
 @dataclass
@@ -108,7 +107,7 @@ def _devices(opts: EstimateOptions, count: int | None = None) -> list[Device]:
             raise UsageError("--gpus must be at least 1 (or auto)")
         if len(devices) != 1:
             raise UsageError("--gpus N needs exactly one --gpu to repeat", "e.g. --gpu A100-80GB --gpus 2")
-        devices = [devices[0].model_copy(update={"name": f"{devices[0].name} #{i}"}) for i in range(count)]
+        devices = copies(devices[0], count)
     return devices
 
 
@@ -342,10 +341,13 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
     if auto:
         base = _devices(opts, 1)[0]
         report.gpus_needed, best, strategy = how_many(
-            lambda n, st: build_plan(spec, request(f, load, name, skip, opts.train, st, _copies(base, n))),
-            opts,
+            lambda n, st: build_plan(spec, request(f, load, name, skip, opts.train, st, copies(base, n))),
+            opts.train,
+            opts.strategy,
+            opts.nodes,
+            (opts.offload_optimizer, opts.offload_params),
         )
-        devices = _copies(base, best or MAX_GPUS_PER_NODE)
+        devices = copies(base, best or MAX_GPUS_PER_NODE)
         if best is None:
             report.notes.append(f"--gpus auto: nothing fits on up to {MAX_GPUS_PER_NODE} GPUs per node")
     req = request(f, load, name, skip, opts.train, strategy, devices)
@@ -405,47 +407,3 @@ def _kbit_note(plan: Plan) -> str:
         + f"; every unquantized 16-bit parameter (embeddings, lm_head, norms: {t.upcast_params or 0:,} params) "
         "cast to fp32"
     )
-
-
-def _copies(base: Device, n: int) -> list[Device]:
-    return [base.model_copy(update={"name": f"{base.name} #{i}"}) for i in range(n)]
-
-
-def how_many(
-    plan_at: Callable[[int, str | None], Plan], opts: EstimateOptions
-) -> tuple[list[GpusNeeded], int | None, str | None]:
-    """Return, per strategy, the fewest GPUs per node that fit; and the count and strategy to plan with
-    (fewest GPUs, then least communication)."""
-    if not opts.train:
-        candidates: list[str | None] = [None]
-    elif opts.strategy:
-        candidates = [opts.strategy]
-    else:
-        candidates = [s for s in STRATEGY_ORDER if s != "single"]
-    needed: list[GpusNeeded] = []
-    for st in candidates:
-        try:
-            check_offload(parse_strategy(st, 2), opts.offload_optimizer, opts.offload_params) if st else None
-        except UsageError:
-            continue
-        found = None
-        for n in range(1, MAX_GPUS_PER_NODE + 1):
-            p = plan_at(n, st)
-            if p.fits:
-                gpu = next(r for r in p.devices if r.kind == "gpu")
-                found = GpusNeeded(
-                    strategy=st or "device_map",
-                    total_gpus=n * opts.nodes,
-                    required_bytes=gpu.required_bytes,
-                )
-                break
-            if st == "ddp" and n > 1:
-                break  # DDP replicates everything: more GPUs never lower the per-GPU need
-        needed.append(
-            found or GpusNeeded(strategy=st or "device_map", total_gpus=None, required_bytes=None)
-        )
-    best = min((g for g in needed if g.total_gpus), key=lambda g: g.total_gpus or 0, default=None)
-    if best is None:
-        return needed, None, candidates[0]
-    strategy = None if best.strategy.startswith("device_map") else best.strategy
-    return needed, (best.total_gpus or 1) // opts.nodes, strategy
