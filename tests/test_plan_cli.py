@@ -174,3 +174,15 @@ def test_multi_gpu_training_plan_never_imports_torch():
         if line.startswith("import time:")
     }
     assert "qcli" in imported and not imported & {"torch", "transformers", "bitsandbytes", "accelerate"}
+
+
+def test_activation_formulas(cli):
+    def acts(*extra: str) -> int:
+        t = plan(est(cli, LLAMA, "--train", "lora", "--context", "1024", *extra))["training"]
+        return next(c["size_bytes"] for c in t["components"] if c["kind"] == "activations")
+
+    s, h, a, layers = 1024, 4096, 32, 32
+    assert acts() == layers * int(s * h * (34 + 5 * a * s / h))  # Korthikanti et al., no recomputation
+    assert acts("--attention", "sdpa") == layers * s * h * 34
+    assert acts("--grad-checkpointing") == layers * 2 * s * h + int(s * h * (34 + 5 * a * s / h))
+    assert acts("--mixed-precision", "no") == 2 * acts()
