@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 from qcli.errors import UsageError
 from qcli.model.describe import from_config
 from qcli.model.resolve import ModelSource, resolve
 from qcli.model.spec import ModelSpec, params_only
+from qcli.options import FromCli
 from qcli.plan.distributed import STRATEGIES, check_offload, parse_strategy
 from qcli.plan.fit import CONTEXT_SEARCH_LIMIT, check_request, max_batch, max_context
 from qcli.plan.formats import COMPARISON_FORMATS, LOAD_DTYPES, Format, parse_format, parse_load_dtype
@@ -38,7 +38,7 @@ FALLBACK_LOAD_DTYPE = "bfloat16"
 
 
 @dataclass
-class EstimateOptions:
+class EstimateOptions(FromCli):
     """Everything `qcli estimate` takes; the defaults here are the only ones (flags left unset are None)."""
 
     params: str | None = None
@@ -71,12 +71,6 @@ class EstimateOptions:
     cuda_context: str | None = None
     margin: float = DEFAULT_MARGIN_FRACTION
     revision: str | None = None
-
-    @classmethod
-    def from_cli(cls, **given: Any) -> EstimateOptions:
-        """Return options from the CLI's keyword arguments: None means "not given" and keeps the default."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in given.items() if k in names and v is not None})
 
 
 def default_load_dtype(spec: ModelSpec) -> str:

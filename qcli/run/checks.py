@@ -32,7 +32,7 @@ def quantization(report: LoadReport, model: Any, preset: Any) -> CheckResult:
     if got != c.quantizable_linears:
         problems.append(f"{got} quantized modules, expected {c.quantizable_linears}")
     if q.load_in_4bit:
-        want_type = f"{q.bnb_4bit_quant_type}+dq" if q.bnb_4bit_use_double_quant else q.bnb_4bit_quant_type
+        want_type = q.format().key
         if set(c.linear4bit_by_quant_type) - {want_type}:
             problems.append(f"quant types {c.linear4bit_by_quant_type}, expected {want_type}")
         want_compute = q.bnb_4bit_compute_dtype or "float32"

@@ -9,20 +9,21 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from qcli.errors import UsageError
 from qcli.model.resolve import resolve
+from qcli.options import FromCli
 from qcli.plan.presets import load_preset
 from qcli.resources import data_text
 from qcli.results import CompareReport, CompareRow
 from qcli.run.loader import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, resolve_device
+from qcli.run.quality import agreement_and_kl
 
 
 @dataclass
-class CompareOptions:
+class CompareOptions(FromCli):
     """Everything compare takes; the defaults here are the only ones (flags left unset are None)."""
 
     model: str
@@ -35,12 +36,6 @@ class CompareOptions:
     timeout_seconds: float = 1800
     speed: bool = True
     inject_failure: set[str] = field(default_factory=set)  # tests: presets whose worker must fail
-
-    @classmethod
-    def from_cli(cls, **given: Any) -> CompareOptions:
-        """Return options from the CLI's keyword arguments: None means "not given" and keeps the default."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in given.items() if k in names and v is not None})
 
 
 def validate(opts: CompareOptions) -> tuple[list[str], str, str]:
@@ -72,8 +67,6 @@ def validate(opts: CompareOptions) -> tuple[list[str], str, str]:
 def run_compare(opts: CompareOptions, progress: Callable[[str], None] | None = None) -> CompareReport:
     """Return the comparison; a preset that fails gets its error in its row and the others still run."""
     import torch
-
-    from qcli.run.quality import agreement_and_kl
 
     presets, reference, text = validate(opts)
     rows: dict[str, CompareRow] = {}

@@ -8,7 +8,7 @@ import logging
 import re
 import time
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from qcli.model.demo import DEMO_NAME, DEMO_PROMPT
 from qcli.model.describe import from_config
 from qcli.model.resolve import ModelSource, resolve
 from qcli.model.spec import ModelSpec
+from qcli.options import FromCli
 from qcli.plan.estimate import preset_plan
 from qcli.plan.formats import parse_load_dtype
 from qcli.plan.planner import quantized_tensors
@@ -32,7 +33,7 @@ DEFAULT_PROMPT = DEMO_PROMPT  # what verify and compare prompt with when not tol
 
 
 @dataclass
-class LoadOptions:
+class LoadOptions(FromCli):
     """Everything a load takes; the defaults here are the only ones (flags left unset are None)."""
 
     model: str
@@ -47,12 +48,6 @@ class LoadOptions:
     prompt: str | None = None
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     progress: bool = False
-
-    @classmethod
-    def from_cli(cls, **given: Any) -> LoadOptions:
-        """Return options from the CLI's keyword arguments: None means "not given" and keeps the default."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in given.items() if k in names and v is not None})
 
 
 @dataclass

@@ -7,6 +7,8 @@ import statistics
 import time
 from typing import Any
 
+from qcli.errors import UsageError
+
 EVAL_TOKENS = 512  # tokens of the text that are scored
 WINDOW = 256  # sliding window; the stride is half of it
 SPEED_METHOD_CPU = "time.perf_counter, 1 warm-up + {n} timed runs, median (min–max)"
@@ -16,8 +18,6 @@ SPEED_METHOD_CUDA = "CUDA events, 1 warm-up + {n} timed runs, median (min–max)
 def token_ids(tokenizer: Any, text: str) -> Any:
     ids = tokenizer(text, return_tensors="pt")["input_ids"][0][:EVAL_TOKENS]
     if ids.numel() < 2:
-        from qcli.errors import UsageError
-
         raise UsageError("the evaluation text has fewer than 2 tokens", "give a longer --text file")
     return ids
 

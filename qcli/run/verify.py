@@ -7,11 +7,12 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qcli.errors import RunError, UsageError
+from qcli.options import FromCli
 from qcli.plan.presets import load_preset
 from qcli.resources import data_text
 from qcli.results import CheckResult, VerifyReport
@@ -22,7 +23,7 @@ from qcli.units import parse_bytes
 
 
 @dataclass
-class VerifyOptions:
+class VerifyOptions(FromCli):
     """Everything verify takes besides the load; the defaults here are the only ones."""
 
     load: LoadOptions
@@ -33,12 +34,6 @@ class VerifyOptions:
     min_agreement: float = 0.9
     max_kl: float = 0.1
     allow_offload: bool = False
-
-    @classmethod
-    def from_cli(cls, **given: Any) -> VerifyOptions:
-        """Return options from the CLI's keyword arguments: None means "not given" and keeps the default."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in given.items() if k in names and v is not None})
 
 
 def parse_tolerance(text: str) -> float:

@@ -10,12 +10,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from qcli.run.loader import LoadOptions, generate, load_report
+from qcli.run.quality import perplexity_and_logprobs, speed, token_ids
+
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from qcli.run.loader import LoadOptions, generate, load_report
-    from qcli.run.quality import perplexity_and_logprobs, speed, token_ids
 
     opts = LoadOptions(model=spec["model"], preset=spec["preset"], device=spec.get("device", "auto"))
     report, loaded = load_report(opts)
