@@ -28,6 +28,10 @@ ComponentKind = Literal[
     "lora_adapters",
     "lora_gradients",
     "gradients",
+    "gradients_fp32",  # DeepSpeed's fp32 gradient partition (mixed precision with master weights)
+    "master_weights",  # fp32 copy of 16-bit trainable weights (mixed precision)
+    "ddp_buckets",  # DDP's all-reduce buckets: a copy of the gradients unless gradient_as_bucket_view
+    "gathered_params",  # ZeRO-3 / FSDP FULL_SHARD: the largest layer gathered whole for compute
     "optimizer_state",
     "activations",
     "logits",
@@ -59,21 +63,39 @@ class Component(BaseModel):
     context_tokens: int | None = None
     batch_size: int | None = None
     source: str | None = Field(default=None, description="where a figure comes from: default, measured, formula")
+    formula: str | None = Field(default=None, description="the arithmetic behind the bytes, in words")
+    device: Literal["gpu", "cpu"] = Field(default="gpu", description="cpu: offloaded, not on the GPU")
 
 
 class DeviceFit(BaseModel):
-    """How much of a plan one device holds, and whether it fits."""
+    """How much of a plan one device (or one offload target) holds, and whether it fits."""
 
     name: str
-    capacity_bytes: int
+    kind: Literal["gpu", "cpu", "disk"] = "gpu"
+    role: Literal["compute", "offload", "host"] = Field(
+        default="compute",
+        description="compute: a GPU; offload: what accelerate's device map would move off the GPUs "
+        "(the plan does not fit the GPUs); host: CPU memory a strategy uses on purpose (per node)",
+    )
+    identical_gpus: int = Field(default=1, description="this row stands for that many identical GPUs (ranks)")
+    capacity_bytes: int | None = Field(description="null when unknown (host RAM not given)")
     assigned_bytes: int = Field(description="tensor bytes placed on this device (weights, KV cache, training state)")
     overhead_bytes: int = Field(description="CUDA context + allocator margin on this device")
     required_bytes: int
-    headroom_bytes: int
-    fits: bool
+    headroom_bytes: int | None
+    fits: bool | None = Field(description="null when the capacity is unknown; an offload row never fits")
     blocks: list[str] = Field(default_factory=list, description="module blocks placed here (first..last)")
     compute_capability: str | None = None
     bf16: bool | None = None
+
+
+class LargestLayer(BaseModel):
+    """The biggest unit that must sit whole on one GPU (accelerate's 'largest layer')."""
+
+    name: str
+    size_bytes: int
+    num_params: int
+    module_params: int = Field(description="largest single module's own parameters (DeepSpeed's largest_layer_params)")
 
 
 class Training(BaseModel):
@@ -81,6 +103,18 @@ class Training(BaseModel):
 
     mode: str
     optimizer: str
+    strategy: str = Field(default="single", description="single, ddp, zero1, zero2, zero3, fsdp_full_shard, …")
+    total_gpus: int = 1
+    node_gpus: int = Field(default=1, description="GPUs per node")
+    total_nodes: int = 1
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    mixed_precision: str = Field(default="bf16", description="compute dtype of the forward/backward: bf16, fp16, no")
+    master_weights: bool = Field(default=False, description="fp32 copy of 16-bit trainable weights")
+    kbit_prepared: bool = Field(default=False, description="PEFT prepare_model_for_kbit_training applied")
+    upcast_params: int | None = Field(
+        default=None, description="unquantized 16-bit params PEFT's k-bit preparation casts to fp32"
+    )
     trainable_params: int
     lora_rank: int | None = None
     lora_targets: list[str] | None = None
@@ -92,10 +126,33 @@ class Training(BaseModel):
     total_bytes: int
 
 
+class Option(BaseModel):
+    """One precision × strategy the recommendation tried."""
+
+    preset: str
+    train: str | None = None
+    strategy: str | None = None
+    required_bytes: int = Field(description="per GPU")
+    fits: bool
+    why_not: str | None = Field(default=None, description="why it does not fit")
+
+
 class Recommendation(BaseModel):
     preset: str | None
+    strategy: str | None = None
     reason: str
     notes: list[str] = Field(default_factory=list)
+    options: list[Option] = Field(
+        default_factory=list, description="options that fit (cheapest memory first), then those that do not"
+    )
+
+
+class GpusNeeded(BaseModel):
+    """`--gpus auto`: the fewest GPUs of the given type a strategy needs (null: none up to the search limit)."""
+
+    strategy: str
+    total_gpus: int | None
+    required_bytes: int | None = Field(description="per GPU at that count")
 
 
 class Plan(BaseModel):
@@ -123,7 +180,22 @@ class Plan(BaseModel):
     devices: list[DeviceFit] = Field(default_factory=list)
     fits: bool | None = None
     offloaded_bytes: int | None = Field(default=None, description="bytes that fit on no device (would go to CPU)")
-    max_context_tokens: int | None = Field(default=None, description="longest context that fits the devices")
+    verdict: Literal["fits", "offload", "does_not_fit"] | None = Field(
+        default=None, description="fits: every row fits; offload: part would leave the GPUs; null without devices"
+    )
+    per_gpu: bool = Field(default=False, description="components are what one GPU (rank) holds, not the model")
+    kv_in_fit: bool = Field(default=False, description="the KV cache is part of the fit (a --context was given)")
+    largest_layer: LargestLayer | None = None
+    max_context_tokens: int | None = Field(
+        default=None, description="longest context the devices' memory holds (not capped by the model's limit)"
+    )
+    context_limit_tokens: int | None = Field(
+        default=None, description="the model's own limit (max_position_embeddings)"
+    )
+    context_binding: Literal["memory", "model"] | None = Field(
+        default=None, description="which limit binds: the smaller of max_context_tokens and context_limit_tokens"
+    )
+    max_batch_size: int | None = Field(default=None, description="largest batch that fits at the plan's context")
 
 
 class SourceInfo(BaseModel):
@@ -169,6 +241,7 @@ class EstimateReport(Result):
     context_tokens: int | None = None
     batch_size: int = 1
     plans: list[Plan]
+    gpus_needed: list[GpusNeeded] | None = Field(default=None, description="--gpus auto: GPUs each strategy needs")
     recommendation: Recommendation | None = None
     notes: list[str] = Field(default_factory=list)
 

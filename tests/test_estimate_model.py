@@ -59,7 +59,8 @@ def test_kv_cache_sliding_window_peak_and_steady_state(cli):
 
 
 def test_training_qlora_counts_adapters_and_activations(cli):
-    data = est(cli, "llama3-8b", "--train", "qlora", "--lora-rank", "16", "--context", "2048")
+    no_ckpt = ("--no-grad-checkpointing",)
+    data = est(cli, "llama3-8b", "--train", "qlora", "--lora-rank", "16", "--context", "2048", *no_ckpt)
     t = plan(data)["training"]
     assert plan(data)["preset"] == "qlora"
     per_layer = 16 * ((4096 + 4096) * 2 + (4096 + 1024) * 2 + (4096 + 14336) * 3)
@@ -67,7 +68,8 @@ def test_training_qlora_counts_adapters_and_activations(cli):
     assert "Korthikanti" in t["activation_formula"]
     assert t["total_bytes"] == sum(c["size_bytes"] for c in t["components"])
     assert plan(data)["total_bytes"] == plan(data)["weight_bytes"] + t["total_bytes"]
-    ckpt = est(cli, "llama3-8b", "--train", "qlora", "--context", "2048", "--grad-checkpointing")
+    ckpt = est(cli, "llama3-8b", "--train", "qlora", "--context", "2048")  # PEFT's default: checkpointing on
+    assert plan(ckpt)["training"]["gradient_checkpointing"] is True
     assert plan(ckpt)["training"]["total_bytes"] < t["total_bytes"]
 
 
@@ -90,7 +92,11 @@ def test_multi_gpu_split_and_recommendation(cli):
     assert [bool(d["assigned_bytes"]) for d in plan(data)["devices"]] == [True, True]
     assert sum(d["assigned_bytes"] for d in plan(data)["devices"]) == plan(data)["total_bytes"]
     one = est(cli, "mixtral-8x7b", "--preset", "bf16", "--gpu", "A100-80GB")
-    assert plan(one)["fits"] is False and plan(one)["offloaded_bytes"] > 0
+    assert plan(one)["fits"] is False and plan(one)["verdict"] == "does_not_fit"  # device_map={"": 0}, as load
+    auto = est(cli, "mixtral-8x7b", "--preset", "bf16", "--gpu", "A100-80GB", "--device-map", "auto")
+    assert plan(auto)["verdict"] == "offload" and plan(auto)["offloaded_bytes"] > 0
+    rows = plan(auto)["devices"]
+    assert rows[0]["fits"] is True and rows[-1]["role"] == "offload" and rows[-1]["fits"] is False
 
 
 def test_t4_training_recommends_fp16_qlora(cli):

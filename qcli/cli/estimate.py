@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from qcli.cli._options import DtypeOpt, JsonOpt, PresetOpt, RevisionOpt, SetOpt, TokenOpt
+from qcli.cli._options import DeviceMapOpt, DtypeOpt, JsonOpt, MaxMemoryOpt, PresetOpt, RevisionOpt, SetOpt, TokenOpt
 from qcli.output.console import console, print_json, render_estimate
 from qcli.plan.estimate import EstimateOptions, run_estimate
 
@@ -16,6 +16,8 @@ EPILOG = """Examples:
   qcli estimate --params 8b --bits 4
   qcli estimate --params 70b --gpu A100-80GB
   qcli estimate meta-llama/Meta-Llama-3-8B --preset qlora --context 8192 --gpu T4
+  qcli estimate meta-llama/Meta-Llama-3-8B --train full --gpu A100-80GB --gpus 8 --strategy zero3
+  qcli estimate meta-llama/Meta-Llama-3-70B --train qlora --gpu RTX-4090 --gpus auto --strategy fsdp
 """
 
 
@@ -38,7 +40,30 @@ def estimate(
     gpu: Annotated[
         list[str] | None, typer.Option("--gpu", help="GPU name (T4, H100…) or size (24GB, 80GiB); repeatable.")
     ] = None,
-    gpus: Annotated[int | None, typer.Option("--gpus", help="Number of identical --gpu devices.")] = None,
+    gpus: Annotated[
+        str | None, typer.Option("--gpus", help="Identical --gpu devices per node: N, or auto (fewest that fit).")
+    ] = None,
+    nodes: Annotated[int | None, typer.Option("--nodes", help="Nodes of --gpus GPUs each (training).")] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option("--strategy", help="Training across GPUs: ddp, fsdp, fsdp_shard_grad_op, zero1, zero2, zero3."),
+    ] = None,
+    offload_optimizer: Annotated[
+        bool, typer.Option("--offload-optimizer", help="ZeRO-Offload: optimizer state (and fp32 grads) on CPU.")
+    ] = False,
+    offload_params: Annotated[
+        bool, typer.Option("--offload-params", help="ZeRO-3 / FSDP: weights (and optimizer) on CPU.")
+    ] = False,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    cpu_memory: Annotated[str | None, typer.Option("--cpu-memory", help="Host RAM per node, e.g. 256GiB.")] = None,
+    mixed_precision: Annotated[
+        str | None, typer.Option("--mixed-precision", help="Training compute: bf16, fp16 or no (fp32).")
+    ] = None,
+    master_weights: Annotated[
+        bool | None,
+        typer.Option("--master-weights/--no-master-weights", help="fp32 master copy of 16-bit weights (full FT)."),
+    ] = None,
     context: Annotated[int | None, typer.Option("--context", help="Context length in tokens (KV cache).")] = None,
     batch: Annotated[int | None, typer.Option("--batch", help="Batch size (default 1).")] = None,
     kv_dtype: Annotated[str | None, typer.Option("--kv-dtype", help="KV cache dtype (default: load dtype).")] = None,
@@ -51,8 +76,16 @@ def estimate(
         str | None, typer.Option("--optimizer", help="adamw (default), adamw8bit, paged_adamw8bit, sgd.")
     ] = None,
     grad_checkpointing: Annotated[
-        bool, typer.Option("--grad-checkpointing", help="Full activation checkpointing.")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--grad-checkpointing/--no-grad-checkpointing",
+            help="Full activation checkpointing (default: on for QLoRA, as PEFT does).",
+        ),
+    ] = None,
+    attention: Annotated[
+        str | None,
+        typer.Option("--attention", help="Training activations: eager (scores stored, default) or sdpa (fused)."),
+    ] = None,
     cuda_context: Annotated[
         str | None, typer.Option("--cuda-context", help="CUDA context per GPU (default 512MiB).")
     ] = None,
@@ -78,6 +111,16 @@ def estimate(
             dtype=dtype,
             gpus=gpu,
             gpu_count=gpus,
+            nodes=nodes,
+            strategy=strategy,
+            offload_optimizer=offload_optimizer,
+            offload_params=offload_params,
+            device_map=device_map,
+            max_memory=max_memory,
+            cpu_memory=cpu_memory,
+            mixed_precision=mixed_precision,
+            master_weights=master_weights,
+            attention=attention,
             context=context,
             batch=batch,
             kv_dtype=kv_dtype,

@@ -12,8 +12,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from qcli.output.labels import GROUP_LABELS, component_label, format_label
-from qcli.results import CompareReport, EstimateReport, LoadReport, Plan, PresetInfo, PresetsReport, VerifyReport
+from qcli.output.labels import GROUP_LABELS, STRATEGY_LABELS, component_label, format_label
+from qcli.results import (
+    CompareReport,
+    DeviceFit,
+    EstimateReport,
+    LoadReport,
+    Option,
+    Plan,
+    PresetInfo,
+    PresetsReport,
+    VerifyReport,
+)
 from qcli.units import gb, gib, human_bytes, human_params
 
 
@@ -53,10 +63,16 @@ def components_table(plan: Plan, title: str) -> Table:
     table.add_column("bytes", justify="right")
     table.add_column("GiB (2^30)", justify="right")
     table.add_column("GB (10^9)", justify="right")
+    formulas = any(c.formula for c in plan.components)
+    if formulas:
+        table.add_column("formula")
     for c in plan.components:
-        table.add_row(escape(component_label(c)), f"{c.size_bytes:,}", *_size_cells(c.size_bytes))
+        label = component_label(c) + (" [on CPU]" if c.device == "cpu" else "")
+        row = [escape(label), f"{c.size_bytes:,}", *_size_cells(c.size_bytes)]
+        table.add_row(*row, *([escape(c.formula or "")] if formulas else []))
     table.add_section()
-    table.add_row("[bold]total (tensors)[/bold]", f"{plan.total_bytes:,}", *_size_cells(plan.total_bytes))
+    what = "total on each GPU (tensors)" if plan.training else "total (tensors)"
+    table.add_row(f"[bold]{what}[/bold]", f"{plan.total_bytes:,}", *_size_cells(plan.total_bytes))
     if plan.devices:
         for c in plan.overheads:
             table.add_row(escape(component_label(c)), f"{c.size_bytes:,}", *_size_cells(c.size_bytes))
@@ -66,20 +82,42 @@ def components_table(plan: Plan, title: str) -> Table:
     return table
 
 
+def _fits_cell(d: DeviceFit) -> str:
+    if d.role == "offload":
+        return "[red]no: offloaded[/red]"
+    if d.fits is None:
+        return "unknown (give --cpu-memory)"
+    return "[green]yes[/green]" if d.fits else "[red]no[/red]"
+
+
 def devices_table(plan: Plan) -> Table:
-    table = Table(title="fit", title_justify="left")
+    table = Table(title="fit (every row must fit)", title_justify="left")
     for col in ("device", "capacity", "required", "headroom", "fits", "holds"):
         table.add_column(col, justify="left" if col in {"device", "holds", "fits"} else "right")
     for d in plan.devices:
+        name = escape(d.name) + (f" ×{d.identical_gpus} (each)" if d.identical_gpus > 1 else "")
         table.add_row(
-            escape(d.name),
-            gib(d.capacity_bytes),
+            name,
+            "—" if d.capacity_bytes is None else gib(d.capacity_bytes),
             gib(d.required_bytes),
-            gib(d.headroom_bytes),
-            "[green]yes[/green]" if d.fits else "[red]no[/red]",
-            " … ".join(d.blocks),
+            "—" if d.headroom_bytes is None else gib(d.headroom_bytes),
+            _fits_cell(d),
+            escape(" … ".join(d.blocks)),
         )
     return table
+
+
+def verdict_line(plan: Plan) -> str:
+    """Return the one verdict, worded from the device rows."""
+    if plan.verdict == "fits":
+        return "[green]fits[/green]"
+    bad = [r for r in plan.devices if r.fits is False and r.role != "offload"]
+    text = "[red]does not fit[/red]"
+    if plan.verdict == "offload":
+        text += f" on the GPUs: {human_bytes(plan.offloaded_bytes or 0)} would be offloaded to CPU (slow)"
+    elif bad:
+        text += ": " + ", ".join(f"{escape(r.name)} needs {gib(r.required_bytes)}" for r in bad)
+    return text
 
 
 def _plan_name(p: Plan) -> str:
@@ -134,22 +172,47 @@ def render_estimate(report: EstimateReport, out: Console) -> None:
         title = f"{escape(_plan_name(plan))}: {human_params(plan.total_params)} parameters, "
         title += f"{plan.bits_per_param:.3f} bits/param"
         if m.params_by_group:
-            title += f" for the weights (unquantized modules in {plan.load_dtype})"
+            kept = plan.load_dtype
+            if plan.training and plan.training.kbit_prepared:
+                kept = "float32: PEFT's k-bit preparation upcasts them"
+            title += f" for the weights (unquantized modules in {kept})"
         out.print(components_table(plan, title))
         if plan.training:
             t = plan.training
+            where = STRATEGY_LABELS.get(t.strategy, t.strategy)
+            if t.total_gpus > 1:
+                where += f" on {t.total_gpus} GPUs ({t.total_nodes} node{'s' if t.total_nodes > 1 else ''})"
             out.print(
                 f"training: {t.mode}, {human_params(t.trainable_params)} trainable params, optimizer "
-                f"{t.optimizer}; activations by {t.activation_formula}"
+                f"{t.optimizer}, {where}; mixed precision {t.mixed_precision}"
+                f"{', fp32 master weights' if t.master_weights else ''}; "
+                f"gradient checkpointing {'on' if t.gradient_checkpointing else 'off'}"
             )
         if plan.devices:
             out.print(devices_table(plan))
-            verdict = "[green]fits[/green]" if plan.fits else "[red]does not fit[/red]"
-            if plan.offloaded_bytes:
-                verdict += f" ({human_bytes(plan.offloaded_bytes)} would be offloaded to CPU)"
-            out.print(f"verdict: {verdict}")
-            if plan.max_context_tokens is not None:
-                out.print(f"max context that fits: {plan.max_context_tokens:,} tokens (batch {report.batch_size})")
+            out.print(f"verdict: {verdict_line(plan)}")
+            if plan.largest_layer:
+                ll = plan.largest_layer
+                out.print(
+                    f"largest layer: {escape(ll.name)}, {human_bytes(ll.size_bytes)} — must fit whole on one GPU "
+                    "(offloaded blocks are streamed through GPU 0)"
+                )
+            if plan.max_context_tokens is not None or plan.context_binding:
+                out.print(_context_line(plan, report.batch_size))
+            if plan.max_batch_size is not None:
+                ctx = plan.training.sequence_tokens if plan.training else report.context_tokens
+                out.print(f"max batch that fits: {plan.max_batch_size:,} at {ctx:,} tokens")
+    if report.gpus_needed:
+        table = Table(title="GPUs needed (--gpus auto)", title_justify="left")
+        for col in ("strategy", "GPUs", "per GPU"):
+            table.add_column(col, justify="left" if col == "strategy" else "right")
+        for g in report.gpus_needed:
+            table.add_row(
+                escape(STRATEGY_LABELS.get(g.strategy, g.strategy)),
+                "—" if g.total_gpus is None else str(g.total_gpus),
+                "does not fit" if g.required_bytes is None else gib(g.required_bytes),
+            )
+        out.print(table)
     for line in _checkpoint_lines(report):
         out.print(line)
     if report.recommendation:
@@ -157,6 +220,8 @@ def render_estimate(report: EstimateReport, out: Console) -> None:
         out.print(f"recommendation: [bold]{escape(rec.preset or 'none')}[/bold] — {escape(rec.reason)}")
         for n in rec.notes:
             out.print(f"  note: {escape(n)}")
+        if rec.options:
+            out.print(options_table(rec.options))
     for n in report.notes:
         out.print(f"note: {escape(n)}")
 
@@ -177,6 +242,33 @@ def _checkpoint_lines(report: EstimateReport) -> list[str]:
             line += f"; planned weights: {report.plans[0].weight_bytes:,} bytes"
         lines.append(line)
     return lines
+
+
+def _context_line(plan: Plan, batch: int) -> str:
+    limit = plan.context_limit_tokens
+    mem = "memory does not bind" if plan.max_context_tokens is None else f"{plan.max_context_tokens:,} tokens"
+    line = f"max context the memory holds: {mem} (batch {batch})"
+    if limit:
+        line += f"; the model's own limit: {limit:,} tokens"
+    if plan.context_binding:
+        line += f" — the {'model limit' if plan.context_binding == 'model' else 'memory'} binds"
+    return line
+
+
+def options_table(options: list[Option]) -> Table:
+    table = Table(title="options (those that fit, least memory per GPU first)", title_justify="left")
+    for col in ("preset", "train", "strategy", "per GPU", "fits", "why not"):
+        table.add_column(col, justify="right" if col == "per GPU" else "left")
+    for o in options:
+        table.add_row(
+            escape(o.preset),
+            o.train or "—",
+            escape(STRATEGY_LABELS.get(o.strategy or "", o.strategy or "—")),
+            gib(o.required_bytes),
+            "[green]yes[/green]" if o.fits else "[red]no[/red]",
+            escape(o.why_not or ""),
+        )
+    return table
 
 
 def render_presets(report: PresetsReport, out: Console) -> None:

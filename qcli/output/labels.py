@@ -28,6 +28,16 @@ _QUANT_PART_LABELS: dict[str, str] = {
 }
 
 
+STRATEGY_LABELS: dict[str, str] = {
+    "single": "one GPU",
+    "ddp": "DDP",
+    "zero1": "ZeRO-1",
+    "zero2": "ZeRO-2",
+    "zero3": "ZeRO-3",
+    "fsdp": "FSDP FULL_SHARD",
+    "fsdp_shard_grad_op": "FSDP SHARD_GRAD_OP",
+}
+
 FORMAT_LABELS: dict[str, str] = {
     "int8": "int8 (LLM.int8)",
     "nf4+dq": "nf4 + double quant",
@@ -58,10 +68,19 @@ def component_label(c: Component) -> str:
         return f"LoRA gradients ({c.dtype})"
     if c.kind == "gradients":
         return f"gradients ({c.dtype})"
+    if c.kind == "gradients_fp32":
+        return "fp32 gradient partition (DeepSpeed)"
+    if c.kind == "master_weights":
+        return "fp32 master weights"
+    if c.kind == "ddp_buckets":
+        return "DDP gradient buckets"
+    if c.kind == "gathered_params":
+        return "gathered largest layer (all-gather)"
     if c.kind == "optimizer_state":
         return f"optimizer state ({c.source})"
     if c.kind == "activations":
-        return f"activations (seq {c.context_tokens:,} × batch {c.batch_size})"
+        how = "checkpointed" if (c.source or "").startswith("full activation") else "no recomputation"
+        return f"activations ({how}; seq {c.context_tokens:,} × batch {c.batch_size})"
     if c.kind == "logits":
         return f"logits for the loss ({c.dtype})"
     if c.kind == "cuda_context":

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from qcli.errors import UsageError
@@ -10,6 +11,8 @@ from qcli.model.describe import from_config
 from qcli.model.resolve import ModelSource, resolve
 from qcli.model.spec import ModelSpec, params_only
 from qcli.options import FromCli
+from qcli.plan.distributed import STRATEGIES, check_offload, parse_strategy
+from qcli.plan.fit import CONTEXT_SEARCH_LIMIT, check_request, max_batch, max_context
 from qcli.plan.formats import COMPARISON_FORMATS, LOAD_DTYPES, Format, parse_format, parse_load_dtype
 from qcli.plan.gpus import Device, resolve_gpu
 from qcli.plan.planner import (
@@ -17,15 +20,14 @@ from qcli.plan.planner import (
     DEFAULT_MARGIN_FRACTION,
     PlanRequest,
     build_plan,
-    check_request,
-    max_context,
-    weight_layout,
+    plan_layout,
 )
 from qcli.plan.prequantized import Prequant, checked_format, prequant_of
 from qcli.plan.presets import Preset, load_preset
 from qcli.plan.recommend import recommend
+from qcli.plan.scaling import MAX_GPUS_PER_NODE, copies, how_many
 from qcli.plan.training import DEFAULT_TRAIN_SEQUENCE, TrainingRequest
-from qcli.results import EstimateReport, ModelInfo, Plan, SourceInfo
+from qcli.results import EstimateReport, ModelInfo, Plan, Recommendation, SourceInfo
 from qcli.units import parse_bytes, parse_params
 
 PARAMS_NOTE = (
@@ -48,7 +50,17 @@ class EstimateOptions(FromCli):
     sets: list[str] = field(default_factory=list)
     dtype: str | None = None
     gpus: list[str] = field(default_factory=list)
-    gpu_count: int | None = None
+    gpu_count: str | None = None  # N, or "auto": the fewest GPUs that fit
+    nodes: int = 1
+    strategy: str | None = None
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    device_map: str | None = None
+    max_memory: str | None = None
+    cpu_memory: str | None = None
+    mixed_precision: str | None = None
+    master_weights: bool | None = None
+    attention: str = "eager"
     context: int | None = None
     batch: int = 1
     kv_dtype: str | None = None
@@ -56,7 +68,7 @@ class EstimateOptions(FromCli):
     lora_rank: int = 16
     lora_targets: list[str] = field(default_factory=lambda: ["all-linear"])
     optimizer: str = "adamw"
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool | None = None
     cuda_context: str | None = None
     margin: float = DEFAULT_MARGIN_FRACTION
     revision: str | None = None
@@ -95,23 +107,57 @@ def source_info(source: ModelSource) -> SourceInfo:
     )
 
 
-def _devices(opts: EstimateOptions) -> list[Device]:
+def _devices(opts: EstimateOptions, count: int | None = None) -> list[Device]:
     devices = [resolve_gpu(g) for g in opts.gpus]
-    if opts.gpu_count is not None:
-        if opts.gpu_count < 1:
-            raise UsageError("--gpus must be at least 1")
+    if count is not None:
+        if count < 1:
+            raise UsageError("--gpus must be at least 1 (or auto)")
         if len(devices) != 1:
             raise UsageError("--gpus N needs exactly one --gpu to repeat", "e.g. --gpu A100-80GB --gpus 2")
-        devices = [devices[0].model_copy(update={"name": f"{devices[0].name} #{i}"}) for i in range(opts.gpu_count)]
+        devices = copies(devices[0], count)
     return devices
 
 
-def _training(opts: EstimateOptions, mode: str | None = None) -> TrainingRequest | None:
-    mode = mode or opts.train
+def _gpu_count(opts: EstimateOptions) -> int | None:
+    """Return --gpus as a number (None: not given or auto)."""
+    if opts.gpu_count is None or opts.gpu_count.strip().lower() == "auto":
+        return None
+    try:
+        return int(opts.gpu_count)
+    except ValueError:
+        raise UsageError(  # noqa: B904 - the ValueError says nothing more
+            f"--gpus {opts.gpu_count!r} is neither a number nor auto", "e.g. --gpus 4 or --gpus auto"
+        )
+
+
+def _max_memory(text: str | None, n: int) -> list[int] | None:
+    """Return per-GPU budgets from --max-memory: '20GiB' (every GPU) or '0=20GiB,1=22GiB' (a cpu= entry
+    is read as --cpu-memory)."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",") if p.strip() and not p.strip().lower().startswith("cpu=")]
+    if not parts:
+        return None
+    if len(parts) == 1 and "=" not in parts[0]:
+        return [parse_bytes(parts[0], "--max-memory")] * n
+    budgets: dict[int, int] = {}
+    for part in parts:
+        key, _, value = part.partition("=")
+        if not key.strip().isdigit() or not value:
+            raise UsageError(f"--max-memory {text!r}: use 0=20GiB,1=22GiB or one size for every GPU")
+        budgets[int(key)] = parse_bytes(value, "--max-memory")
+    if sorted(budgets) != list(range(n)):
+        raise UsageError(f"--max-memory needs a budget for each of the {n} GPUs (0..{n - 1})")
+    return [budgets[i] for i in range(n)]
+
+
+def _training(opts: EstimateOptions, mode: str | None, strategy: str | None, gpus: int) -> TrainingRequest | None:
     if mode is None:
         return None
     if mode not in {"full", "lora", "qlora"}:
         raise UsageError(f"--train {mode!r} is not a training mode", "use full, lora or qlora")
+    strategy = parse_strategy(strategy, gpus * opts.nodes)
+    check_offload(strategy, opts.offload_optimizer, opts.offload_params)
     return TrainingRequest(
         mode=mode,  # type: ignore[arg-type]
         optimizer=opts.optimizer,
@@ -120,6 +166,15 @@ def _training(opts: EstimateOptions, mode: str | None = None) -> TrainingRequest
         gradient_checkpointing=opts.grad_checkpointing,
         sequence_length=opts.context or DEFAULT_TRAIN_SEQUENCE,
         batch=opts.batch,
+        mixed_precision=opts.mixed_precision,
+        attention=opts.attention,
+        master_weights=opts.master_weights,
+        strategy=strategy,
+        total_gpus=gpus * opts.nodes,
+        node_gpus=gpus,
+        nodes=opts.nodes,
+        offload_optimizer=opts.offload_optimizer,
+        offload_params=opts.offload_params,
     )
 
 
@@ -152,17 +207,66 @@ def _check_flags(opts: EstimateOptions) -> None:
         raise UsageError("--set overrides a preset's fields: give --preset too")
     if opts.model is None and (opts.context or opts.train):
         raise UsageError("--context and --train need layer shapes: give a MODEL instead of --params")
+    if opts.nodes < 1:
+        raise UsageError("--nodes must be at least 1")
+    if not opts.train and (opts.nodes > 1 or opts.strategy or opts.offload_optimizer or opts.offload_params):
+        raise UsageError(
+            "--nodes, --strategy and --offload-* plan training: add --train full|lora|qlora",
+            "inference across GPUs uses --device-map",
+        )
+    if (opts.strategy or opts.nodes > 1) and not opts.gpus:
+        raise UsageError("--strategy and --nodes need a --gpu to plan on", "e.g. --gpu A100-80GB --gpus 8")
+
+
+DENSE_PRESET = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+def _context_notes(opts: EstimateOptions, spec: ModelSpec, plan: Plan, devices: list[Device]) -> list[str]:
+    notes = []
+    limit = spec.max_position_embeddings
+    if opts.context and limit and opts.context > limit:
+        notes.append(
+            f"--context {opts.context:,} exceeds the model's own limit of {limit:,} tokens "
+            "(max_position_embeddings): positions beyond it were never trained (or need RoPE scaling)"
+        )
+    if devices and not opts.train and not opts.context and spec.attention is not None:
+        notes.append("no --context: the KV cache is not in the fit (weights only); give --context to include it")
+    if plan.max_context_tokens is None and plan.context_binding == "model":
+        notes.append("memory never binds the context here (sliding windows cap the KV cache)")
+    return notes
+
+
+def _set_limits(spec: ModelSpec, req: PlanRequest, plan: Plan) -> None:
+    """Fill the plan's max context (from memory), which limit binds, and the max batch."""
+    layout = plan_layout(spec, req)
+    found = max_context(spec, req, layout)
+    limit = spec.max_position_embeddings
+    if found == CONTEXT_SEARCH_LIMIT:
+        plan.max_context_tokens, plan.context_binding = None, "model" if limit else None
+    else:
+        plan.max_context_tokens = found
+        if found is not None:
+            plan.context_binding = "model" if limit and limit <= found else "memory"
+    plan.max_batch_size = max_batch(spec, req, layout)
 
 
 def run_estimate(opts: EstimateOptions) -> EstimateReport:
     """Return the estimate report for the options of `qcli estimate`."""
     _check_flags(opts)
-    devices = _devices(opts)
+    count = _gpu_count(opts)
+    auto = opts.gpu_count is not None and count is None
+    if auto and len(opts.gpus) != 1:
+        raise UsageError("--gpus auto needs exactly one --gpu type", "e.g. --gpu A100-80GB --gpus auto")
+    devices = _devices(opts, count if not auto else 1)
     preset: Preset | None = load_preset(opts.preset, opts.sets) if opts.preset else None
     fmt: Format | None = parse_format(opts.bits, opts.double_quant) if opts.bits else None
     dtype_flag = parse_load_dtype(opts.dtype, "--dtype")
     kv_dtype = parse_load_dtype(opts.kv_dtype, "--kv-dtype")
     cuda_context = parse_bytes(opts.cuda_context, "--cuda-context") if opts.cuda_context else None
+    cpu_memory = parse_bytes(opts.cpu_memory, "--cpu-memory") if opts.cpu_memory else None
+    for part in (opts.max_memory or "").split(","):
+        if part.strip().lower().startswith("cpu=") and cpu_memory is None:
+            cpu_memory = parse_bytes(part.strip()[4:], "--max-memory")
     if opts.model is None:
         source, spec, pre = None, params_only(parse_params(opts.params or "")), None
         notes = [PARAMS_NOTE]
@@ -172,28 +276,40 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
         pre = prequant_of(source.quantization_config, opts.model)
         if pre is not None:
             notes.append(pre.describe())
-    if preset is None and fmt is None and opts.train == "qlora":
-        preset = load_preset("qlora")
+    model_dtype = dtype_flag or (default_load_dtype(spec) if opts.model else "float16")
+    if preset is None and fmt is None and opts.train:
+        # --train without a precision: QLoRA's recipe, or the checkpoint's own 16-bit dtype.
+        preset = load_preset("qlora" if opts.train == "qlora" else DENSE_PRESET.get(model_dtype, "bf16"))
 
-    def request(f: Format, load: str, name: str | None, skip: list[str] | None, mode: str | None) -> PlanRequest:
+    def request(
+        f: Format,
+        load: str,
+        name: str | None,
+        skip: list[str] | None,
+        mode: str | None,
+        strategy: str | None,
+        devs: list[Device],
+    ) -> PlanRequest:
         req = PlanRequest(
             fmt=f,
             load_dtype=load,
             preset=name,
             skip_modules=skip,
-            training=_training(opts, mode),
+            training=_training(opts, mode, strategy, max(len(devs), 1)),
             batch=opts.batch,
             context=opts.context,
-            devices=devices,
+            devices=devs,
             cuda_context_bytes=cuda_context if cuda_context is not None else DEFAULT_CUDA_CONTEXT_BYTES,
             cuda_context_given=cuda_context is not None,
             margin_fraction=opts.margin,
             kv_dtype=kv_dtype,
+            device_map=opts.device_map,
+            max_memory=_max_memory(opts.max_memory, len(devs)),
+            cpu_memory=cpu_memory,
         )
         check_request(req)
         return req
 
-    model_dtype = dtype_flag or (default_load_dtype(spec) if opts.model else "float16")
     report = EstimateReport(
         model=ModelInfo(
             name=opts.model,
@@ -219,7 +335,10 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
     if preset is None and fmt is None:
         for f in COMPARISON_FORMATS:
             load = f.dtype if f.kind == "dense" else model_dtype
-            report.plans.append(build_plan(spec, request(f, load or model_dtype, None, None, opts.train)))
+            report.plans.append(build_plan(spec, request(f, load or model_dtype, None, None, None, None, devices)))
+        if devices and opts.model is not None:
+            report.recommendation = _recommend(opts, spec, devices, request)
+        report.notes += _context_notes(opts, spec, report.plans[0], devices)
         return report
 
     if preset is not None:
@@ -232,9 +351,21 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
         f, mismatch = checked_format(pre, f, f"preset {name}" if name else f"--bits {opts.bits}")
         skip = pre.skip_modules
         report.notes.extend(mismatch)
-    req = request(f, load, name, skip, opts.train)
-    layout = weight_layout(spec, f, load, skip)
-    plan = build_plan(spec, req, layout)
+    strategy = opts.strategy
+    if auto:
+        base = _devices(opts, 1)[0]
+        report.gpus_needed, best, strategy = how_many(
+            lambda n, st: build_plan(spec, request(f, load, name, skip, opts.train, st, copies(base, n))),
+            opts.train,
+            opts.strategy,
+            opts.nodes,
+            (opts.offload_optimizer, opts.offload_params),
+        )
+        devices = copies(base, best or MAX_GPUS_PER_NODE)
+        if best is None:
+            report.notes.append(f"--gpus auto: nothing fits on up to {MAX_GPUS_PER_NODE} GPUs per node")
+    req = request(f, load, name, skip, opts.train, strategy, devices)
+    plan = build_plan(spec, req)
     report.plans.append(plan)
     peak, decode = plan.kv_cache_bytes, plan.kv_cache_decode_bytes
     if peak is not None and decode is not None and decode < peak:
@@ -243,17 +374,56 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
             f"layers still hold it all), {decode / 2**30:,.2f} GiB while decoding; the total counts the first"
         )
     if devices and opts.model is not None:
-        plan.max_context_tokens = max_context(spec, req, layout)
+        _set_limits(spec, req, plan)
         bf16_ok = all(d.bf16 for d in devices) if all(d.bf16 is not None for d in devices) else None
-
-        def fits(preset_name: str, mode: str | None) -> Plan:
-            p = load_preset(preset_name)
-            return build_plan(spec, request(p.weight_format(), p.dtype, preset_name, p.skip_modules, mode))
-
-        report.recommendation = recommend(spec.params, opts.train, bf16_ok, fits)
+        report.recommendation = _recommend(opts, spec, devices, request)
         if preset is not None and preset.compute_dtype == "bfloat16" and bf16_ok is False:
             report.notes.append(
                 f"preset {preset.name} computes in bf16, which this GPU lacks: use nf4-fp16 "
                 "or --set quantization.bnb_4bit_compute_dtype=float16"
             )
+    if plan.training is not None and plan.training.kbit_prepared:
+        report.notes.append(_kbit_note(plan))
+    if (
+        plan.training is not None
+        and plan.training.total_gpus > 1
+        and f.kind == "4bit"
+        and (plan.training.strategy in {"fsdp", "zero3"})
+        and (preset is None or preset.quantization is None or preset.quantization.bnb_4bit_quant_storage == "uint8")
+    ):
+        report.notes.append(
+            "sharding a 4-bit base (FSDP/ZeRO-3 + QLoRA) needs bnb_4bit_quant_storage set to the compute dtype "
+            "(e.g. --set quantization.bnb_4bit_quant_storage=bfloat16) so the packed weights can be flattened; "
+            "the bytes are the same"
+        )
+    report.notes += _context_notes(opts, spec, plan, devices)
     return report
+
+
+def _recommend(
+    opts: EstimateOptions, spec: ModelSpec, devices: list[Device], request: Callable[..., PlanRequest]
+) -> Recommendation:
+    """Return the recommendation: every precision × strategy planned on these devices."""
+    bf16_ok = all(d.bf16 for d in devices) if all(d.bf16 is not None for d in devices) else None
+    n = len(devices) * opts.nodes
+    strategies = ["single"] if n == 1 else [s for s in STRATEGIES if s != "single"]
+    if opts.strategy:
+        strategies = [parse_strategy(opts.strategy, n)]
+
+    def plan_of(preset_name: str, mode: str | None, st: str | None) -> Plan:
+        p = load_preset(preset_name)
+        return build_plan(spec, request(p.weight_format(), p.dtype, preset_name, p.skip_modules, mode, st, devices))
+
+    return recommend(spec.params, opts.train, bf16_ok, plan_of, strategies)
+
+
+def _kbit_note(plan: Plan) -> str:
+    t = plan.training
+    assert t is not None
+    ckpt = "on" if t.gradient_checkpointing else "off (--no-grad-checkpointing)"
+    return (
+        "PEFT prepare_model_for_kbit_training: gradient checkpointing "
+        + ckpt
+        + f"; every unquantized 16-bit parameter (embeddings, lm_head, norms: {t.upcast_params or 0:,} params) "
+        "cast to fp32"
+    )

@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 
 from qcli.errors import UsageError
 from qcli.model.spec import GROUP_OF_ROLE, CacheLayer, ModelSpec, TensorSpec
+from qcli.plan.distributed import host_bytes_per_node
 from qcli.plan.formats import Format, dtype_bytes, storage_parts
 from qcli.plan.gpus import Device
-from qcli.plan.training import TrainingRequest, training_state
+from qcli.plan.placement import DeviceMap, block_of, infer_device_map, is_layer, largest_layer
+from qcli.plan.training import TrainingRequest, kbit_prepared, training_state
 from qcli.results import Component, DeviceFit, Plan
 from qcli.units import MIB
 
@@ -22,7 +24,6 @@ DEFAULT_CUDA_CONTEXT_BYTES = 512 * MIB
 # Room for allocator fragmentation: reserved memory exceeds allocated after a load
 # (transformers issue 37436). A fraction of the tensor bytes, overridable with --margin.
 DEFAULT_MARGIN_FRACTION = 0.05
-_LAYER_RE = re.compile(r"\.(?:layers|h|layer|blocks)\.(\d+)\.")
 
 
 @dataclass
@@ -41,6 +42,11 @@ class PlanRequest:
     cuda_context_bytes: int = DEFAULT_CUDA_CONTEXT_BYTES
     cuda_context_given: bool = False  # False: the default above, not a measurement
     margin_fraction: float = DEFAULT_MARGIN_FRACTION
+    # accelerate's device map for inference: auto, balanced, sequential; None: what `qcli load` does without
+    # --device-map (the whole model on the one GPU; "auto" across several)
+    device_map: str | None = None
+    max_memory: list[int] | None = None  # per-GPU budgets for the device map (default: capacity - CUDA context)
+    cpu_memory: int | None = None  # host RAM per node, when known
 
 
 def should_convert(module: str, patterns: list[str]) -> bool:
@@ -125,19 +131,12 @@ def kept_in_fp32(spec: ModelSpec, load_dtype: str) -> re.Pattern[str] | None:
     return re.compile("|".join(p.replace("*", ".*") for p in patterns)) if patterns else None
 
 
-def _block_of(t: TensorSpec, seen_layers: bool) -> str:
-    match = _LAYER_RE.search(t.name)
-    if match:
-        return f"layer {int(match.group(1))}"
-    return "head" if seen_layers else "embeddings"
-
-
 @dataclass
 class WeightLayout:
     """Weights broken down by component and by placement block, computed once per format."""
 
     components: list[Component]
-    blocks: dict[str, int]  # block -> weight bytes, in module order
+    blocks: dict[str, int]  # placement block (decoder layer or top-level module) -> weight bytes, in module order
     quantized: set[str]
     quantized_params: int
 
@@ -153,19 +152,14 @@ def weight_layout(spec: ModelSpec, fmt: Format, load_dtype: str, skip_modules: l
     sizes: dict[ComponentKey, int] = defaultdict(int)
     params: dict[ComponentKey, int] = defaultdict(int)
     blocks: dict[str, int] = {}
-    seen_layers = False
     for t in spec.tensors:
-        block = _block_of(t, seen_layers)
-        seen_layers = seen_layers or block.startswith("layer")
+        block = block_of(t.name)
         dtype = "float32" if fp32 is not None and t.dtype is None and fp32.search(t.name) else load_dtype
         for i, (key, size) in enumerate(tensor_parts(t, fmt, dtype, quantized)):
             sizes[key] += size
             if i == 0 and t.role != "buffer":  # a tensor's elements are counted on its first part
                 params[key] += t.numel
             blocks[block] = blocks.get(block, 0) + size
-    # The output head runs last: with tied weights it shares the embeddings' block.
-    if "head" in blocks:
-        blocks["head"] = blocks.pop("head")
     components = [
         Component(kind=k[0], group=k[1], dtype=k[2], format=k[3], size_bytes=size, num_params=params.get(k) or None)
         for k, size in sizes.items()
@@ -204,60 +198,130 @@ def kv_per_layer(spec: ModelSpec, context: int, batch: int, kv_dtype: str, *, pr
     return [cache_layer_bytes(c, context, batch, kv_dtype, prefill=prefill) for c in cache_layers(spec)]
 
 
-def place(
-    blocks: dict[str, int], devices: list[Device], cuda_context: int, margin: float
-) -> tuple[list[DeviceFit], int]:
-    """Place blocks in order on devices, each filled before the next (accelerate's 'sequential'
-    device map). Return the per-device figures and the bytes that fit nowhere (CPU offload)."""
-    fits: list[DeviceFit] = []
-    queue = list(blocks.items())
-    for dev in devices:
-        assigned, names = 0, []
-        while queue:
-            name, size = queue[0]
-            need = cuda_context + int((assigned + size) * (1 + margin))
-            if need > dev.capacity_bytes and names:
-                break
-            if need > dev.capacity_bytes and dev is not devices[-1]:
-                break  # even alone it does not fit here: try the next device
-            assigned += size
-            names.append(name)
-            queue.pop(0)
-            if need > dev.capacity_bytes:
-                break
-        overhead = cuda_context + int(assigned * margin)
-        required = assigned + overhead
-        fits.append(
+def plan_layout(spec: ModelSpec, req: PlanRequest) -> WeightLayout:
+    """Return the weights as the request holds them: PEFT's k-bit preparation casts every unquantized
+    16-bit parameter to fp32 (`prepare_model_for_kbit_training`)."""
+    upcast = req.training is not None and kbit_prepared(req.training, req.fmt)
+    return weight_layout(spec, req.fmt, "float32" if upcast else req.load_dtype, req.skip_modules)
+
+
+def _row(dev: Device, assigned: int, overhead: int, blocks: list[str], count: int = 1) -> DeviceFit:
+    required = assigned + overhead
+    return DeviceFit(
+        name=dev.name,
+        identical_gpus=count,
+        capacity_bytes=dev.capacity_bytes,
+        assigned_bytes=assigned,
+        overhead_bytes=overhead,
+        required_bytes=required,
+        headroom_bytes=dev.capacity_bytes - required,
+        fits=required <= dev.capacity_bytes,
+        blocks=[blocks[0], blocks[-1]] if len(blocks) > 1 else blocks,
+        compute_capability=dev.compute_capability,
+        bf16=dev.bf16,
+    )
+
+
+def _inference_rows(req: PlanRequest, blocks: dict[str, int], kv: list[int]) -> tuple[list[DeviceFit], int]:
+    """Return one row per GPU (accelerate's device map over the weights, KV with its layer) and an
+    offload row for whatever the map sends to the CPU; and the room GPU 0 keeps to stream offloaded
+    blocks back in (the largest of them)."""
+    n = len(req.devices)
+    if req.device_map is None and n == 1:
+        dm = DeviceMap(dict.fromkeys(blocks, 0), [req.devices[0].capacity_bytes])  # device_map={"": 0}
+    else:
+        budgets = req.max_memory or [d.capacity_bytes - req.cuda_context_bytes for d in req.devices]
+        mode = req.device_map or "auto"
+        dm = infer_device_map(blocks, budgets, mode, req.max_memory is not None, req.fmt.kind != "dense")
+    kv_of = dict(zip([b for b in blocks if is_layer(b)], kv, strict=False))
+    assigned = [0] * (n + 1)
+    names: list[list[str]] = [[] for _ in range(n + 1)]
+    for b, dev in dm.assignment.items():
+        assigned[dev] += blocks[b]
+        names[dev].append(b)
+        # An offloaded layer runs on the first GPU (accelerate's execution device): its KV cache lives there.
+        assigned[0 if dev == n else dev] += kv_of.get(b, 0)
+    offloaded = [b for b, dev in dm.assignment.items() if dev == n]
+    stream = max((blocks[b] for b in offloaded), default=0)  # streamed back onto GPU 0 one at a time
+    rows = []
+    for i, dev in enumerate(req.devices):
+        used = assigned[i] > 0 or i == 0
+        overhead = (req.cuda_context_bytes if used else 0) + int(assigned[i] * req.margin_fraction)
+        rows.append(_row(dev, assigned[i], overhead + (stream if i == 0 else 0), names[i]))
+
+    if offloaded:
+        size = sum(blocks[b] for b in offloaded)
+        rows.append(
             DeviceFit(
-                name=dev.name,
-                capacity_bytes=dev.capacity_bytes,
-                assigned_bytes=assigned,
-                overhead_bytes=overhead,
-                required_bytes=required,
-                headroom_bytes=dev.capacity_bytes - required,
-                fits=required <= dev.capacity_bytes,
-                blocks=[names[0], names[-1]] if names else [],
-                compute_capability=dev.compute_capability,
-                bf16=dev.bf16,
+                name="cpu (offload)",
+                kind="cpu",
+                role="offload",
+                capacity_bytes=req.cpu_memory,
+                assigned_bytes=size,
+                overhead_bytes=0,
+                required_bytes=size,
+                headroom_bytes=None if req.cpu_memory is None else req.cpu_memory - size,
+                fits=False,  # the plan does not fit the GPUs: accelerate would offload these blocks
+                blocks=[offloaded[0], offloaded[-1]] if len(offloaded) > 1 else offloaded,
             )
         )
-    offloaded = sum(size for _, size in queue)
-    return fits, offloaded
+    return rows, stream
+
+
+def _training_rows(req: PlanRequest, plan: Plan, host: tuple[int, str] | None) -> list[DeviceFit]:
+    """Return one row per kind of GPU (every rank holds the same) and a host row per node."""
+    gpu_bytes = plan.total_bytes
+    overhead = req.cuda_context_bytes + int(gpu_bytes * req.margin_fraction)
+    groups: dict[tuple[str, int], list[Device]] = {}
+    for d in req.devices:
+        groups.setdefault((d.name.split(" #")[0], d.capacity_bytes), []).append(d)
+    rows = []
+    for (name, _), devs in groups.items():
+        dev = devs[0].model_copy(update={"name": name})
+        rows.append(_row(dev, gpu_bytes, overhead, ["the same on every rank"], len(devs)))
+    if host is not None:
+        need, _how = host
+        cap = req.cpu_memory
+        rows.append(
+            DeviceFit(
+                name="cpu per node",
+                kind="cpu",
+                role="host",
+                capacity_bytes=cap,
+                assigned_bytes=need,
+                overhead_bytes=0,
+                required_bytes=need,
+                headroom_bytes=None if cap is None else cap - need,
+                fits=None if cap is None else need <= cap,
+            )
+        )
+    return rows
+
+
+def verdict(rows: list[DeviceFit]) -> tuple[bool, str]:
+    """Return (fits, verdict): fits is the AND of the rows that know their capacity."""
+    fits = all(r.fits for r in rows if r.fits is not None)
+    if fits:
+        return True, "fits"
+    gpus_fit = all(r.fits is not False for r in rows if r.kind == "gpu")
+    return False, "offload" if gpus_fit and any(r.role == "offload" for r in rows) else "does_not_fit"
 
 
 def build_plan(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None = None) -> Plan:
     """Return the full plan of one model under one request."""
-    layout = layout or weight_layout(spec, req.fmt, req.load_dtype, req.skip_modules)
+    layout = layout or plan_layout(spec, req)
     components = list(layout.components)
     blocks = dict(layout.blocks)
+    largest = largest_layer(spec, blocks)
+    kv: list[int] = []
     kv_total: int | None = None
     kv_decode: int | None = None
     kv_dtype = req.kv_dtype or req.load_dtype
     if req.context and cache_layers(spec) and req.training is None:
         # Counted at its peak: right after a prompt of `context` tokens every layer holds all of them,
         # sliding-window layers included; decoding, those keep only their window.
-        per_layer = kv_per_layer(spec, req.context, req.batch, kv_dtype, prefill=True)
-        kv_total = sum(per_layer)
+        kv = kv_per_layer(spec, req.context, req.batch, kv_dtype, prefill=True)
+        kv_total = sum(kv)
         kv_decode = sum(kv_per_layer(spec, req.context, req.batch, kv_dtype))
         components.append(
             Component(
@@ -267,21 +331,24 @@ def build_plan(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None = 
                 context_tokens=req.context,
                 batch_size=req.batch,
                 source="meta forward" if spec.cache is not None else "formula",
+                formula=None if spec.cache is not None else "2 · layers · kv_heads · head_dim · bytes · batch · tokens",
             )
         )
-        layer_blocks = [b for b in blocks if b.startswith("layer")]
-        for b, kv in zip(layer_blocks, per_layer, strict=False):
-            blocks[b] += kv
     training = None
+    host = None
     if req.training is not None:
-        training = training_state(spec, req.training, req.fmt, req.load_dtype, layout.quantized)
-        components.extend(training.components)
-        layer_blocks = [b for b in blocks if b.startswith("layer")] or list(blocks)
-        share = training.total_bytes // len(layer_blocks)
-        for b in layer_blocks:
-            blocks[b] += share
-        blocks[layer_blocks[-1]] += training.total_bytes - share * len(layer_blocks)
-    total = sum(c.size_bytes for c in components)
+        t = req.training
+        if largest is None:
+            raise UsageError("training estimates need a model's layers: give a MODEL")
+        if t.strategy.startswith("zero"):  # DeepSpeed gathers the largest module's 16-bit weights: 2 B/param
+            unit = (largest.module_params, 2.0)
+        else:  # FSDP gathers one wrapped unit (a decoder layer, or the root's leftovers) as stored
+            unit = (largest.num_params, largest.size_bytes / max(largest.num_params, 1))
+        weights_pg, training = training_state(spec, t, req.fmt, req.load_dtype, layout.components, unit)
+        components = weights_pg + training.components
+        if t.strategy.startswith("zero") or any(c.device == "cpu" for c in components):
+            host = host_bytes_per_node(t.strategy, components, t.node_gpus, spec.params, largest.module_params)
+    total = sum(c.size_bytes for c in components if c.device == "gpu")
     params = spec.params
     plan = Plan(
         format=req.fmt.key,
@@ -296,56 +363,43 @@ def build_plan(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None = 
         kv_cache_bytes=kv_total,
         kv_cache_decode_bytes=kv_decode,
         training=training,
+        per_gpu=training is not None and training.total_gpus > 1,
+        kv_in_fit=kv_total is not None,
+        largest_layer=largest,
+        context_limit_tokens=spec.max_position_embeddings,
     )
     context_source = "given" if req.cuda_context_given else "default"
+    overheads: list[Component] = []
     if req.devices:
-        fits, offloaded = place(blocks, req.devices, req.cuda_context_bytes, req.margin_fraction)
-        used = [f for f in fits if f.assigned_bytes] or fits[:1]
-        plan.devices = fits
-        context_bytes = req.cuda_context_bytes * len(used)
-        margin_bytes = sum(f.overhead_bytes for f in used) - context_bytes
-        plan.offloaded_bytes = offloaded
-        plan.fits = offloaded == 0 and all(f.fits for f in used)
+        stream = 0
+        if training is not None:
+            rows = _training_rows(req, plan, host)
+        else:
+            rows, stream = _inference_rows(req, blocks, kv)
+        plan.devices = rows
+        plan.fits, plan.verdict = verdict(rows)
+        plan.offloaded_bytes = sum(r.assigned_bytes for r in rows if r.role == "offload")
+        first = rows[0]
+        used = [r for r in rows if r.kind == "gpu" and (r.assigned_bytes or r is first)]
+        context_bytes = req.cuda_context_bytes * (1 if training is not None else len(used))
+        margin_bytes = sum(int(r.assigned_bytes * req.margin_fraction) for r in used)
+        if stream:
+            overheads.append(
+                Component(
+                    kind="allocator_margin",
+                    size_bytes=stream,
+                    source="room on GPU 0 to stream the largest offloaded block back in (accelerate)",
+                )
+            )
+        overheads.insert(0, Component(kind="cuda_context", size_bytes=context_bytes, source=context_source))
     else:
-        context_bytes = req.cuda_context_bytes
+        # No GPU asked about: no CUDA context (a CPU-only question).
         margin_bytes = int(total * req.margin_fraction)
-    plan.overheads = [
-        Component(kind="cuda_context", size_bytes=context_bytes, source=context_source),
+    overheads.insert(
+        1 if req.devices else 0,
         Component(kind="allocator_margin", size_bytes=margin_bytes, source=f"{req.margin_fraction:g} of tensor bytes"),
-    ]
-    plan.overhead_bytes = context_bytes + margin_bytes
+    )
+    plan.overheads = overheads
+    plan.overhead_bytes = sum(c.size_bytes for c in overheads)
     plan.required_bytes = total + plan.overhead_bytes
     return plan
-
-
-def max_context(spec: ModelSpec, req: PlanRequest, layout: WeightLayout) -> int | None:
-    """Return the longest context (tokens) whose plan fits the devices, or None when none fits."""
-    if not req.devices or not cache_layers(spec):
-        return None
-    limit = spec.max_position_embeddings or 2**20
-
-    def fits(context: int) -> bool:
-        trial = PlanRequest(**{**req.__dict__, "context": context})
-        if trial.training is not None:
-            trial.training = TrainingRequest(**{**req.training.__dict__, "sequence_length": context})
-        return bool(build_plan(spec, trial, layout).fits)
-
-    if not fits(1):
-        return None
-    lo, hi = 1, limit
-    if fits(hi):
-        return hi
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
-
-
-def check_request(req: PlanRequest) -> None:
-    """Raise a UsageError for requests no plan can satisfy."""
-    if req.batch < 1:
-        raise UsageError("--batch must be at least 1")
-    if req.context is not None and req.context < 1:
-        raise UsageError("--context must be at least 1 token")
-    if not 0 <= req.margin_fraction < 1:
-        raise UsageError("--margin must be a fraction between 0 and 1, e.g. 0.05")

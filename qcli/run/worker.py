@@ -17,7 +17,6 @@ from qcli.run.quality import perplexity_and_logprobs, speed, token_ids
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-
     opts = LoadOptions(
         model=spec["model"], preset=spec["preset"], device=spec.get("device", "auto"), revision=spec.get("revision")
     )
