@@ -25,6 +25,7 @@ from qcli.plan.allocator import (
     transient_headroom,
 )
 from qcli.plan.storages import load_order_key, model_storages, process_storages, transient_storages, weight_storages
+from qcli.run.cuda_probe import loaded_storages, replay
 
 FP4_DQ = Format("fp4", "4bit", double_quant=True)
 ALL_FORMATS = [FP32, FP16, BF16, INT8, NF4, FP4, NF4_DQ, FP4_DQ]
@@ -140,6 +141,24 @@ def test_transient_headroom_is_one_segment_per_distinct_size():
     assert transient_headroom([8 * MIB, 8 * MIB, 32 * MIB, 4, 0]) == 20 * MIB + 32 * MIB + 2 * MIB
 
 
+def test_replay_of_an_allocator_trace():
+    # The shape of torch.cuda.memory._snapshot()["device_traces"][i]: sizes are the requested bytes.
+    trace = [
+        {"action": "segment_alloc", "addr": 0, "size": 20 * MIB},
+        {"action": "alloc", "addr": 0, "size": 8 * MIB},
+        {"action": "alloc", "addr": 8 * MIB, "size": 100},
+        {"action": "free_requested", "addr": 0, "size": 8 * MIB},
+        {"action": "free_completed", "addr": 0, "size": 8 * MIB},
+        {"action": "alloc", "addr": 0, "size": 6 * MIB},
+    ]
+    out = replay(trace)
+    # 100 B lives in a 2 MiB small segment; the freed 8 MiB block is reused for 6 MiB in the 20 MiB segment.
+    assert out["allocated_bytes"] == 6 * MIB + 512
+    assert out["reserved_bytes"] == 20 * MIB + 2 * MIB
+    assert out["peak_allocated_bytes"] == 8 * MIB + 512
+    assert out["trace_segment_bytes"] == 20 * MIB
+
+
 def test_allocator_modules_import_no_torch():
     code = "import sys, qcli.plan.allocator, qcli.plan.storages; sys.exit(int('torch' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
@@ -234,23 +253,6 @@ def tiny_checkpoint(request, tmp_path_factory):
     return out, cfg
 
 
-def loaded_storages(model) -> list[int]:
-    """Return the bytes of every distinct storage a loaded model holds: parameters, buffers, quant_state parts."""
-    seen: dict[int, int] = {}
-    for p in [*model.parameters(), *model.buffers()]:
-        tensors = [p]
-        state = getattr(p, "quant_state", None)
-        if state is not None:
-            tensors += [state.absmax, state.code]
-            if state.nested:
-                tensors += [state.offset, state.state2.absmax, state.state2.code]
-        if getattr(p, "SCB", None) is not None:
-            tensors.append(p.SCB)
-        for t in tensors:
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-    return sorted(seen.values())
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("preset_name", ["fp32", "fp16", "bf16", "int8", "nf4", "fp4", "qlora"])
 def test_model_storages_equal_a_real_bnb_load(tiny_checkpoint, preset_name):
@@ -271,3 +273,27 @@ def test_model_storages_equal_a_real_bnb_load(tiny_checkpoint, preset_name):
     assert len({s.tensor for s in predicted if s.part == "weight"}) == sum(1 for _ in model.parameters())
     if preset.weight_format().kind == "dense":
         assert transient_storages(spec, preset.weight_format(), preset.dtype) == []
+
+
+LLAMA_1B = {
+    "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 128256, "hidden_size": 2048,
+    "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "head_dim": 64, "tie_word_embeddings": True, "max_position_embeddings": 131072, "rope_theta": 500000.0,
+    "rms_norm_eps": 1e-5,
+}  # fmt: skip
+
+
+def test_llama_1b_bf16_embedding_is_handed_out_whole():
+    from qcli.modelspec import from_config
+    from qcli.plan.storages import predict_load
+
+    spec = from_config(LLAMA_1B)
+    p = predict_load(spec, BF16, "bfloat16")
+    sizes = [s.nbytes for s in model_storages(spec, BF16, "bfloat16")]
+    # 128256 × 2048 bf16 = 501 MiB: a 502 MiB segment whose 1 MiB rest is not split off (should_split).
+    assert p.allocated_bytes - allocated_lower_bound(sizes) == MIB
+    assert p.reserved_low_bytes <= p.reserved_bytes == p.reserved_high_bytes  # dense: nothing transient
+    q = predict_load(spec, NF4_DQ, "bfloat16")
+    assert q.reserved_low_bytes <= q.reserved_bytes < q.reserved_high_bytes
+    assert q.storages == len(model_storages(spec, NF4_DQ, "bfloat16")) + 1  # + bitsandbytes' cached dynamic map
+    assert predict_load(spec, NF4_DQ, "bfloat16", first_in_process=False).storages == q.storages - 1

@@ -24,6 +24,7 @@ from qcli.formats import (
     dtype_bytes,
 )
 from qcli.modelspec import ModelSpec, TensorSpec
+from qcli.plan.allocator import predict, reserved_lower_bound, transient_headroom
 from qcli.planner import quantized_tensors
 
 # bitsandbytes caches the 256-entry fp32 dynamic map in `functional.name2qmap["dynamic"]` the first time a
@@ -124,3 +125,46 @@ def transient_storages(
         elif fmt.double_quant:
             out += [4 * ceil(t.numel / BLOCKSIZE_4BIT)] * 2
     return out
+
+
+TRANSIENT_RULE = "; high bound: plus one segment per distinct size of the dense weights quantized and freed"
+
+
+@dataclass(frozen=True)
+class LoadPrediction:
+    """What torch.cuda's counters should show after a load: a prediction, with the rule it follows."""
+
+    tensor_bytes: int  # the storages' own bytes
+    allocated_bytes: int  # memory_allocated: blocks as the caching allocator counts them
+    reserved_bytes: int  # memory_reserved if nothing were freed during the load
+    reserved_low_bytes: int  # no allocation order can reserve less
+    reserved_high_bytes: int  # reserved_bytes plus one segment per transient size the load frees again
+    storages: int
+    rule: str
+
+
+def predict_load(
+    spec: ModelSpec,
+    fmt: Format,
+    load_dtype: str,
+    skip_modules: list[str] | None = None,
+    *,
+    first_in_process: bool = True,
+) -> LoadPrediction:
+    """Return the predicted CUDA allocator figures of loading `spec` on one device (no other allocations)."""
+    storages = [
+        *(process_storages(fmt) if first_in_process else []),
+        *model_storages(spec, fmt, load_dtype, skip_modules),
+    ]
+    sizes = [s.nbytes for s in storages]
+    sim = predict(sizes)
+    headroom = transient_headroom(transient_storages(spec, fmt, load_dtype, skip_modules))
+    return LoadPrediction(
+        tensor_bytes=sum(sizes),
+        allocated_bytes=sim.allocated_bytes,
+        reserved_bytes=sim.reserved_bytes,
+        reserved_low_bytes=reserved_lower_bound(sizes),
+        reserved_high_bytes=sim.reserved_bytes + headroom,
+        storages=len(storages),
+        rule=sim.rule + (TRANSIENT_RULE if headroom else ""),
+    )
