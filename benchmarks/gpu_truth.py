@@ -111,7 +111,7 @@ def render(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
         f"Device: {info['device']}, {mib(info['total_bytes'])} MiB, {info['device_count']} visible.", "",
         "## Load", "",
         "| model | preset | GPUs | allocated predicted | allocated measured | Δ bytes | reserved predicted (low–high) "
-        "| reserved measured | replay allocated/reserved | storages match | peak during load | CUDA context | load s |",
+        "| reserved measured | replay allocated/reserved | storages match | peak during load (predicted) | CUDA context | load s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|",
     ]  # fmt: skip
     for r in results:
@@ -128,7 +128,7 @@ def render(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
             f"{mib(m['allocated_bytes'])} | {m['allocated_bytes'] - p['allocated_bytes']:+,} | "
             f"{mib(p['reserved_bytes'])} ({mib(p['reserved_low_bytes'])}–{mib(p['reserved_high_bytes'])}) | "
             f"{mib(m['reserved_bytes'])} | {replay} | {'yes' if r.get('storages_match') else 'no'} | "
-            f"{mib(m['peak_allocated_bytes'])} | "
+            f"{mib(m['peak_allocated_bytes'])} ({mib(p['peak_allocated_bytes'])}) | "
             f"{mib(m['cuda_context_bytes'])} | {r['load_seconds']:.2f} |"
         )
     lines += [

@@ -22,8 +22,8 @@ Not modelled: PYTORCH_CUDA_ALLOC_CONF (expandable_segments, max_split_size_mb,
 roundup_power2_divisions, garbage_collection_threshold; the defaults are assumed), the cudaMallocAsync
 backend, several streams, CUDA graphs, out-of-memory retries (which release cached segments), and
 cudaMalloc's real addresses (only the order between equal-size free blocks depends on them).
-`predict` plays a list of storages with no frees; the transient tensors a quantizing load frees
-(the dense weight bitsandbytes quantizes from) are covered by `transient_headroom`, not simulated.
+`predict` plays a list of storages with no frees; `play` plays named allocations and frees (the load
+sequence qcli.plan.storages.load_events writes down).
 """
 
 from __future__ import annotations
@@ -155,6 +155,21 @@ class CachingAllocator:
     def _release(self, block: _Block) -> None:
         self._free[block.address] = block
         insort(self._pools[block.small], (block.size, block.address))
+
+
+Event = tuple[str, str, int]  # ("alloc", key, bytes) or ("free", key, 0)
+
+
+def play(events: Iterable[Event]) -> CachingAllocator:
+    """Return the allocator model after a sequence of named allocations and frees."""
+    alloc = CachingAllocator()
+    live: dict[str, int | None] = {}
+    for action, key, nbytes in events:
+        if action == "alloc":
+            live[key] = alloc.malloc(nbytes)
+        else:
+            alloc.free(live.pop(key))
+    return alloc
 
 
 @dataclass(frozen=True)

@@ -141,9 +141,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     path = spec["model"]
     model_spec = from_config(resolve(path, read_safetensors=False).config)
     fmt = preset.weight_format()
-    predicted = predict_load(model_spec, fmt, preset.dtype, preset.skip_modules)
-    storages = model_storages(model_spec, fmt, preset.dtype, preset.skip_modules)
     devices = list(range(int(spec.get("devices", 1))))
+    total = torch.cuda.mem_get_info(0)[1]
+    predicted = predict_load(model_spec, fmt, preset.dtype, preset.skip_modules, device_total=total)
+    storages = model_storages(model_spec, fmt, preset.dtype, preset.skip_modules)
     for i in devices:
         torch.cuda.init()
         torch.cuda.reset_peak_memory_stats(i)
