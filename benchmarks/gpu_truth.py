@@ -111,7 +111,8 @@ def render(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
         f"Device: {info['device']}, {mib(info['total_bytes'])} MiB, {info['device_count']} visible.", "",
         "## Load", "",
         "| model | preset | GPUs | allocated predicted | allocated measured | Δ bytes | reserved predicted (low–high) "
-        "| reserved measured | replay allocated/reserved | storages match | peak during load (predicted) | CUDA context | load s |",
+        "| reserved measured | replay allocated/reserved | storages match | peak during load (predicted) "
+        "| CUDA context | load s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|",
     ]  # fmt: skip
     for r in results:
