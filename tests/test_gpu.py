@@ -22,6 +22,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
+MIB = 1 << 20
 PRESETS = ["fp32", "fp16", "bf16", "int8", "nf4", "fp4", "qlora"]
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +101,10 @@ def test_llama_1b_shape_allocated_equals_prediction(tmp_path, llama_1b_path, pre
     result = probe(tmp_path, llama_1b_path, preset, label="llama-3.2-1b-shape", kv_points=[[1, 2048], [4, 512]])
     check_load(result)
     for point in result["kv"]:
-        assert point["kv_measured_bytes"] == point["kv_predicted_allocated_bytes"], point
+        # K and V per layer as transformers' DynamicCache stores them, each block rounded to 512 bytes; a block
+        # carved from a cached free block may also take that block's rest of <= 1 MiB (should_split).
+        low = point["kv_predicted_allocated_bytes"]
+        assert low <= point["kv_measured_bytes"] <= low + point["kv_tensors"] * MIB, point
         assert point["decode_tokens_per_second"] > 0
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from qcli.hub import resolve
 from qcli.modelspec import ModelSpec, from_config
-from qcli.plan.allocator import CachingAllocator, predict
+from qcli.plan.allocator import CachingAllocator, allocated_lower_bound
 from qcli.plan.storages import model_storages, predict_load, process_storages
 from qcli.planner import kv_per_layer
 from qcli.presets import Preset, load_preset
@@ -105,9 +105,10 @@ def _kv_point(torch: Any, model: Any, spec: ModelSpec, preset: Preset, batch: in
         torch.cuda.synchronize(device)
         prefill = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated(index) - before
-        del out.logits
+        cache = out.past_key_values
+        del out  # ModelOutput refuses `del out.logits`; dropping it frees the logits, the cache stays
         kv_measured = torch.cuda.memory_allocated(index) - before
-        del out
+        del cache
         new_tokens = 32
         timings = []
         for _ in range(3):
@@ -123,7 +124,9 @@ def _kv_point(torch: Any, model: Any, spec: ModelSpec, preset: Preset, batch: in
         "batch": batch,
         "context_tokens": context,
         "kv_predicted_bytes": sum(kv_sizes),
-        "kv_predicted_allocated_bytes": predict(kv_sizes).allocated_bytes,
+        # blocks rounded to 512 B; a block carved from a cached free one may also take its <= 1 MiB rest
+        "kv_predicted_allocated_bytes": allocated_lower_bound(kv_sizes),
+        "kv_tensors": len(kv_sizes),
         "kv_measured_bytes": kv_measured,
         "prefill_peak_bytes": peak,
         "prefill_seconds": round(prefill, 5),
