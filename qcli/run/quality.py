@@ -101,10 +101,10 @@ def speed(model: Any, tokenizer: Any, prompt: str, device: str, new_tokens: int,
     method = (SPEED_METHOD_CUDA if device.startswith("cuda") else SPEED_METHOD_CPU).format(n=runs)
     return {
         "prefill_seconds": statistics.median(prefill),
-        "prefill_seconds_min": min(prefill),
-        "prefill_seconds_max": max(prefill),
+        "prefill_min_seconds": min(prefill),
+        "prefill_max_seconds": max(prefill),
         "tokens_per_second": statistics.median(decode_tps),
-        "tokens_per_second_min": min(decode_tps),
-        "tokens_per_second_max": max(decode_tps),
+        "min_tokens_per_second": min(decode_tps),
+        "max_tokens_per_second": max(decode_tps),
         "speed_method": method,
     }
