@@ -49,7 +49,7 @@ def _env() -> dict[str, str]:
 def _models(cache: Path) -> list[tuple[str, str, list[list[int]]]]:
     """Return (label, path, kv points) for the demo and the Llama-3.2-1B-shaped model, building them if needed."""
     sys.path.insert(0, str(ROOT))
-    from qcli.demo import ensure_demo
+    from qcli.run.demo import ensure_demo
 
     llama = cache / "llama-3.2-1b-shape"
     if not (llama / "config.json").exists():

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qcli.formats import BF16, FP4, FP16, FP32, INT8, NF4, NF4_DQ, Format, storage_bytes
 from qcli.plan.allocator import (
     LARGE_BUFFER_BYTES,
     MIB,
@@ -24,6 +23,7 @@ from qcli.plan.allocator import (
     should_split,
     transient_headroom,
 )
+from qcli.plan.formats import BF16, FP4, FP16, FP32, INT8, NF4, NF4_DQ, Format, storage_bytes
 from qcli.plan.storages import (
     load_order_key,
     model_storages,
@@ -265,8 +265,8 @@ def tiny_checkpoint(request, tmp_path_factory):
 def test_model_storages_equal_a_real_bnb_load(tiny_checkpoint, preset_name):
     from transformers import AutoModelForCausalLM
 
-    from qcli.modelspec import from_config
-    from qcli.presets import load_preset
+    from qcli.model.describe import from_config
+    from qcli.plan.presets import load_preset
 
     path, cfg = tiny_checkpoint
     preset = load_preset(preset_name)
@@ -293,7 +293,7 @@ LLAMA_1B = {
 
 
 def test_llama_1b_load_sequence_prediction():
-    from qcli.modelspec import from_config
+    from qcli.model.describe import from_config
     from qcli.plan.storages import load_events, predict_load
 
     spec = from_config(LLAMA_1B)

@@ -62,7 +62,7 @@ def probe(tmp_path: Path, model: str, preset: str, **extra: Any) -> dict[str, An
 
 @pytest.fixture(scope="session")
 def demo_path(qcli_cache: Path) -> str:
-    from qcli.demo import ensure_demo
+    from qcli.run.demo import ensure_demo
 
     with pytest.MonkeyPatch.context() as mp:  # the same cache dir the CLI subprocesses get from conftest
         mp.setenv("QCLI_CACHE", str(qcli_cache))

@@ -5,7 +5,7 @@ bitsandbytes keeps every part of a quantized weight in a tensor of its own (chec
 tests/test_allocator.py): 4-bit is the packed weight, absmax and the 16-entry code; double quant adds the
 offset (a 0-d fp32 tensor), the nested absmax and a per-tensor copy of the 256-entry nested code
 (`quantize_blockwise` returns `code.to(device, copy=True)`); LLM.int8 is the int8 weight (`CB` is the same
-storage) and the per-row scales `SCB`. The parts sum to qcli.formats.storage_parts, byte for byte.
+storage) and the per-row scales `SCB`. The parts sum to qcli.plan.formats.storage_parts, byte for byte.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil
 
-from qcli.formats import (
+from qcli.model.spec import ModelSpec, TensorSpec
+from qcli.plan.allocator import RESERVED_RULE, SMALL_BUFFER_BYTES, Event, play, reserved_lower_bound, transient_headroom
+from qcli.plan.formats import (
     BLOCKSIZE_4BIT,
     CODE_4BIT_BYTES,
     NESTED_BLOCKSIZE,
@@ -23,9 +25,7 @@ from qcli.formats import (
     Format,
     dtype_bytes,
 )
-from qcli.modelspec import ModelSpec, TensorSpec
-from qcli.plan.allocator import RESERVED_RULE, SMALL_BUFFER_BYTES, Event, play, reserved_lower_bound, transient_headroom
-from qcli.planner import quantized_tensors
+from qcli.plan.planner import quantized_tensors
 
 # bitsandbytes caches the 256-entry fp32 dynamic map in `functional.name2qmap["dynamic"]` the first time a
 # process double-quantizes on a device; it stays allocated (not a model tensor, once per process).

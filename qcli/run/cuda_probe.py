@@ -24,12 +24,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from qcli.hub import resolve
-from qcli.modelspec import ModelSpec, from_config
+from qcli.errors import RunError
+from qcli.model.spec import ModelSpec
 from qcli.plan.allocator import CachingAllocator, allocated_lower_bound
+from qcli.plan.planner import kv_per_layer
+from qcli.plan.presets import Preset
 from qcli.plan.storages import model_storages, predict_load, process_storages
-from qcli.planner import kv_per_layer
-from qcli.presets import Preset, load_preset
+from qcli.run.loader import LoadOptions, load, prepare
 
 TRACE_ENTRIES = 2_000_000
 
@@ -138,37 +139,30 @@ def _kv_point(torch: Any, model: Any, spec: ModelSpec, preset: Preset, batch: in
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Return predicted and measured figures for one load described by `spec` (model, preset, device_map, kv)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    preset = load_preset(spec["preset"])
-    path = spec["model"]
-    model_spec = from_config(resolve(path, read_safetensors=False).config)
-    fmt = preset.weight_format()
     devices = list(range(int(spec.get("devices", 1))))
+    opts = LoadOptions(
+        model=spec["model"], preset=spec["preset"], device="cuda:0", device_map="balanced" if len(devices) > 1 else None
+    )
+    prepared = prepare(opts)  # the same description and preset `qcli load` uses
+    if prepared.spec is None:
+        raise RunError(f"{spec['model']}: qcli cannot describe this architecture, so it has nothing to predict")
+    model_spec, preset, dtype = prepared.spec, prepared.preset, prepared.dtype
+    fmt = preset.weight_format()
     total = torch.cuda.mem_get_info(0)[1]
-    predicted = predict_load(model_spec, fmt, preset.dtype, preset.skip_modules, device_total=total)
-    storages = model_storages(model_spec, fmt, preset.dtype, preset.skip_modules)
-    for i in devices:
-        torch.cuda.init()
-        torch.cuda.reset_peak_memory_stats(i)
+    predicted = predict_load(model_spec, fmt, dtype, preset.skip_modules, device_total=total)
+    storages = model_storages(model_spec, fmt, dtype, preset.skip_modules)
     before = {i: _counters(torch, i) for i in devices}
     trace = spec.get("trace", True) and len(devices) == 1
     if trace:
         torch.cuda.memory._record_memory_history(enabled="all", context=None, max_entries=TRACE_ENTRIES)
-    kwargs: dict[str, Any] = {
-        "dtype": getattr(torch, preset.dtype),
-        "device_map": {"": "cuda:0"} if len(devices) == 1 else "balanced",
-    }
-    if preset.to_bnb_config() is not None:
-        kwargs["quantization_config"] = preset.to_bnb_config()
-    start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    loaded = load(opts, prepared)  # resets the peak counters, synchronizes after the load
+    model, load_seconds = loaded.model, loaded.load_seconds
     for i in devices:
         torch.cuda.synchronize(i)
-    load_seconds = time.perf_counter() - start
     after = {i: _counters(torch, i) for i in devices}
     result: dict[str, Any] = {
-        "model": spec.get("label", path),
+        "model": spec.get("label", spec["model"]),
         "preset": preset.name,
         "devices": len(devices),
         "device_name": torch.cuda.get_device_name(0),
