@@ -98,6 +98,18 @@ class Recommendation(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
+class CudaPrediction(BaseModel):
+    """A prediction, not a measurement: what torch.cuda's counters show after loading these weights on one GPU
+    in a fresh process (PyTorch's caching-allocator rules, defaults; the CUDA context comes on top)."""
+
+    cuda_allocated_bytes: int = Field(description="torch.cuda.memory_allocated: every storage as a 512-byte block")
+    cuda_reserved_bytes: int = Field(description="torch.cuda.memory_reserved: allocator segments after the load")
+    cuda_reserved_low_bytes: int = Field(description="no allocation order reserves less")
+    cuda_reserved_high_bytes: int = Field(description="allowance for blocks freed during the load")
+    cuda_load_peak_bytes: int = Field(description="torch.cuda.max_memory_allocated during the load")
+    rule: str = Field(description="the allocator rules the figures follow")
+
+
 class Plan(BaseModel):
     """The memory one precision needs: the components add up to total_bytes."""
 
@@ -119,6 +131,9 @@ class Plan(BaseModel):
     fits: bool | None = None
     offloaded_bytes: int | None = Field(default=None, description="bytes that fit on no device (would go to CPU)")
     max_context_tokens: int | None = Field(default=None, description="longest context that fits the devices")
+    cuda_prediction: CudaPrediction | None = Field(
+        default=None, description="predicted torch.cuda counters after loading the weights on one GPU"
+    )
 
 
 class ModelInfo(BaseModel):
@@ -222,6 +237,9 @@ class LoadReport(Result):
     estimate_error_percent: float | None = Field(description="(estimate − measured) / measured × 100")
     load_seconds: float
     cuda: list[CudaMemory] | None = Field(description="null on CPU: no CUDA allocator")
+    cuda_prediction: CudaPrediction | None = Field(
+        default=None, description="what qcli predicted for `cuda` (one GPU, no device_map); null otherwise"
+    )
     rss_bytes: int | None = Field(description="resident memory of this process")
     census: Census
     generation: Generation | None = None

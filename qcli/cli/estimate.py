@@ -52,7 +52,10 @@ def estimate(
         bool, typer.Option("--grad-checkpointing", help="Full activation checkpointing.")
     ] = False,
     cuda_context: Annotated[
-        str | None, typer.Option("--cuda-context", help="CUDA context per GPU (default 512MiB).")
+        str | None, typer.Option(
+            "--cuda-context",
+            help="CUDA context per GPU: a size (default 512MiB), or an earlier `qcli load --json` file to reuse.",
+        )
     ] = None,
     margin: Annotated[
         float | None, typer.Option("--margin", help="Allocator margin, a fraction of tensor bytes (default 0.05).")

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from qcli.errors import UsageError
@@ -23,6 +25,7 @@ from qcli.plan.planner import (
 )
 from qcli.plan.presets import Preset, load_preset
 from qcli.plan.recommend import recommend
+from qcli.plan.storages import cuda_prediction
 from qcli.plan.training import DEFAULT_TRAIN_SEQUENCE, TrainingRequest
 from qcli.results import EstimateReport, ModelInfo, Plan
 from qcli.units import parse_bytes, parse_params
@@ -79,7 +82,40 @@ def preset_plan(spec: ModelSpec, preset: Preset, dtype: str | None = None) -> Pl
     """
     fmt, load_dtype = preset.weight_format(dtype), dtype or preset.dtype
     req = PlanRequest(fmt=fmt, load_dtype=load_dtype, preset=preset.name, skip_modules=preset.skip_modules)
-    return build_plan(spec, req)
+    plan = build_plan(spec, req)
+    if spec.source != "params":
+        plan.cuda_prediction = cuda_prediction(spec, fmt, load_dtype, preset.skip_modules)
+    return plan
+
+
+def measured_cuda_context(path: Path) -> int:
+    """Return the CUDA context an earlier `qcli load --json` measured (the largest over its devices)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"--cuda-context {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"--cuda-context {path}: not a JSON file ({exc})") from None
+    hint = "write one on the GPU with `qcli load MODEL --device cuda --json > FILE`"
+    if not isinstance(data, dict) or data.get("command") != "load":
+        raise UsageError(f"--cuda-context {path}: not the output of `qcli load --json`", hint)
+    measured = [c.get("cuda_context_bytes") for c in data.get("cuda") or [] if isinstance(c, dict)]
+    if not measured:
+        raise UsageError(f"--cuda-context {path}: that load ran without CUDA: it measured no CUDA context", hint)
+    if not all(isinstance(v, int) and v >= 0 for v in measured):
+        raise UsageError(f"--cuda-context {path}: cuda[].cuda_context_bytes must be byte counts, got {measured}")
+    return max(measured)
+
+
+def parse_cuda_context(value: str | None) -> tuple[int | None, str | None]:
+    """Return the CUDA context bytes and their source: a size ("given"), or a `qcli load --json` file whose
+    measured context is reused ("measured (FILE)"); (None, None) when not given."""
+    if not value:
+        return None, None
+    path = Path(value)
+    if value.lower().endswith(".json") or path.is_file():
+        return measured_cuda_context(path), f"measured ({path.name})"
+    return parse_bytes(value, "--cuda-context"), "given"
 
 
 def describe(model: str, revision: str | None = None) -> tuple[ModelSource, ModelSpec]:
@@ -162,7 +198,7 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
     fmt: Format | None = parse_format(opts.bits, opts.double_quant) if opts.bits else None
     dtype_flag = parse_load_dtype(opts.dtype, "--dtype")
     kv_dtype = parse_load_dtype(opts.kv_dtype, "--kv-dtype")
-    cuda_context = parse_bytes(opts.cuda_context, "--cuda-context") if opts.cuda_context else None
+    cuda_context, context_source = parse_cuda_context(opts.cuda_context)
     if opts.model is None:
         source, spec = None, params_only(parse_params(opts.params or ""))
         notes = [PARAMS_NOTE]
@@ -184,6 +220,7 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
             devices=devices,
             cuda_context_bytes=cuda_context if cuda_context is not None else DEFAULT_CUDA_CONTEXT_BYTES,
             cuda_context_given=cuda_context is not None,
+            cuda_context_source=context_source,
             margin_fraction=opts.margin,
             kv_dtype=kv_dtype,
         )
@@ -206,10 +243,16 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
         plans=[],
         notes=notes,
     )
+    # The allocator counters of loading the weights on one GPU (a fresh process); none for several GPUs.
+    predict_cuda = opts.model is not None and len(devices) <= 1
+    device_total = devices[0].capacity_bytes if devices else None
+
     if preset is None and fmt is None:
         for f in COMPARISON_FORMATS:
             load = f.dtype if f.kind == "dense" else model_dtype
             report.plans.append(build_plan(spec, request(f, load or model_dtype, None, None, opts.train)))
+            if predict_cuda:
+                report.plans[-1].cuda_prediction = cuda_prediction(spec, f, load or model_dtype, None, device_total)
         return report
 
     if preset is not None:
@@ -221,6 +264,8 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
     req = request(f, load, name, skip, opts.train)
     layout = weight_layout(spec, f, load, skip)
     plan = build_plan(spec, req, layout)
+    if predict_cuda:
+        plan.cuda_prediction = cuda_prediction(spec, f, load, skip, device_total)
     report.plans.append(plan)
     if devices and opts.model is not None:
         plan.max_context_tokens = max_context(spec, req, layout)

@@ -40,6 +40,7 @@ class PlanRequest:
     devices: list[Device] = field(default_factory=list)
     cuda_context_bytes: int = DEFAULT_CUDA_CONTEXT_BYTES
     cuda_context_given: bool = False  # False: the default above, not a measurement
+    cuda_context_source: str | None = None  # "given", or "measured (FILE)" from an earlier `qcli load --json`
     margin_fraction: float = DEFAULT_MARGIN_FRACTION
 
 
@@ -250,7 +251,7 @@ def build_plan(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None = 
         kv_cache_bytes=kv_total,
         training=training,
     )
-    context_source = "given" if req.cuda_context_given else "default"
+    context_source = req.cuda_context_source or ("given" if req.cuda_context_given else "default")
     if req.devices:
         fits, offloaded = place(blocks, req.devices, req.cuda_context_bytes, req.margin_fraction)
         used = [f for f in fits if f.assigned_bytes] or fits[:1]

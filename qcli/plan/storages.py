@@ -26,6 +26,7 @@ from qcli.plan.formats import (
     dtype_bytes,
 )
 from qcli.plan.planner import quantized_tensors
+from qcli.results import CudaPrediction
 
 # bitsandbytes caches the 256-entry fp32 dynamic map in `functional.name2qmap["dynamic"]` the first time a
 # process double-quantizes on a device; it stays allocated (not a model tensor, once per process).
@@ -265,4 +266,23 @@ def predict_load(
         warmup_bytes=warmup_bytes(spec, fmt, load_dtype, skip_modules, device_total),
         storages=len(storages),
         rule=RESERVED_RULE + LOAD_RULE,
+    )
+
+
+def cuda_prediction(
+    spec: ModelSpec,
+    fmt: Format,
+    load_dtype: str,
+    skip_modules: list[str] | None = None,
+    device_total: int | None = None,
+) -> CudaPrediction:
+    """Return the result-model form of `predict_load` for a load in a fresh process."""
+    p = predict_load(spec, fmt, load_dtype, skip_modules, device_total=device_total)
+    return CudaPrediction(
+        cuda_allocated_bytes=p.allocated_bytes,
+        cuda_reserved_bytes=p.reserved_bytes,
+        cuda_reserved_low_bytes=p.reserved_low_bytes,
+        cuda_reserved_high_bytes=p.reserved_high_bytes,
+        cuda_load_peak_bytes=p.peak_allocated_bytes,
+        rule=p.rule,
     )

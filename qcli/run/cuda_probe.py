@@ -148,7 +148,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     if prepared.spec is None:
         raise RunError(f"{spec['model']}: qcli cannot describe this architecture, so it has nothing to predict")
     model_spec, preset, dtype = prepared.spec, prepared.preset, prepared.dtype
-    fmt = preset.weight_format()
+    fmt = preset.weight_format(dtype)
     total = torch.cuda.mem_get_info(0)[1]
     predicted = predict_load(model_spec, fmt, dtype, preset.skip_modules, device_total=total)
     storages = model_storages(model_spec, fmt, dtype, preset.skip_modules)
