@@ -125,3 +125,20 @@ def test_compare_runs_on_cuda(tmp_path, demo_path):
     rows = json.loads(proc.stdout)
     text = json.dumps(rows)
     assert "tokens_per_second" in text and "prefill_seconds" in text
+
+
+@pytest.mark.parametrize("preset", ["bf16", "qlora"])
+def test_qcli_load_reports_prediction_beside_measurement(tmp_path, demo_path, preset):
+    proc = _qcli("load", "demo", "--preset", preset, "--device", "cuda", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(proc.stdout)
+    measured, predicted = data["cuda"][0], data["cuda_prediction"]
+    assert measured["allocated_bytes"] == predicted["cuda_allocated_bytes"]
+    assert predicted["cuda_reserved_low_bytes"] <= measured["reserved_bytes"] <= predicted["cuda_reserved_high_bytes"]
+    # The measured context feeds a later estimate.
+    path = tmp_path / "load.json"
+    path.write_text(proc.stdout)
+    est = _qcli("estimate", "--model", "demo", "--preset", preset, "--cuda-context", str(path), "--json")
+    assert est.returncode == 0, est.stderr
+    context = json.loads(est.stdout)["plans"][0]["overheads"][0]
+    assert context["size_bytes"] == measured["cuda_context_bytes"] and context["source"] == "measured (load.json)"
