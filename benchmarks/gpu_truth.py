@@ -168,7 +168,9 @@ def main() -> int:
     for label, path, kv in models:
         for preset in PRESETS:
             for devices in counts:
-                spec = {"model": path, "label": label, "preset": preset, "devices": devices, "kv_points": kv}
+                # KV points on one GPU only: the probe measures the first parameter's device
+                points = kv if devices == 1 else []
+                spec = {"model": path, "label": label, "preset": preset, "devices": devices, "kv_points": points}
                 result = probe(spec)
                 if "measured_storages" in result:  # keep the record small: whether the lists matched is enough
                     result["storages_match"] = result.pop("measured_storages") == result.pop("predicted_storages")
