@@ -139,7 +139,8 @@ class CachingAllocator:
         self.allocated_bytes -= block.size
         for side in (block.prev, block.next):
             if side is not None and not side.allocated:
-                self._pools[side.small].remove((side.size, side.address))
+                pool = self._pools[side.small]
+                pool.pop(bisect_left(pool, (side.size, side.address)))
                 del self._free[side.address]
                 if side is block.prev:
                     block.address, block.prev = side.address, side.prev
