@@ -6,7 +6,7 @@ QCLI := $(VENV)/bin/qcli
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench sweep smoke clean
+.PHONY: install test lint demo bench sweep smoke gpu-truth clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,11 +35,21 @@ bench: $(STAMP)
 sweep: $(STAMP)
 	QCLI_NO_SPEC_CACHE=1 $(PY) -m sweep.run
 
-smoke: $(STAMP)
-	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'make smoke needs a CUDA GPU: none found')"
+# GPU targets stop with one line (make's own `*** ... Stop.`) before installing anything when torch sees no CUDA.
+HAVE_CUDA = $(shell $(if $(wildcard $(PY)),$(PY),python3) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)
+NEED_CUDA = $(if $(filter 1,$(HAVE_CUDA)),,$(error $@ needs a CUDA GPU: torch.cuda.is_available() is False here (or torch is missing)))
+
+smoke:
+	$(NEED_CUDA)
+	@$(MAKE) --no-print-directory install
 	$(PY) -m pytest -q -m gpu
 	mkdir -p reports
 	$(QCLI) verify demo --preset qlora --device cuda --junit reports/verify-qlora.xml
+
+gpu-truth:
+	$(NEED_CUDA)
+	@$(MAKE) --no-print-directory install
+	$(PY) benchmarks/gpu_truth.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -155,6 +155,18 @@ class GpusNeeded(BaseModel):
     required_bytes: int | None = Field(description="per GPU at that count")
 
 
+class CudaPrediction(BaseModel):
+    """A prediction, not a measurement: what torch.cuda's counters show after loading these weights on one GPU
+    in a fresh process (PyTorch's caching-allocator rules, defaults; the CUDA context comes on top)."""
+
+    cuda_allocated_bytes: int = Field(description="torch.cuda.memory_allocated: every storage as a 512-byte block")
+    cuda_reserved_bytes: int = Field(description="torch.cuda.memory_reserved: allocator segments after the load")
+    cuda_reserved_low_bytes: int = Field(description="no allocation order reserves less")
+    cuda_reserved_high_bytes: int = Field(description="allowance for blocks freed during the load")
+    cuda_load_peak_bytes: int = Field(description="torch.cuda.max_memory_allocated during the load")
+    rule: str = Field(description="the allocator rules the figures follow")
+
+
 class Plan(BaseModel):
     """The memory one precision needs: the components add up to total_bytes."""
 
@@ -196,6 +208,9 @@ class Plan(BaseModel):
         default=None, description="which limit binds: the smaller of max_context_tokens and context_limit_tokens"
     )
     max_batch_size: int | None = Field(default=None, description="largest batch that fits at the plan's context")
+    cuda_prediction: CudaPrediction | None = Field(
+        default=None, description="predicted torch.cuda counters after loading the weights on one GPU"
+    )
 
 
 class SourceInfo(BaseModel):
@@ -321,6 +336,9 @@ class LoadReport(Result):
     estimate_error_percent: float | None = Field(description="(estimate − measured) / measured × 100")
     load_seconds: float
     cuda: list[CudaMemory] | None = Field(description="null on CPU: no CUDA allocator")
+    cuda_prediction: CudaPrediction | None = Field(
+        default=None, description="what qcli predicted for `cuda` (one GPU, no device_map); null otherwise"
+    )
     rss_bytes: int | None = Field(description="resident memory of this process")
     census: Census
     generation: Generation | None = None

@@ -87,7 +87,11 @@ def estimate(
         typer.Option("--attention", help="Training activations: eager (scores stored, default) or sdpa (fused)."),
     ] = None,
     cuda_context: Annotated[
-        str | None, typer.Option("--cuda-context", help="CUDA context per GPU (default 512MiB).")
+        str | None,
+        typer.Option(
+            "--cuda-context",
+            help="CUDA context per GPU: a size (default 512MiB), or an earlier `qcli load --json` file to reuse.",
+        ),
     ] = None,
     margin: Annotated[
         float | None, typer.Option("--margin", help="Allocator margin, a fraction of tensor bytes (default 0.05).")

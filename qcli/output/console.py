@@ -15,6 +15,7 @@ from rich.table import Table
 from qcli.output.labels import GROUP_LABELS, STRATEGY_LABELS, component_label, format_label
 from qcli.results import (
     CompareReport,
+    CudaPrediction,
     DeviceFit,
     EstimateReport,
     LoadReport,
@@ -148,6 +149,16 @@ def comparison_table(report: EstimateReport) -> Table:
     return table
 
 
+def cuda_prediction_line(p: CudaPrediction) -> str:
+    """Return the one-line view of the predicted torch.cuda counters."""
+    return (
+        f"predicted torch.cuda after loading the weights on one GPU (fresh process; the CUDA context comes on top): "
+        f"allocated {p.cuda_allocated_bytes:,} B ({human_bytes(p.cuda_allocated_bytes)}), reserved "
+        f"{human_bytes(p.cuda_reserved_bytes)} (range {human_bytes(p.cuda_reserved_low_bytes)}–"
+        f"{human_bytes(p.cuda_reserved_high_bytes)}), load peak {human_bytes(p.cuda_load_peak_bytes)}"
+    )
+
+
 def render_estimate(report: EstimateReport, out: Console) -> None:
     m = report.model
     head = escape(m.name) if m.name else "bare parameter count"
@@ -177,6 +188,8 @@ def render_estimate(report: EstimateReport, out: Console) -> None:
                 kept = "float32: PEFT's k-bit preparation upcasts them"
             title += f" for the weights (unquantized modules in {kept})"
         out.print(components_table(plan, title))
+        if plan.cuda_prediction:
+            out.print(cuda_prediction_line(plan.cuda_prediction))
         if plan.training:
             t = plan.training
             where = STRATEGY_LABELS.get(t.strategy, t.strategy)
@@ -328,14 +341,29 @@ def render_load(report: LoadReport, out: Console) -> None:
             human_bytes(report.estimate_bytes),
             f"qcli estimate, {report.estimate_error_percent:+.3f}% vs measured",
         )
+    pred = report.cuda_prediction
     for c in report.cuda or []:
         table.add_section()
         table.add_row(
             f"{c.device} allocated", f"{c.allocated_bytes:,}", human_bytes(c.allocated_bytes), "torch allocator"
         )
+        if pred is not None and c.device == report.device:
+            table.add_row(
+                "  predicted",
+                f"{pred.cuda_allocated_bytes:,}",
+                human_bytes(pred.cuda_allocated_bytes),
+                f"qcli's allocator model, {c.allocated_bytes - pred.cuda_allocated_bytes:+,} B vs measured",
+            )
         table.add_row(
             f"{c.device} reserved", f"{c.reserved_bytes:,}", human_bytes(c.reserved_bytes), "allocator segments"
         )
+        if pred is not None and c.device == report.device:
+            table.add_row(
+                "  predicted",
+                f"{pred.cuda_reserved_bytes:,}",
+                human_bytes(pred.cuda_reserved_bytes),
+                f"range {human_bytes(pred.cuda_reserved_low_bytes)}–{human_bytes(pred.cuda_reserved_high_bytes)}",
+            )
         table.add_row(
             f"{c.device} peak allocated",
             f"{c.peak_allocated_bytes:,}",

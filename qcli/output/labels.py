@@ -84,8 +84,7 @@ def component_label(c: Component) -> str:
     if c.kind == "logits":
         return f"logits for the loss ({c.dtype})"
     if c.kind == "cuda_context":
-        how = "measured" if c.source == "given" else "default"
-        return f"CUDA context ({how}, not counted by torch)"
+        return f"CUDA context ({c.source or 'default'}, not counted by torch)"
     if c.kind == "allocator_margin":
         return f"allocator margin ({c.source})"
     return c.kind

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from qcli.errors import UsageError
 from qcli.model.describe import from_config
@@ -26,6 +28,7 @@ from qcli.plan.prequantized import Prequant, checked_format, prequant_of
 from qcli.plan.presets import Preset, load_preset
 from qcli.plan.recommend import recommend
 from qcli.plan.scaling import MAX_GPUS_PER_NODE, copies, how_many
+from qcli.plan.storages import cuda_prediction
 from qcli.plan.training import DEFAULT_TRAIN_SEQUENCE, TrainingRequest
 from qcli.results import EstimateReport, ModelInfo, Plan, Recommendation, SourceInfo
 from qcli.units import parse_bytes, parse_params
@@ -86,12 +89,45 @@ def preset_plan(spec: ModelSpec, preset: Preset, dtype: str | None = None, pre: 
     `dtype` overrides the preset's dtype, as `qcli load --dtype` does. A pre-quantized bitsandbytes
     checkpoint (`pre`) loads in its stored format; a preset asking for another quantization is refused.
     """
-    fmt, skip = preset.weight_format(dtype), preset.skip_modules
+    fmt, load_dtype, skip = preset.weight_format(dtype), dtype or preset.dtype, preset.skip_modules
     if pre is not None and pre.quantization is not None:
         fmt, _ = checked_format(pre, fmt, f"preset {preset.name}")
         skip = pre.skip_modules
-    req = PlanRequest(fmt=fmt, load_dtype=dtype or preset.dtype, preset=preset.name, skip_modules=skip)
-    return build_plan(spec, req)
+    req = PlanRequest(fmt=fmt, load_dtype=load_dtype, preset=preset.name, skip_modules=skip)
+    plan = build_plan(spec, req)
+    if spec.source != "params":
+        plan.cuda_prediction = cuda_prediction(spec, fmt, load_dtype, skip)
+    return plan
+
+
+def measured_cuda_context(path: Path) -> int:
+    """Return the CUDA context an earlier `qcli load --json` measured (the largest over its devices)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"--cuda-context {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"--cuda-context {path}: not a JSON file ({exc})") from None
+    hint = "write one on the GPU with `qcli load MODEL --device cuda --json > FILE`"
+    if not isinstance(data, dict) or data.get("command") != "load":
+        raise UsageError(f"--cuda-context {path}: not the output of `qcli load --json`", hint)
+    measured = [c.get("cuda_context_bytes") for c in data.get("cuda") or [] if isinstance(c, dict)]
+    if not measured:
+        raise UsageError(f"--cuda-context {path}: that load ran without CUDA: it measured no CUDA context", hint)
+    if not all(isinstance(v, int) and v >= 0 for v in measured):
+        raise UsageError(f"--cuda-context {path}: cuda[].cuda_context_bytes must be byte counts, got {measured}")
+    return max(measured)
+
+
+def parse_cuda_context(value: str | None) -> tuple[int | None, str | None]:
+    """Return the CUDA context bytes and their source: a size ("given"), or a `qcli load --json` file whose
+    measured context is reused ("measured (FILE)"); (None, None) when not given."""
+    if not value:
+        return None, None
+    path = Path(value)
+    if value.lower().endswith(".json") or path.is_file():
+        return measured_cuda_context(path), f"measured ({path.name})"
+    return parse_bytes(value, "--cuda-context"), "given"
 
 
 def describe(model: str, revision: str | None = None, token: str | None = None) -> tuple[ModelSource, ModelSpec]:
@@ -262,7 +298,7 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
     fmt: Format | None = parse_format(opts.bits, opts.double_quant) if opts.bits else None
     dtype_flag = parse_load_dtype(opts.dtype, "--dtype")
     kv_dtype = parse_load_dtype(opts.kv_dtype, "--kv-dtype")
-    cuda_context = parse_bytes(opts.cuda_context, "--cuda-context") if opts.cuda_context else None
+    cuda_context, context_source = parse_cuda_context(opts.cuda_context)
     cpu_memory = parse_bytes(opts.cpu_memory, "--cpu-memory") if opts.cpu_memory else None
     for part in (opts.max_memory or "").split(","):
         if part.strip().lower().startswith("cpu=") and cpu_memory is None:
@@ -301,6 +337,7 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
             devices=devs,
             cuda_context_bytes=cuda_context if cuda_context is not None else DEFAULT_CUDA_CONTEXT_BYTES,
             cuda_context_given=cuda_context is not None,
+            cuda_context_source=context_source,
             margin_fraction=opts.margin,
             kv_dtype=kv_dtype,
             device_map=opts.device_map,
@@ -332,10 +369,15 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
     stored_fmt = pre.format if pre is not None else None
     if stored_fmt is not None and preset is None and fmt is None:
         fmt = stored_fmt  # a pre-quantized checkpoint has one format: its own
+    # The allocator counters of loading the weights on one GPU (a fresh process); none for several GPUs.
+    predict_cuda = opts.model is not None and len(devices) <= 1 and not auto
+    device_total = devices[0].capacity_bytes if devices else None
     if preset is None and fmt is None:
         for f in COMPARISON_FORMATS:
             load = f.dtype if f.kind == "dense" else model_dtype
             report.plans.append(build_plan(spec, request(f, load or model_dtype, None, None, None, None, devices)))
+            if predict_cuda:
+                report.plans[-1].cuda_prediction = cuda_prediction(spec, f, load or model_dtype, None, device_total)
         if devices and opts.model is not None:
             report.recommendation = _recommend(opts, spec, devices, request)
         report.notes += _context_notes(opts, spec, report.plans[0], devices)
@@ -366,6 +408,8 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
             report.notes.append(f"--gpus auto: nothing fits on up to {MAX_GPUS_PER_NODE} GPUs per node")
     req = request(f, load, name, skip, opts.train, strategy, devices)
     plan = build_plan(spec, req)
+    if predict_cuda:
+        plan.cuda_prediction = cuda_prediction(spec, f, load, skip, device_total)
     report.plans.append(plan)
     peak, decode = plan.kv_cache_bytes, plan.kv_cache_decode_bytes
     if peak is not None and decode is not None and decode < peak:

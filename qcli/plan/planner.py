@@ -41,6 +41,7 @@ class PlanRequest:
     devices: list[Device] = field(default_factory=list)
     cuda_context_bytes: int = DEFAULT_CUDA_CONTEXT_BYTES
     cuda_context_given: bool = False  # False: the default above, not a measurement
+    cuda_context_source: str | None = None  # "given", or "measured (FILE)" from an earlier `qcli load --json`
     margin_fraction: float = DEFAULT_MARGIN_FRACTION
     # accelerate's device map for inference: auto, balanced, sequential; None: what `qcli load` does without
     # --device-map (the whole model on the one GPU; "auto" across several)
@@ -131,6 +132,14 @@ def kept_in_fp32(spec: ModelSpec, load_dtype: str) -> re.Pattern[str] | None:
     return re.compile("|".join(p.replace("*", ".*") for p in patterns)) if patterns else None
 
 
+def stored_dtype(t: TensorSpec, load_dtype: str, fp32: re.Pattern[str] | None) -> str:
+    """Return the dtype an unquantized tensor is loaded in: its own fixed dtype, float32 when the model keeps
+    it there (`kept_in_fp32`), else the load dtype."""
+    if t.dtype is not None:
+        return t.dtype
+    return "float32" if fp32 is not None and fp32.search(t.name) else load_dtype
+
+
 @dataclass
 class WeightLayout:
     """Weights broken down by component and by placement block, computed once per format."""
@@ -154,7 +163,7 @@ def weight_layout(spec: ModelSpec, fmt: Format, load_dtype: str, skip_modules: l
     blocks: dict[str, int] = {}
     for t in spec.tensors:
         block = block_of(t.name)
-        dtype = "float32" if fp32 is not None and t.dtype is None and fp32.search(t.name) else load_dtype
+        dtype = stored_dtype(t, load_dtype, fp32)
         for i, (key, size) in enumerate(tensor_parts(t, fmt, dtype, quantized)):
             sizes[key] += size
             if i == 0 and t.role != "buffer":  # a tensor's elements are counted on its first part
@@ -368,7 +377,7 @@ def build_plan(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None = 
         largest_layer=largest,
         context_limit_tokens=spec.max_position_embeddings,
     )
-    context_source = "given" if req.cuda_context_given else "default"
+    context_source = req.cuda_context_source or ("given" if req.cuda_context_given else "default")
     overheads: list[Component] = []
     if req.devices:
         stream = 0

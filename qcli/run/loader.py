@@ -23,7 +23,8 @@ from qcli.plan.formats import parse_load_dtype
 from qcli.plan.planner import quantized_tensors
 from qcli.plan.prequantized import checked_format, prequant_of
 from qcli.plan.presets import Preset, load_preset
-from qcli.results import Generation, LoadReport, Plan
+from qcli.plan.storages import cuda_prediction
+from qcli.results import CudaPrediction, Generation, LoadReport, Plan
 from qcli.run.demo import ensure_demo
 from qcli.run.measure import census, cuda_memory, reset_cuda_peaks, rss_bytes, tensor_memory
 from qcli.units import parse_bytes
@@ -273,6 +274,18 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _cuda_prediction(prepared: Prepared, device: str) -> CudaPrediction | None:
+    """Return qcli's prediction of this load's torch.cuda counters (one GPU, a process that loaded nothing before)."""
+    import torch
+
+    assert prepared.spec is not None
+    total = torch.cuda.mem_get_info(torch.device(device))[1]
+    preset = prepared.preset
+    return cuda_prediction(
+        prepared.spec, preset.weight_format(prepared.dtype), prepared.dtype, preset.skip_modules, total
+    )
+
+
 def load_report(opts: LoadOptions) -> tuple[LoadReport, Loaded]:
     """Return the load report (and the loaded model) for `qcli load`."""
     prepared = prepare(opts)
@@ -301,6 +314,8 @@ def load_report(opts: LoadOptions) -> tuple[LoadReport, Loaded]:
     )
     if prepared.spec is None:
         report.notes.append("qcli cannot describe this architecture: no estimate to compare with")
+    elif report.cuda and loaded.device.startswith("cuda") and not opts.device_map:
+        report.cuda_prediction = _cuda_prediction(prepared, loaded.device)
     if report.census.offloaded:
         report.notes.append(f"{len(report.census.offloaded)} module(s) offloaded to CPU/disk: slow and not on the GPU")
     if opts.prompt:
