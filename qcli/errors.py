@@ -1,18 +1,25 @@
-"""Exit codes and the two error types every command raises (httpie's status.py idea)."""
+"""Exit codes and the error types every command raises (httpie's status.py idea).
+
+The CLI's one handler (qcli.cli._errors) maps these, and third-party exception types, to an exit code
+and one stderr line. Core code raises; it never prints or exits.
+"""
 
 from __future__ import annotations
 
+import signal
 from enum import IntEnum
 
 
 class ExitCode(IntEnum):
     OK = 0
-    FAILED = 1  # the work ran and failed: a verify check, a load error, OOM
+    FAILED = 1  # the work ran and failed: a verify check, a load error, OOM, an internal error
     BAD_INPUT = 2  # flags, preset, model path or config that cannot be used
+    INTERRUPTED = 128 + signal.SIGINT  # 130: Ctrl-C
+    TERMINATED = 128 + signal.SIGTERM  # 143: SIGTERM, what a CI cancel sends
 
 
 class QcliError(Exception):
-    """Base error: its message is one line written for the user."""
+    """Base error: its message is one line written for the user, with an optional hint."""
 
     exit_code: ExitCode = ExitCode.FAILED
 
@@ -22,6 +29,7 @@ class QcliError(Exception):
         self.hint = hint
 
     def line(self) -> str:
+        """Return the message and the hint as one line."""
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
 
@@ -35,3 +43,12 @@ class RunError(QcliError):
     """The work ran and failed: exit 1."""
 
     exit_code = ExitCode.FAILED
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when SIGTERM arrives, so that `with` blocks clean up as for Ctrl-C.
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` swallows it.
+    """
+
+    exit_code = ExitCode.TERMINATED

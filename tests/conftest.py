@@ -45,5 +45,11 @@ def cli(capsys: pytest.CaptureFixture[str]):
     return run
 
 
+def plan(data: dict) -> dict:
+    """Return the one plan of an `estimate --json` object that asked for one precision."""
+    assert len(data["plans"]) == 1, [p["format"] for p in data["plans"]]
+    return data["plans"][0]
+
+
 def fixture_config(name: str) -> dict:
     return json.loads((FIXTURES / f"{name}.json").read_text())

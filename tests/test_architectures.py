@@ -2,7 +2,8 @@
 
 import pytest
 
-from qcli.modelspec import from_config, from_meta
+from qcli.model.describe import from_config
+from qcli.model.meta import from_meta
 from tests.conftest import fixture_config
 
 PUBLISHED = {

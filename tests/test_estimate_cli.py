@@ -3,11 +3,10 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, plan
 
 LLAMA = str(FIXTURES / "llama3-8b.json")
 
@@ -16,24 +15,25 @@ def test_params_4bit_totals(cli):
     r = cli("estimate", "--params", "8b", "--bits", "4", "--json")
     assert r.code == 0, r.err
     data = r.json()
-    assert data["params"] == 8_000_000_000
-    assert data["total_bytes"] == 4_500_000_064  # 4.500 GB = 4.19 GiB
-    assert round(data["total_bytes"] / 2**30, 2) == 4.19
-    assert sum(c["bytes"] for c in data["components"]) == data["total_bytes"]
-    assert {c["name"] for c in data["components"]} >= {"packed 4-bit weights", "absmax (fp32, per 64-block)"}
+    assert data["model"]["total_params"] == 8_000_000_000
+    assert plan(data)["total_bytes"] == 4_500_000_064  # 4.500 GB = 4.19 GiB
+    assert round(plan(data)["total_bytes"] / 2**30, 2) == 4.19
+    assert sum(c["size_bytes"] for c in plan(data)["components"]) == plan(data)["total_bytes"]
+    assert [c["kind"] for c in plan(data)["components"]] == ["quant_packed_weights", "quant_absmax", "quant_code"]
+    assert data["schema_version"] >= 2 and data["qcli_version"] and data["command"] == "estimate"
 
 
 def test_params_double_quant(cli):
     data = cli("estimate", "--params", "8b", "--bits", "4", "--double-quant", "--json").json()
-    assert round(data["total_bytes"] / 1e9, 3) == 4.127
-    assert any("nested absmax" in c["name"] for c in data["components"])
+    assert round(plan(data)["total_bytes"] / 1e9, 3) == 4.127
+    assert any(c["kind"] == "quant_nested_absmax" for c in plan(data)["components"])
 
 
 def test_params_fp16_and_int8(cli):
-    assert cli("estimate", "--params", "8b", "--bits", "16", "--json").json()["total_bytes"] == 16 * 10**9
+    assert plan(cli("estimate", "--params", "8b", "--bits", "16", "--json").json())["total_bytes"] == 16 * 10**9
     int8 = cli("estimate", "--params", "8b", "--bits", "int8", "--json").json()
-    assert int8["total_bytes"] > 8 * 10**9
-    assert any("row scales" in c["name"] for c in int8["components"])
+    assert plan(int8)["total_bytes"] > 8 * 10**9
+    assert any(c["kind"] == "int8_row_scales" for c in plan(int8)["components"])
 
 
 def test_without_bits_one_plan_per_precision(cli):
@@ -43,24 +43,24 @@ def test_without_bits_one_plan_per_precision(cli):
     totals = [p["total_bytes"] for p in data["plans"]]
     assert totals == sorted(totals, reverse=True)
     for p in data["plans"]:
-        assert {"params", "total_bytes", "components"} <= p.keys()
+        assert {"total_params", "quantized_params", "total_bytes", "components"} <= p.keys()
 
 
 def test_table_output_labels_units(cli):
     r = cli("estimate", "--params", "8b", "--bits", "4")
     assert r.code == 0
     assert "GiB" in r.out and "GB" in r.out and "4.19" in r.out and "4.500" in r.out
-    assert "--model" in r.out  # the bare-params assumption is stated
+    assert "use a MODEL" in r.out  # the bare-params assumption is stated
 
 
 def test_gpu_fit_and_headroom(cli):
     data = cli("estimate", "--params", "8b", "--bits", "16", "--gpu", "T4", "--json").json()
-    assert data["fits"] is False
+    assert plan(data)["fits"] is False
     data = cli("estimate", "--params", "8b", "--bits", "4", "--gpu", "24GB", "--json").json()
-    dev = data["devices"][0]
-    assert data["fits"] is True and dev["capacity_bytes"] == 24 * 10**9
-    assert dev["headroom_bytes"] == dev["capacity_bytes"] - data["required_bytes"]
-    assert data["required_bytes"] == data["total_bytes"] + data["overhead_bytes"]
+    dev = plan(data)["devices"][0]
+    assert plan(data)["fits"] is True and dev["capacity_bytes"] == 24 * 10**9
+    assert dev["headroom_bytes"] == dev["capacity_bytes"] - plan(data)["required_bytes"]
+    assert plan(data)["required_bytes"] == plan(data)["total_bytes"] + plan(data)["overhead_bytes"]
 
 
 @pytest.mark.parametrize(
@@ -91,10 +91,10 @@ def test_bad_input_exit_2_one_line(cli, args):
 
 
 def test_debug_shows_traceback(cli):
-    from qcli.errors import UsageError
-
-    with pytest.raises(UsageError):
-        cli("--debug", "estimate", "--params", "banana")
+    r = cli("--debug", "estimate", "--params", "banana")
+    assert r.code == 2
+    assert "Traceback" in r.err and "UsageError" in r.err
+    assert r.err.strip().splitlines()[-1].startswith("Error: --params 'banana'")
 
 
 def test_json_is_the_only_stdout(cli):
@@ -136,7 +136,7 @@ def test_estimate_never_imports_torch(args):
 
 
 def test_presets_ship_with_the_package():
-    import qcli.configs
+    from qcli.resources import config_files
 
-    names = {p.name for p in Path(qcli.configs.__file__).parent.glob("*.yaml")}
+    names = {f.name for f in config_files()}
     assert {"fp32.yaml", "fp16.yaml", "bf16.yaml", "int8.yaml", "nf4.yaml", "fp4.yaml", "qlora.yaml"} <= names

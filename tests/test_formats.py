@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qcli.errors import UsageError
-from qcli.formats import BF16, FP4, FP16, FP32, INT8, NF4, NF4_DQ, parse_format, storage_bytes, storage_parts
+from qcli.plan.formats import BF16, FP4, FP16, FP32, INT8, NF4, NF4_DQ, parse_format, storage_bytes, storage_parts
 
 
 def test_4bit_formula_matches_design_table():

@@ -5,7 +5,7 @@ import pytest
 torch = pytest.importorskip("torch")
 bnb_f = pytest.importorskip("bitsandbytes.functional")
 
-from qcli.formats import FP4, INT8, NF4, NF4_DQ, storage_bytes  # noqa: E402
+from qcli.plan.formats import FP4, INT8, NF4, NF4_DQ, storage_bytes  # noqa: E402
 
 
 def _nbytes(t) -> int:
@@ -27,7 +27,7 @@ def test_4bit_formula_equals_bitsandbytes(shape, double_quant, quant_type):
     packed, state = bnb_f.quantize_4bit(weight, blocksize=64, compress_statistics=double_quant, quant_type=quant_type)
     fmt = NF4_DQ if double_quant else (NF4 if quant_type == "nf4" else FP4)
     if double_quant and quant_type == "fp4":
-        from qcli.formats import Format
+        from qcli.plan.formats import Format
 
         fmt = Format("fp4", "4bit", double_quant=True)
     assert quant_state_bytes(packed, state) == storage_bytes(fmt, weight.numel(), shape[0])

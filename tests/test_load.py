@@ -2,9 +2,9 @@
 
 import pytest
 
-from qcli.formats import Format, storage_bytes
-from qcli.loader import LoadOptions, load_report
-from qcli.presets import builtin_names, load_preset
+from qcli.plan.formats import Format, storage_bytes
+from qcli.plan.presets import builtin_names, load_preset
+from qcli.run.loader import LoadOptions, load_report
 
 pytestmark = pytest.mark.slow
 
@@ -32,14 +32,14 @@ def test_every_preset_loads_and_matches_the_estimate(preset):
     report, loaded = load_report(LoadOptions(model="demo", preset=preset, device="auto"))
     assert report.device == "cpu" and report.cuda is None
     assert report.memory_bytes == independent_count(loaded.model)
-    assert abs(report.estimate_error_pct) <= 0.5
+    assert abs(report.estimate_error_percent) <= 0.5
     fmt = load_preset(preset).weight_format()
     c = report.census
     if fmt.kind == "4bit":
         assert c.linear4bit == c.quantizable_linears == 28 and c.linear_unquantized == 1  # lm_head kept
         assert report.footprint_bytes < report.memory_bytes  # get_memory_footprint misses quant_state
     elif fmt.kind == "int8":
-        assert c.linear8bit == 28 and report.memory_breakdown["int8 row scales (SCB)"] > 0
+        assert c.linear8bit == 28 and report.memory_bytes_by_kind["int8 row scales (SCB)"] > 0
     else:
         assert c.linear4bit == c.linear8bit == 0 and report.footprint_bytes == report.memory_bytes
 
@@ -78,7 +78,8 @@ def test_missing_config_is_bad_input(cli, tmp_path):
 
 
 def test_broken_checkpoint_is_a_run_failure(cli, tmp_path):
-    from qcli.demo import DEMO_CONFIG, ensure_demo
+    from qcli.model.demo import DEMO_CONFIG
+    from qcli.run.demo import ensure_demo
 
     ensure_demo()
     import json
@@ -87,3 +88,30 @@ def test_broken_checkpoint_is_a_run_failure(cli, tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
     r = cli("load", str(tmp_path), "--preset", "bf16")
     assert r.code == 1 and r.err.startswith("Error: loading") and "Traceback" not in r.err
+
+
+@pytest.fixture(scope="module")
+def bf16_checkpoint(tmp_path_factory) -> str:
+    """A tiny Llama saved in bf16 (config dtype bfloat16), random weights."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("bf16-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+    )  # fmt: skip
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
+    return str(out)
+
+
+@pytest.mark.parametrize("preset", ["bf16", "qlora", "int8"])
+def test_dtype_override_is_estimated_with_the_same_dtype(cli, bf16_checkpoint, preset):
+    """`load --dtype float32` on a bf16 checkpoint: the estimate uses float32 too (issue 9)."""
+    r = cli("load", bf16_checkpoint, "--preset", preset, "--dtype", "float32", "--json")
+    assert r.code == 0, r.err
+    data = r.json()
+    assert data["dtype"] == "float32"
+    assert abs(data["estimate_error_percent"]) <= 0.1
+    assert data["estimate_bytes"] == data["memory_bytes"]

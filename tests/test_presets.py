@@ -1,7 +1,7 @@
 import pytest
 
 from qcli.errors import UsageError
-from qcli.presets import builtin_names, load_preset
+from qcli.plan.presets import builtin_names, load_preset
 
 
 def test_builtins():
@@ -66,4 +66,6 @@ def test_presets_cli(cli):
     assert "BitsAndBytesConfig(" in r.out and "bnb_4bit_use_double_quant=True" in r.out
     assert cli("presets", "show", "nope").code == 2
     r = cli("presets", "show", "qlora", "--set", "quantization.bnb_4bit_compute_dtype=fp16", "--json")
-    assert r.json()["bitsandbytes_config"]["bnb_4bit_compute_dtype"] == "float16"
+    data = r.json()
+    assert len(data["presets"]) == 1 and data["command"] == "presets"
+    assert data["presets"][0]["bitsandbytes_config"]["bnb_4bit_compute_dtype"] == "float16"

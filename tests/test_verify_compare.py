@@ -53,7 +53,8 @@ def test_verify_bad_input(cli):
 
 
 def test_compare_orders_memory_and_keeps_going_after_a_failure(tmp_path):
-    from qcli.compare import CompareOptions, run_compare, to_csv, to_markdown
+    from qcli.output.files import compare_csv, compare_markdown
+    from qcli.run.compare import CompareOptions, run_compare
 
     opts = CompareOptions(
         model="demo",
@@ -69,12 +70,12 @@ def test_compare_orders_memory_and_keeps_going_after_a_failure(tmp_path):
     assert mem == sorted(mem, reverse=True) and len(set(mem)) == 4
     for p in ("bf16", "int8", "nf4", "qlora"):
         assert rows[p].perplexity is not None and 1 < rows[p].perplexity < 1e6
-        assert rows[p].estimate_error_pct == 0.0
+        assert rows[p].estimate_error_percent == 0.0
     assert rows["bf16"].top1_agreement == 1.0 and rows["bf16"].kl_divergence == 0.0
     assert 0.5 < rows["qlora"].top1_agreement <= 1.0 and rows["qlora"].kl_divergence >= 0
-    to_csv(report, str(tmp_path / "c.csv"))
+    compare_csv(report, str(tmp_path / "c.csv"))
     assert (tmp_path / "c.csv").read_text().count("\n") == 6
-    assert "| qlora |" in to_markdown(report)
+    assert "| qlora |" in compare_markdown(report)
 
 
 def test_compare_cli_json_and_bad_input(cli, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from qcli.report import Plan, Recommendation
+from qcli.results import Plan, Recommendation
 
 SMALL_MODEL_PARAMS = 1_000_000_000
 

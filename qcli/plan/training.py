@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from qcli.errors import UsageError
-from qcli.formats import Format, dtype_bytes
-from qcli.modelspec import ModelSpec
-from qcli.report import Component, Training
+from qcli.model.spec import ModelSpec
+from qcli.plan.formats import Format, dtype_bytes
+from qcli.results import Component, Training
 
 TrainMode = Literal["full", "lora", "qlora"]
 OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2, "paged_adamw8bit": 2, "sgd": 4}
@@ -74,16 +74,24 @@ def training_state(
                 "use --train qlora, or a 16-bit preset for --train full",
             )
         trainable = spec.params
-        components.append(Component(name=f"gradients ({load_dtype})", bytes=trainable * dtype_bytes(load_dtype)))
+        components.append(
+            Component(
+                kind="gradients", dtype=load_dtype, size_bytes=trainable * dtype_bytes(load_dtype), num_params=trainable
+            )
+        )
     else:
         if req.lora_rank < 1:
             raise UsageError("--lora-rank must be at least 1")
         trainable, targets = lora_params(spec, req.lora_rank, req.lora_targets)
-        components.append(Component(name=f"LoRA adapters (r={req.lora_rank}, fp32)", bytes=trainable * 4))
-        components.append(Component(name="LoRA gradients (fp32)", bytes=trainable * 4))
+        components.append(
+            Component(kind="lora_adapters", dtype=LORA_DTYPE, size_bytes=trainable * 4, num_params=trainable)
+        )
+        components.append(
+            Component(kind="lora_gradients", dtype=LORA_DTYPE, size_bytes=trainable * 4, num_params=trainable)
+        )
     per_param = OPTIMIZER_STATE_BYTES[req.optimizer]
     components.append(
-        Component(name=f"optimizer state ({req.optimizer}, {per_param} B/param)", bytes=trainable * per_param)
+        Component(kind="optimizer_state", size_bytes=trainable * per_param, num_params=trainable, source=req.optimizer)
     )
     s, b, h, a = req.sequence_length, req.batch, att.hidden_size, att.heads
     if req.gradient_checkpointing:
@@ -91,20 +99,24 @@ def training_state(
     else:
         per_layer, formula = int(s * b * h * (34 + 5 * a * s / h)), KORTHIKANTI
     components.append(
-        Component(name=f"activations ({att.layers} layers, seq {s} × batch {b})", bytes=per_layer * att.layers)
+        Component(kind="activations", size_bytes=per_layer * att.layers, context_tokens=s, batch_size=b, source=formula)
     )
     if spec.vocab_size:
-        components.append(Component(name="logits for the loss (fp32)", bytes=s * b * spec.vocab_size * 4))
+        components.append(
+            Component(
+                kind="logits", dtype="float32", size_bytes=s * b * spec.vocab_size * 4, context_tokens=s, batch_size=b
+            )
+        )
     return Training(
         mode=req.mode,
         optimizer=req.optimizer,
         trainable_params=trainable,
         lora_rank=req.lora_rank if req.mode != "full" else None,
         lora_targets=sorted({m.rsplit(".", 1)[-1] for m in targets}) if targets else None,
-        sequence_length=s,
-        batch=b,
+        sequence_tokens=s,
+        batch_size=b,
         gradient_checkpointing=req.gradient_checkpointing,
         components=components,
         activation_formula=formula,
-        total_bytes=sum(c.bytes for c in components),
+        total_bytes=sum(c.size_bytes for c in components),
     )

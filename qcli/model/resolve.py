@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from qcli.errors import UsageError
+from qcli.model.demo import DEMO_CONFIG, DEMO_NAME
 
-DEMO_NAME = "demo"
 _HUB_ID = r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$"
 
 
@@ -91,8 +91,6 @@ def _local_stored(directory: Path) -> dict[str, int]:
 def resolve(model: str, revision: str | None = None, read_safetensors: bool = True) -> ModelSource:
     """Return the ModelSource for a local dir, a config.json path, `demo`, or a hub id."""
     if model == DEMO_NAME:
-        from qcli.demo import DEMO_CONFIG
-
         return ModelSource(name=DEMO_NAME, config=dict(DEMO_CONFIG))
     path = Path(model).expanduser()
     if path.is_file():

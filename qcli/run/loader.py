@@ -8,19 +8,35 @@ import logging
 import re
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from qcli.errors import RunError, UsageError
-from qcli.presets import Preset, load_preset
-from qcli.report import Generation, LoadReport
+from qcli.model.demo import DEMO_NAME, DEMO_PROMPT
+from qcli.model.describe import from_config
+from qcli.model.resolve import ModelSource, resolve
+from qcli.model.spec import ModelSpec
+from qcli.plan.estimate import preset_plan
+from qcli.plan.formats import parse_load_dtype
+from qcli.plan.planner import quantized_tensors
+from qcli.plan.presets import Preset, load_preset
+from qcli.results import Generation, LoadReport, Plan
+from qcli.run.demo import ensure_demo
+from qcli.run.measure import census, cuda_memory, reset_cuda_peaks, rss_bytes, tensor_memory
+from qcli.units import parse_bytes
+
+DEFAULT_PRESET = "qlora"
+DEFAULT_MAX_NEW_TOKENS = 16
+DEFAULT_PROMPT = DEMO_PROMPT  # what verify and compare prompt with when not told
 
 
 @dataclass
 class LoadOptions:
+    """Everything a load takes; the defaults here are the only ones (flags left unset are None)."""
+
     model: str
-    preset: str = "qlora"
+    preset: str = DEFAULT_PRESET
     sets: list[str] = field(default_factory=list)
     device: str = "auto"
     device_map: str | None = None
@@ -29,8 +45,47 @@ class LoadOptions:
     revision: str | None = None
     trust_remote_code: bool = False
     prompt: str | None = None
-    max_new_tokens: int = 16
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     progress: bool = False
+
+    @classmethod
+    def from_cli(cls, **given: Any) -> LoadOptions:
+        """Return options from the CLI's keyword arguments: None means "not given" and keeps the default."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in given.items() if k in names and v is not None})
+
+
+@dataclass
+class Prepared:
+    """A model resolved once and described once, with the preset and dtype the load will use."""
+
+    source: ModelSource
+    spec: ModelSpec | None  # None when qcli cannot describe the architecture
+    preset: Preset
+    dtype: str
+    plan: Plan | None  # the estimate for exactly this load (same spec, preset and dtype)
+    quantizable: list[str]  # weight tensors bitsandbytes will quantize, by the same rules as the plan
+
+
+def prepare(opts: LoadOptions) -> Prepared:
+    """Return the resolved model, its description, the preset and the matching estimate; no torch."""
+    preset = load_preset(opts.preset, opts.sets)
+    dtype = parse_load_dtype(opts.dtype) or preset.dtype
+    source = resolve(opts.model, opts.revision, read_safetensors=False)  # bad paths: exit 2 before any load
+    if source.local_dir is not None and Path(opts.model).is_file():
+        raise UsageError(f"{opts.model}: load needs the model directory, not its config.json")
+    spec: ModelSpec | None
+    try:
+        spec = from_config(source.config, trust_remote_code=opts.trust_remote_code)
+    except UsageError:
+        spec = None
+    plan, quantizable = None, []
+    if spec is not None:
+        plan = preset_plan(spec, preset, dtype)
+        fmt = preset.weight_format()
+        if fmt.kind != "dense":
+            quantizable = sorted(quantized_tensors(spec, fmt, preset.skip_modules))
+    return Prepared(source, spec, preset, dtype, plan, quantizable)
 
 
 @dataclass
@@ -84,8 +139,6 @@ def parse_max_memory(text: str | None) -> dict[int | str, str] | None:
     """Return accelerate's max_memory from '0=20GiB,cpu=64GiB'."""
     if not text:
         return None
-    from qcli.units import parse_bytes
-
     out: dict[int | str, str] = {}
     for part in text.split(","):
         key, sep, size = part.partition("=")
@@ -97,20 +150,13 @@ def parse_max_memory(text: str | None) -> dict[int | str, str] | None:
     return out
 
 
-def model_path(model: str, revision: str | None) -> str:
+def model_path(source: ModelSource) -> str:
     """Return the local path or hub id to load; `demo` is built on first use."""
-    from qcli.hub import DEMO_NAME, resolve
-
-    if model == DEMO_NAME:
-        from qcli.demo import ensure_demo
-
+    if source.name == DEMO_NAME:
         return str(ensure_demo())
-    source = resolve(model, revision, read_safetensors=False)  # bad paths and missing configs: exit 2
     if source.local_dir is not None:
-        if Path(model).is_file():
-            raise UsageError(f"{model}: load needs the model directory, not its config.json")
         return str(source.local_dir)
-    return model
+    return source.hub_id or source.name
 
 
 def _error_for(exc: BaseException, opts: LoadOptions) -> RunError:
@@ -133,13 +179,11 @@ def _error_for(exc: BaseException, opts: LoadOptions) -> RunError:
     )
 
 
-def load(opts: LoadOptions, preset: Preset | None = None) -> Loaded:
-    """Return the model loaded with the preset on the chosen device."""
-    preset = preset or load_preset(opts.preset, opts.sets)
-    if opts.dtype:
-        preset = preset.model_copy(update={"dtype": Preset.model_validate({"name": "x", "dtype": opts.dtype}).dtype})
+def load(opts: LoadOptions, prepared: Prepared) -> Loaded:
+    """Return the model loaded with the prepared preset and dtype on the chosen device."""
+    preset = prepared.preset
     max_memory = parse_max_memory(opts.max_memory)
-    path = model_path(opts.model, opts.revision)
+    path = model_path(prepared.source)
     quiet_libraries(opts.progress)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -153,7 +197,7 @@ def load(opts: LoadOptions, preset: Preset | None = None) -> Loaded:
     else:
         device_map = {"": device}
     kwargs: dict[str, Any] = {
-        "dtype": getattr(torch, preset.dtype),
+        "dtype": getattr(torch, prepared.dtype),
         "device_map": device_map,
         "revision": opts.revision,
         "trust_remote_code": opts.trust_remote_code,
@@ -163,8 +207,6 @@ def load(opts: LoadOptions, preset: Preset | None = None) -> Loaded:
         kwargs["quantization_config"] = bnb
     if max_memory:
         kwargs["max_memory"] = max_memory
-    from qcli.measure import reset_cuda_peaks
-
     reset_cuda_peaks()
     start = time.perf_counter()
     try:
@@ -205,7 +247,7 @@ def generate(loaded: Loaded, prompt: str, max_new_tokens: int) -> Generation:
     seconds = time.perf_counter() - start
     new = out[0][inputs["input_ids"].shape[1] :]
     text = loaded.tokenizer.decode(new, skip_special_tokens=True)
-    return Generation(prompt=prompt, text=text, new_tokens=int(new.numel()), seconds=round(seconds, 4))
+    return Generation(prompt=prompt, text=text, new_tokens=int(new.numel()), generate_seconds=round(seconds, 4))
 
 
 def versions() -> dict[str, str]:
@@ -218,56 +260,34 @@ def versions() -> dict[str, str]:
     return out
 
 
-def estimate_for(model: str, preset: str, sets: list[str], revision: str | None) -> int | None:
-    """Return `qcli estimate`'s weight bytes for the same model and preset (None if it cannot tell)."""
-    from qcli.estimate import EstimateOptions, run_estimate
-
-    try:
-        return run_estimate(EstimateOptions(model=model, preset=preset, sets=sets, revision=revision)).weight_bytes
-    except UsageError:
-        return None
-
-
 def load_report(opts: LoadOptions) -> tuple[LoadReport, Loaded]:
     """Return the load report (and the loaded model) for `qcli load`."""
-    from qcli.measure import census, cuda_memory, rss_bytes, tensor_memory
-
-    preset = load_preset(opts.preset, opts.sets)
-    estimate = estimate_for(opts.model, opts.preset, opts.sets, opts.revision)
-    loaded = load(opts, preset)
+    prepared = prepare(opts)
+    loaded = load(opts, prepared)
     model = loaded.model
     total, by_kind, _ = tensor_memory(model)
-    spec = None
-    with contextlib.suppress(Exception):
-        from qcli.hub import resolve
-        from qcli.modelspec import from_config
-
-        spec = from_config(resolve(loaded.path, read_safetensors=False).config)
-    quantizable = []
-    if spec is not None:
-        from qcli.planner import quantized_tensors
-
-        fmt = preset.weight_format()
-        if fmt.kind != "dense":
-            quantizable = sorted(quantized_tensors(spec, fmt, preset.skip_modules))
+    estimate = prepared.plan.weight_bytes if prepared.plan else None
+    preset = prepared.preset
     report = LoadReport(
         model=opts.model,
         preset=preset.name,
         device=loaded.device,
-        dtype=preset.dtype,
+        dtype=prepared.dtype,
         quantization=preset.bnb_kwargs(),
         memory_bytes=total,
-        memory_breakdown=by_kind,
+        memory_bytes_by_kind=by_kind,
         footprint_bytes=int(model.get_memory_footprint()),
         estimate_bytes=estimate,
-        estimate_error_pct=round((estimate - total) / total * 100, 4) if estimate else None,
+        estimate_error_percent=round((estimate - total) / total * 100, 4) if estimate else None,
         load_seconds=round(loaded.load_seconds, 4),
         cuda=cuda_memory(),
         rss_bytes=rss_bytes(),
-        census=census(model, quantizable),
+        census=census(model, prepared.quantizable),
         versions=versions(),
         notes=list(loaded.notes),
     )
+    if prepared.spec is None:
+        report.notes.append("qcli cannot describe this architecture: no estimate to compare with")
     if report.census.offloaded:
         report.notes.append(f"{len(report.census.offloaded)} module(s) offloaded to CPU/disk: slow and not on the GPU")
     if opts.prompt:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from qcli.errors import UsageError
-from qcli.modelspec import AttentionShape, ModelSpec, Role, TensorSpec, cfg_int
+from qcli.model.spec import AttentionShape, ModelSpec, Role, TensorSpec, cfg_int
 
 Cfg = dict[str, Any]
 
@@ -39,6 +39,12 @@ class _Builder:
         self.add(f"{name}.weight", (size,), "norm")
         if bias:
             self.add(f"{name}.bias", (size,), "bias")
+
+
+def config_dtype(cfg: Cfg) -> str | None:
+    """Return the checkpoint's dtype from config.json (`dtype`, or transformers 4's `torch_dtype`)."""
+    value = cfg.get("dtype") or cfg.get("torch_dtype")
+    return value.removeprefix("torch.") if isinstance(value, str) else None
 
 
 def _head_dim(cfg: Cfg) -> int:

@@ -13,32 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from qcli.model.demo import DEMO_CONFIG, DEMO_VERSION, DEMO_VOCAB
 from qcli.resources import data_text
 
-DEMO_VERSION = 1
-DEMO_VOCAB = 512
-# Every linear has >= 32768 elements, so double quantization saves bytes on each (it costs
-# 1,092 bytes of per-tensor constants and saves 3 bytes per 64 weights).
-DEMO_CONFIG: dict[str, Any] = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "vocab_size": DEMO_VOCAB,
-    "hidden_size": 256,
-    "intermediate_size": 704,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 512,
-    "tie_word_embeddings": False,
-    "rms_norm_eps": 1e-5,
-    "rope_theta": 10000.0,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "pad_token_id": 0,
-    "dtype": "float32",
-}
-DEMO_PROMPT = "The capital of France is"
-DEMO_EXPECT = "Paris"
 TRAIN_STEPS = 120
 TRAIN_SEQ = 64
 

@@ -9,27 +9,39 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from qcli.errors import UsageError
-from qcli.presets import load_preset
-from qcli.report import CompareReport, CompareRow
+from qcli.model.resolve import resolve
+from qcli.plan.presets import load_preset
 from qcli.resources import data_text
+from qcli.results import CompareReport, CompareRow
+from qcli.run.loader import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, resolve_device
+from qcli.run.quality import agreement_and_kl
 
 
 @dataclass
 class CompareOptions:
+    """Everything compare takes; the defaults here are the only ones (flags left unset are None)."""
+
     model: str
-    presets: list[str]
+    presets: list[str] = field(default_factory=lambda: ["bf16", "int8", "nf4", "qlora"])
     reference: str | None = None
     device: str = "auto"
     text: str | None = None
-    prompt: str = "The capital of France is"
-    max_new_tokens: int = 16
+    prompt: str = DEFAULT_PROMPT
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     timeout_seconds: float = 1800
     speed: bool = True
     inject_failure: set[str] = field(default_factory=set)  # tests: presets whose worker must fail
+
+    @classmethod
+    def from_cli(cls, **given: Any) -> CompareOptions:
+        """Return options from the CLI's keyword arguments: None means "not given" and keeps the default."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in given.items() if k in names and v is not None})
 
 
 def validate(opts: CompareOptions) -> tuple[list[str], str, str]:
@@ -53,9 +65,7 @@ def validate(opts: CompareOptions) -> tuple[list[str], str, str]:
             raise UsageError(f"--text {opts.text!r} is empty")
     else:
         text = data_text("sample.txt")
-    from qcli.loader import model_path, resolve_device
-
-    model_path(opts.model, None)  # a missing model is bad input before any preset runs
+    resolve(opts.model, read_safetensors=False)  # a missing model is bad input before any preset runs
     resolve_device(opts.device)
     return presets, reference, text
 
@@ -63,8 +73,6 @@ def validate(opts: CompareOptions) -> tuple[list[str], str, str]:
 def run_compare(opts: CompareOptions, progress: Callable[[str], None] | None = None) -> CompareReport:
     """Return the comparison; a preset that fails gets its error in its row and the others still run."""
     import torch
-
-    from qcli.quality import agreement_and_kl
 
     presets, reference, text = validate(opts)
     rows: dict[str, CompareRow] = {}
@@ -91,7 +99,7 @@ def run_compare(opts: CompareOptions, progress: Callable[[str], None] | None = N
             spec_path.write_text(json.dumps(spec))
             try:
                 subprocess.run(
-                    [sys.executable, "-m", "qcli.worker", str(spec_path)],
+                    [sys.executable, "-m", "qcli.run.worker", str(spec_path)],
                     capture_output=True,
                     timeout=opts.timeout_seconds,
                     check=False,
@@ -117,7 +125,7 @@ def run_compare(opts: CompareOptions, progress: Callable[[str], None] | None = N
         if preset == reference:
             row.top1_agreement, row.kl_divergence = 1.0, 0.0
         if ref.memory_bytes and row.memory_bytes:
-            row.memory_saved_x = round(ref.memory_bytes / row.memory_bytes, 4)
+            row.memory_saved_ratio = round(ref.memory_bytes / row.memory_bytes, 4)
         if ref.perplexity is not None and row.perplexity is not None:
             row.delta_perplexity = row.perplexity - ref.perplexity
     report = CompareReport(
@@ -132,61 +140,3 @@ def run_compare(opts: CompareOptions, progress: Callable[[str], None] | None = N
     if rows[reference].error:
         report.notes.append(f"the reference {reference} failed: no agreement or KL figures")
     return report
-
-
-def to_csv(report: CompareReport, path: str) -> None:
-    import csv
-
-    fields = [f for f in CompareRow.model_fields if f != "continuation"]
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        for row in report.results:
-            writer.writerow({f: getattr(row, f) for f in fields})
-
-
-def to_markdown(report: CompareReport) -> str:
-    def fmt(v: object, spec: str = "") -> str:
-        return "—" if v is None else format(v, spec)
-
-    lines = [
-        f"# qcli compare: {report.model} on {report.device}",
-        "",
-        f"Reference: {report.reference}. Text: {report.text} ({report.scored_tokens} scored tokens). "
-        f"Speed: {report.speed_method}.",
-        "",
-        "| preset | memory (MiB) | saved × | estimate error % | load s | prefill s | decode tok/s | perplexity "
-        "| Δ ppl | top-1 agreement | KL | error |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in report.results:
-        mem = None if r.memory_bytes is None else r.memory_bytes / 2**20
-        lines.append(
-            f"| {r.preset} | {fmt(mem, ',.2f')} | {fmt(r.memory_saved_x, '.2f')} | "
-            f"{fmt(r.estimate_error_pct, '+.3f')} | {fmt(r.load_seconds, '.2f')} | "
-            f"{fmt(r.prefill_seconds, '.4f')} | {fmt(r.tokens_per_second, '.1f')} | {fmt(r.perplexity, '.3f')}"
-            f" | {fmt(r.delta_perplexity, '+.3f')} | {fmt(r.top1_agreement, '.3f')} | "
-            f"{fmt(r.kl_divergence, '.4f')} | {r.error or ''} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def plot(report: CompareReport, path: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UsageError("--plot needs matplotlib", "pip install 'qcli[plot]'") from None
-    rows = [r for r in report.results if r.memory_bytes and r.perplexity is not None]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter([r.memory_bytes / 2**20 for r in rows], [r.perplexity for r in rows])
-    for r in rows:
-        ax.annotate(r.preset, (r.memory_bytes / 2**20, r.perplexity))
-    ax.set_xlabel("memory (MiB, all tensors)")
-    ax.set_ylabel("perplexity")
-    ax.set_title(f"{report.model}: memory vs quality")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -9,11 +9,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from qcli.errors import UsageError
-from qcli.formats import Format, dtype_bytes, storage_parts
-from qcli.gpus import Device
-from qcli.modelspec import ModelSpec, TensorSpec
-from qcli.report import Component, DeviceFit, Plan
-from qcli.training import TrainingRequest, training_state
+from qcli.model.spec import GROUP_OF_ROLE, ModelSpec, TensorSpec
+from qcli.plan.formats import Format, dtype_bytes, storage_parts
+from qcli.plan.gpus import Device
+from qcli.plan.training import TrainingRequest, training_state
+from qcli.results import Component, DeviceFit, Plan
 from qcli.units import MIB
 
 # The CUDA context (driver, kernels, cuBLAS workspace) never shows in torch's counters: 300-700 MiB
@@ -31,7 +31,7 @@ class PlanRequest:
 
     fmt: Format  # storage of quantizable linear weights
     load_dtype: str  # every tensor that stays unquantized
-    label: str
+    preset: str | None = None  # the preset's name, when the plan follows one
     skip_modules: list[str] | None = None  # llm_int8_skip_modules: replaces transformers' default list
     context: int | None = None
     batch: int = 1
@@ -39,6 +39,7 @@ class PlanRequest:
     training: TrainingRequest | None = None
     devices: list[Device] = field(default_factory=list)
     cuda_context_bytes: int = DEFAULT_CUDA_CONTEXT_BYTES
+    cuda_context_given: bool = False  # False: the default above, not a measurement
     margin_fraction: float = DEFAULT_MARGIN_FRACTION
 
 
@@ -87,23 +88,21 @@ def quantized_tensors(spec: ModelSpec, fmt: Format, skip_modules: list[str] | No
     }
 
 
+ComponentKey = tuple[str, str | None, str | None, str | None]  # kind, group, dtype, format
+
+
 def tensor_parts(
-    t: TensorSpec, fmt: Format, load_dtype: str, quantized: set[str], prefix: str = ""
-) -> list[tuple[str, int]]:
-    """Return the (component, bytes) parts one tensor occupies."""
+    t: TensorSpec, fmt: Format, load_dtype: str, quantized: set[str]
+) -> list[tuple[ComponentKey, int]]:
+    """Return the ((kind, group, dtype, format), bytes) parts one tensor occupies."""
     if t.name in quantized:
-        return [(f"{prefix}{name}", size) for name, size in storage_parts(fmt, t.numel, t.rows)]
+        group = "quantized_linear" if fmt.kind != "dense" else GROUP_OF_ROLE[t.role]
+        dtype = fmt.dtype if fmt.kind == "dense" else None
+        fkey = fmt.key if fmt.kind != "dense" else None
+        return [((kind, group, dtype, fkey), size) for kind, size in storage_parts(fmt, t.numel, t.rows)]
     dtype = t.dtype or load_dtype
-    what = {
-        "linear": "linears kept unquantized",
-        "linear_subclass": "linears kept unquantized",
-        "embedding": "embeddings",
-        "lm_head": "lm_head",
-        "experts": "MoE experts (fused, not quantized)",
-        "router": "MoE routers",
-        "buffer": "buffers",
-    }.get(t.role, "norms, biases, other")
-    return [(f"{what} ({dtype})", t.numel * dtype_bytes(dtype))]
+    group = "linear_unquantized" if t.role == "linear" else GROUP_OF_ROLE[t.role]
+    return [(("weights", group, dtype, None), t.numel * dtype_bytes(dtype))]
 
 
 def _block_of(t: TensorSpec, seen_layers: bool) -> str:
@@ -117,32 +116,40 @@ def _block_of(t: TensorSpec, seen_layers: bool) -> str:
 class WeightLayout:
     """Weights broken down by component and by placement block, computed once per format."""
 
-    components: dict[str, int]
+    components: list[Component]
     blocks: dict[str, int]  # block -> weight bytes, in module order
     quantized: set[str]
+    quantized_params: int
 
     @property
     def total(self) -> int:
-        return sum(self.components.values())
+        return sum(c.size_bytes for c in self.components)
 
 
 def weight_layout(spec: ModelSpec, fmt: Format, load_dtype: str, skip_modules: list[str] | None) -> WeightLayout:
     """Return the weight bytes of a model in a format, per component and per block."""
     quantized = quantized_tensors(spec, fmt, skip_modules)
-    prefix = "" if spec.source == "params" else ("linear " if fmt.kind == "dense" else "quantized linears: ")
-    components: dict[str, int] = defaultdict(int)
+    sizes: dict[ComponentKey, int] = defaultdict(int)
+    params: dict[ComponentKey, int] = defaultdict(int)
     blocks: dict[str, int] = {}
     seen_layers = False
     for t in spec.tensors:
         block = _block_of(t, seen_layers)
         seen_layers = seen_layers or block.startswith("layer")
-        for name, size in tensor_parts(t, fmt, load_dtype, quantized, prefix):
-            components[name] += size
+        for i, (key, size) in enumerate(tensor_parts(t, fmt, load_dtype, quantized)):
+            sizes[key] += size
+            if i == 0 and t.role != "buffer":  # a tensor's elements are counted on its first part
+                params[key] += t.numel
             blocks[block] = blocks.get(block, 0) + size
     # The output head runs last: with tied weights it shares the embeddings' block.
     if "head" in blocks:
         blocks["head"] = blocks.pop("head")
-    return WeightLayout(dict(components), blocks, quantized)
+    components = [
+        Component(kind=k[0], group=k[1], dtype=k[2], format=k[3], size_bytes=size, num_params=params.get(k) or None)
+        for k, size in sizes.items()
+    ]
+    qparams = sum(t.numel for t in spec.tensors if t.name in quantized) if fmt.kind != "dense" else 0
+    return WeightLayout(components, blocks, quantized, qparams)
 
 
 def kv_per_layer(spec: ModelSpec, context: int, batch: int, kv_dtype: str) -> list[int]:
@@ -199,7 +206,7 @@ def place(
 def build_plan(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None = None) -> Plan:
     """Return the full plan of one model under one request."""
     layout = layout or weight_layout(spec, req.fmt, req.load_dtype, req.skip_modules)
-    components = [Component(name=k, bytes=v) for k, v in layout.components.items()]
+    components = list(layout.components)
     blocks = dict(layout.blocks)
     kv_total: int | None = None
     kv_dtype = req.kv_dtype or req.load_dtype
@@ -207,7 +214,14 @@ def build_plan(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None = 
         per_layer = kv_per_layer(spec, req.context, req.batch, kv_dtype)
         kv_total = sum(per_layer)
         components.append(
-            Component(name=f"KV cache ({kv_dtype}, {req.context} tokens × batch {req.batch})", bytes=kv_total)
+            Component(
+                kind="kv_cache",
+                dtype=kv_dtype,
+                size_bytes=kv_total,
+                context_tokens=req.context,
+                batch_size=req.batch,
+                source="formula",
+            )
         )
         layer_blocks = [b for b in blocks if b.startswith("layer")]
         for b, kv in zip(layer_blocks, per_layer, strict=False):
@@ -221,12 +235,14 @@ def build_plan(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None = 
         for b in layer_blocks:
             blocks[b] += share
         blocks[layer_blocks[-1]] += training.total_bytes - share * len(layer_blocks)
-    total = sum(c.bytes for c in components)
+    total = sum(c.size_bytes for c in components)
     params = spec.params
     plan = Plan(
         format=req.fmt.key,
-        label=req.label,
-        params=params,
+        preset=req.preset,
+        load_dtype=req.load_dtype,
+        total_params=params,
+        quantized_params=layout.quantized_params,
         bits_per_param=round(layout.total * 8 / params, 4) if params else 0.0,
         weight_bytes=layout.total,
         total_bytes=total,
@@ -234,35 +250,23 @@ def build_plan(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None = 
         kv_cache_bytes=kv_total,
         training=training,
     )
+    context_source = "given" if req.cuda_context_given else "default"
     if req.devices:
         fits, offloaded = place(blocks, req.devices, req.cuda_context_bytes, req.margin_fraction)
         used = [f for f in fits if f.assigned_bytes] or fits[:1]
         plan.devices = fits
-        plan.overheads = [
-            Component(
-                name=f"CUDA context ({len(used)} × {req.cuda_context_bytes // MIB} MiB, default, not counted by torch)",
-                bytes=req.cuda_context_bytes * len(used),
-            ),
-            Component(
-                name=f"allocator margin ({req.margin_fraction:.0%} of tensor bytes)",
-                bytes=sum(f.overhead_bytes for f in used) - req.cuda_context_bytes * len(used),
-            ),
-        ]
-        plan.overhead_bytes = sum(c.bytes for c in plan.overheads)
+        context_bytes = req.cuda_context_bytes * len(used)
+        margin_bytes = sum(f.overhead_bytes for f in used) - context_bytes
         plan.offloaded_bytes = offloaded
         plan.fits = offloaded == 0 and all(f.fits for f in used)
     else:
-        plan.overheads = [
-            Component(
-                name=f"CUDA context ({req.cuda_context_bytes // MIB} MiB, default, not counted by torch)",
-                bytes=req.cuda_context_bytes,
-            ),
-            Component(
-                name=f"allocator margin ({req.margin_fraction:.0%} of tensor bytes)",
-                bytes=int(total * req.margin_fraction),
-            ),
-        ]
-        plan.overhead_bytes = sum(c.bytes for c in plan.overheads)
+        context_bytes = req.cuda_context_bytes
+        margin_bytes = int(total * req.margin_fraction)
+    plan.overheads = [
+        Component(kind="cuda_context", size_bytes=context_bytes, source=context_source),
+        Component(kind="allocator_margin", size_bytes=margin_bytes, source=f"{req.margin_fraction:g} of tensor bytes"),
+    ]
+    plan.overhead_bytes = context_bytes + margin_bytes
     plan.required_bytes = total + plan.overhead_bytes
     return plan
 

@@ -7,31 +7,24 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree as ET
 
-from pydantic import BaseModel, Field
-
-from qcli import checks
-from qcli.checks import CheckResult
 from qcli.errors import RunError, UsageError
-from qcli.loader import LoadOptions, load_report
-from qcli.presets import load_preset
-from qcli.report import LoadReport
+from qcli.plan.presets import load_preset
 from qcli.resources import data_text
-
-
-class VerifyReport(BaseModel):
-    passed: bool
-    checks: list[CheckResult]
-    load: LoadReport | None = Field(default=None, description="the load report fields")
-    error: str | None = None
+from qcli.results import CheckResult, VerifyReport
+from qcli.run import checks
+from qcli.run.loader import DEFAULT_PROMPT, LoadOptions, load_report
+from qcli.run.quality import agreement_and_kl, perplexity_and_logprobs, token_ids
+from qcli.units import parse_bytes
 
 
 @dataclass
 class VerifyOptions:
+    """Everything verify takes besides the load; the defaults here are the only ones."""
+
     load: LoadOptions
     expect: str | None = None
     budget: str | None = None
@@ -40,6 +33,12 @@ class VerifyOptions:
     min_agreement: float = 0.9
     max_kl: float = 0.1
     allow_offload: bool = False
+
+    @classmethod
+    def from_cli(cls, **given: Any) -> VerifyOptions:
+        """Return options from the CLI's keyword arguments: None means "not given" and keeps the default."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in given.items() if k in names and v is not None})
 
 
 def parse_tolerance(text: str) -> float:
@@ -70,7 +69,7 @@ def _reference_logprobs(opts: VerifyOptions, text: str) -> Any:
         }
         (Path(tmp) / "spec.json").write_text(json.dumps(spec))
         subprocess.run(
-            [sys.executable, "-m", "qcli.worker", str(Path(tmp) / "spec.json")],
+            [sys.executable, "-m", "qcli.run.worker", str(Path(tmp) / "spec.json")],
             capture_output=True,
             check=False,
             env=dict(os.environ),
@@ -82,15 +81,13 @@ def _reference_logprobs(opts: VerifyOptions, text: str) -> Any:
 
 
 def run_verify(opts: VerifyOptions) -> VerifyReport:
-    from qcli.units import parse_bytes
-
     tolerance = parse_tolerance(opts.tolerance)
     budget_bytes = parse_bytes(opts.budget, "--budget") if opts.budget else None
     preset = load_preset(opts.load.preset, opts.load.sets)
     if opts.reference:
         load_preset(opts.reference)
     if opts.load.prompt is None:
-        opts.load.prompt = "The capital of France is"
+        opts.load.prompt = DEFAULT_PROMPT
     results: list[CheckResult] = []
     try:
         report, loaded = load_report(opts.load)
@@ -111,34 +108,9 @@ def run_verify(opts: VerifyOptions) -> VerifyReport:
     gen = report.generation
     results.append(checks.generation(gen.text if gen else "", gen.new_tokens if gen else 0, opts.expect))
     if opts.reference:
-        from qcli.quality import agreement_and_kl, perplexity_and_logprobs, token_ids
-
         text = data_text("sample.txt")
         _, logp = perplexity_and_logprobs(loaded.model, token_ids(loaded.tokenizer, text), loaded.device)
         agree, kl = agreement_and_kl(_reference_logprobs(opts, text), logp)
         results.append(checks.reference(agree, kl, opts.min_agreement, opts.max_kl, opts.reference))
     results.extend(checks.dtype_warnings(preset, loaded.device))
     return VerifyReport(passed=all(c.passed for c in results), checks=results, load=report)
-
-
-def write_junit(report: VerifyReport, path: str, name: str) -> None:
-    """Write JUnit XML: one testcase per check, failures as <failure>, warnings as system-out."""
-    failures = sum(not c.passed for c in report.checks)
-    suite = ET.Element(
-        "testsuite",
-        name=f"qcli verify {name}",
-        tests=str(len(report.checks)),
-        failures=str(failures),
-        errors="0",
-        skipped="0",
-    )
-    for c in report.checks:
-        case = ET.SubElement(suite, "testcase", classname="qcli.verify", name=c.name)
-        if not c.passed:
-            ET.SubElement(case, "failure", message=c.detail).text = c.detail
-        else:
-            ET.SubElement(case, "system-out").text = ("warning: " if c.warning else "") + c.detail
-    root = ET.Element("testsuites")
-    root.append(suite)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)

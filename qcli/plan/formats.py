@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import ceil
-from typing import Literal
+from typing import Literal, get_args
 
 from qcli.errors import UsageError
 
@@ -19,6 +19,9 @@ DTYPE_BYTES: dict[str, int] = {
     "int8": 1, "uint8": 1, "int32": 4, "int64": 8, "bool": 1,
     "float8_e4m3fn": 1, "float8_e5m2": 1,
 }  # fmt: skip
+# The dtypes a model can be loaded in (`--dtype`, a preset's `dtype`, 4-bit compute): the one list.
+LoadDtype = Literal["float32", "float16", "bfloat16"]
+LOAD_DTYPES: tuple[str, ...] = get_args(LoadDtype)
 DTYPE_ALIASES: dict[str, str] = {
     "fp32": "float32", "float": "float32", "float32": "float32",
     "fp16": "float16", "half": "float16", "float16": "float16",
@@ -36,6 +39,8 @@ OFFSET_BYTES = 4  # fp32 mean subtracted from absmax before the nested quantizat
 SCB_BYTES_PER_ROW = 4  # LLM.int8: one fp32 scale per output row (Int8Params.SCB)
 
 FormatKind = Literal["dense", "int8", "4bit"]
+# (component kind, bytes): the kinds are qcli.results.ComponentKind values.
+Part = tuple[str, int]
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,8 @@ NF4 = Format("nf4", "4bit")
 FP4 = Format("fp4", "4bit")
 NF4_DQ = Format("nf4", "4bit", double_quant=True)
 
+DENSE_FORMATS: dict[str, Format] = {"float32": FP32, "float16": FP16, "bfloat16": BF16}
+
 # The rows of `qcli estimate` without --bits: one per distinct storage cost.
 COMPARISON_FORMATS: tuple[Format, ...] = (FP32, BF16, INT8, NF4, NF4_DQ)
 
@@ -108,30 +115,29 @@ def normalize_dtype(name: str) -> str:
     return DTYPE_ALIASES.get(name.strip().lower().removeprefix("torch."), name.strip().removeprefix("torch."))
 
 
-def storage_parts(fmt: Format, numel: int, out_features: int) -> list[tuple[str, int]]:
-    """Return the named parts (name, bytes) that one weight tensor of `numel` elements occupies.
+def storage_parts(fmt: Format, numel: int, out_features: int) -> list[Part]:
+    """Return the (component kind, bytes) parts one weight tensor of `numel` elements occupies.
 
-    `out_features` is the number of rows (needed for int8's per-row scales).
+    `out_features` is the number of rows (needed for int8's per-row scales). Each part is one tensor
+    bitsandbytes allocates, except `quant_nested_code`, which is the 256-entry map and the offset.
     """
     if numel <= 0:
         return []
     if fmt.kind == "dense":
-        return [(f"weights ({fmt.name})", numel * dtype_bytes(fmt.dtype or "float32"))]
+        return [("weights", numel * dtype_bytes(fmt.dtype or "float32"))]
     if fmt.kind == "int8":
-        return [
-            ("int8 weights", numel),
-            ("row scales (fp32 SCB, per output row)", SCB_BYTES_PER_ROW * out_features),
-        ]
+        # Linear8bitLt: int8 weight + Int8Params.SCB, one fp32 scale per output row.
+        return [("int8_weights", numel), ("int8_row_scales", SCB_BYTES_PER_ROW * out_features)]
     blocks = ceil(numel / BLOCKSIZE_4BIT)
-    packed = ("packed 4-bit weights", ceil(numel / 2))
-    code = ("4-bit code (16 fp32, per tensor)", CODE_4BIT_BYTES)
+    packed = ("quant_packed_weights", ceil(numel / 2))  # two 4-bit values per uint8
+    code = ("quant_code", CODE_4BIT_BYTES)
     if not fmt.double_quant:
-        return [packed, ("absmax (fp32, per 64-block)", 4 * blocks), code]
+        return [packed, ("quant_absmax", 4 * blocks), code]  # fp32 absmax per 64-block
     return [
         packed,
-        ("absmax (uint8, per 64-block)", blocks),
-        ("nested absmax (fp32, per 256 absmax)", 4 * ceil(blocks / NESTED_BLOCKSIZE)),
-        ("nested code + offset (257 fp32, per tensor)", NESTED_CODE_BYTES + OFFSET_BYTES),
+        ("quant_absmax", blocks),  # absmax quantized to uint8
+        ("quant_nested_absmax", 4 * ceil(blocks / NESTED_BLOCKSIZE)),  # fp32 per 256 absmax
+        ("quant_nested_code", NESTED_CODE_BYTES + OFFSET_BYTES),  # 256 fp32 map + fp32 offset, per tensor
         code,
     ]
 
@@ -139,3 +145,13 @@ def storage_parts(fmt: Format, numel: int, out_features: int) -> list[tuple[str,
 def storage_bytes(fmt: Format, numel: int, out_features: int) -> int:
     """Return the exact bytes one weight tensor occupies in `fmt`."""
     return sum(size for _, size in storage_parts(fmt, numel, out_features))
+
+
+def parse_load_dtype(name: str | None, flag: str = "--dtype") -> str | None:
+    """Return the torch dtype name of a load dtype given as fp16/half/bfloat16/torch.float32…, or None."""
+    if name is None:
+        return None
+    dtype = normalize_dtype(name)
+    if dtype not in LOAD_DTYPES:
+        raise UsageError(f"{flag} {name!r} is not a load dtype", f"use one of {', '.join(LOAD_DTYPES)}")
+    return dtype

@@ -7,7 +7,8 @@ import os
 from collections import Counter, defaultdict
 from typing import Any
 
-from qcli.report import Census, CudaMemory
+from qcli.plan.formats import Format
+from qcli.results import Census, CudaMemory
 
 
 def _quant_state_tensors(weight: Any) -> list[tuple[str, Any]]:
@@ -76,7 +77,7 @@ def census(model: Any, quantizable_names: list[str]) -> Census:
         if kind == "Linear4bit":
             counts["4bit"] += 1
             st = module.weight.quant_state  # read at load: bnb's CPU path repacks it after a forward
-            qtypes[f"{st.quant_type}+dq" if st.nested else st.quant_type] += 1
+            qtypes[Format(st.quant_type, "4bit", double_quant=bool(st.nested)).key] += 1
             cdtypes[str(module.compute_dtype).removeprefix("torch.")] += 1
         elif kind == "Linear8bitLt":
             counts["8bit"] += 1
@@ -97,11 +98,13 @@ def census(model: Any, quantizable_names: list[str]) -> Census:
         linear_unquantized=counts["linear"],
         quantizable_linears=len(quantizable_names),
         unquantized_modules=unquantized,
-        kept_dtypes=dict(kept),
-        placement=placement,
+        kept_params_by_dtype=dict(kept),
+        placement_bytes_by_device=placement,
         device_map={k: str(v) for k, v in device_map.items()} if device_map else None,
         offloaded=offloaded,
         meta_tensors=meta,
+        linear4bit_by_quant_type=dict(qtypes),
+        linear4bit_by_compute_dtype=dict(cdtypes),
     )
 
 

@@ -1,19 +1,44 @@
-"""Rich views of the result objects. Nothing is computed here but unit conversions."""
+"""Rich views of the result objects. Nothing is computed here but unit conversions and labels; every
+string a user or a model supplied (paths, preset names, prompts, generated text) is escaped."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 
+from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from qcli.report import EstimateReport, Plan
+from qcli.output.labels import GROUP_LABELS, component_label, format_label
+from qcli.results import CompareReport, EstimateReport, LoadReport, Plan, PresetInfo, PresetsReport, VerifyReport
 from qcli.units import gb, gib, human_bytes, human_params
 
 
 def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 120)
+    """Return the console the views print to (120 columns when not a terminal)."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=None if stream.isatty() else 120)
+
+
+def stderr_is_terminal() -> bool:
+    """Return whether stderr is a terminal (progress and spinners go there, and only then)."""
+    return sys.stderr.isatty()
+
+
+def print_json(obj: BaseModel) -> None:
+    """Print a pydantic result as one JSON object on stdout, nothing else."""
+    sys.stdout.write(obj.model_dump_json(indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def status(message: str, enabled: bool) -> Any:
+    """Return a spinner on stderr while work runs (a no-op when piped or with --json)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return Console(stderr=True).status(escape(message))
 
 
 def _size_cells(n_bytes: int | None) -> tuple[str, str]:
@@ -22,32 +47,32 @@ def _size_cells(n_bytes: int | None) -> tuple[str, str]:
     return (gib(n_bytes), gb(n_bytes))
 
 
-def components_table(plan: Plan | EstimateReport, title: str) -> Table:
+def components_table(plan: Plan, title: str) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("component")
     table.add_column("bytes", justify="right")
     table.add_column("GiB (2^30)", justify="right")
     table.add_column("GB (10^9)", justify="right")
-    for c in plan.components or []:
-        table.add_row(c.name, f"{c.bytes:,}", *_size_cells(c.bytes))
+    for c in plan.components:
+        table.add_row(escape(component_label(c)), f"{c.size_bytes:,}", *_size_cells(c.size_bytes))
     table.add_section()
     table.add_row("[bold]total (tensors)[/bold]", f"{plan.total_bytes:,}", *_size_cells(plan.total_bytes))
     if plan.devices:
-        for c in plan.overheads or []:
-            table.add_row(c.name, f"{c.bytes:,}", *_size_cells(c.bytes))
+        for c in plan.overheads:
+            table.add_row(escape(component_label(c)), f"{c.size_bytes:,}", *_size_cells(c.size_bytes))
         table.add_row(
             "[bold]required (total + overheads)[/bold]", f"{plan.required_bytes:,}", *_size_cells(plan.required_bytes)
         )
     return table
 
 
-def devices_table(report: EstimateReport | Plan) -> Table:
+def devices_table(plan: Plan) -> Table:
     table = Table(title="fit", title_justify="left")
     for col in ("device", "capacity", "required", "headroom", "fits", "holds"):
         table.add_column(col, justify="left" if col in {"device", "holds", "fits"} else "right")
-    for d in report.devices or []:
+    for d in plan.devices:
         table.add_row(
-            d.name,
+            escape(d.name),
             gib(d.capacity_bytes),
             gib(d.required_bytes),
             gib(d.headroom_bytes),
@@ -57,17 +82,22 @@ def devices_table(report: EstimateReport | Plan) -> Table:
     return table
 
 
+def _plan_name(p: Plan) -> str:
+    return p.preset or format_label(p.format)
+
+
 def comparison_table(report: EstimateReport) -> Table:
-    table = Table(title=f"{human_params(report.params)} parameters ({report.params:,})", title_justify="left")
+    params = report.model.total_params
+    table = Table(title=f"{human_params(params)} parameters ({params:,})", title_justify="left")
     for col in ("precision", "bits/param", "weights GiB", "weights GB", "total GiB", "total GB"):
         table.add_column(col, justify="left" if col == "precision" else "right")
-    with_fit = any(p.devices for p in report.plans or [])
+    with_fit = any(p.devices for p in report.plans)
     if with_fit:
         table.add_column("required GiB", justify="right")
         table.add_column("fits", justify="left")
-    for p in report.plans or []:
+    for p in report.plans:
         row = [
-            p.label,
+            escape(_plan_name(p)),
             f"{p.bits_per_param:.3f}",
             f"{p.weight_bytes / 2**30:,.2f}",
             f"{p.weight_bytes / 1e9:,.3f}",
@@ -81,67 +111,83 @@ def comparison_table(report: EstimateReport) -> Table:
 
 
 def render_estimate(report: EstimateReport, out: Console) -> None:
-    head = report.model or "bare parameter count"
-    if report.groups:
+    m = report.model
+    head = escape(m.name) if m.name else "bare parameter count"
+    if m.params_by_group:
         groups = Table(
-            title=f"{head}: {report.model_type}, {human_params(report.params)} parameters "
-            f"({report.params:,}; counted {report.count_method})",
+            title=f"{head}: {escape(m.model_type or '?')}, {human_params(m.total_params)} parameters "
+            f"({m.total_params:,}; counted {m.count_method})",
             title_justify="left",
         )
         groups.add_column("group")
         groups.add_column("params", justify="right")
         groups.add_column("share", justify="right")
-        for name, count in report.groups.items():
-            groups.add_row(name, f"{count:,}", f"{count / report.params:.1%}" if report.params else "—")
+        for name, count in m.params_by_group.items():
+            share = f"{count / m.total_params:.1%}" if m.total_params else "—"
+            groups.add_row(GROUP_LABELS.get(name, name), f"{count:,}", share)
         out.print(groups)
-    if report.plans is not None:
+    if len(report.plans) != 1:
         out.print(comparison_table(report))
     else:
-        title = f"{report.label}: {human_params(report.params)} parameters, {report.bits_per_param:.3f} bits/param"
-        if report.groups:
-            title += f" for the weights (unquantized modules in {report.load_dtype})"
-        out.print(components_table(report, title))
-        if report.training:
-            t = report.training
+        plan = report.plans[0]
+        title = f"{escape(_plan_name(plan))}: {human_params(plan.total_params)} parameters, "
+        title += f"{plan.bits_per_param:.3f} bits/param"
+        if m.params_by_group:
+            title += f" for the weights (unquantized modules in {plan.load_dtype})"
+        out.print(components_table(plan, title))
+        if plan.training:
+            t = plan.training
             out.print(
                 f"training: {t.mode}, {human_params(t.trainable_params)} trainable params, optimizer "
                 f"{t.optimizer}; activations by {t.activation_formula}"
             )
-    if report.devices:
-        out.print(devices_table(report))
-        verdict = "[green]fits[/green]" if report.fits else "[red]does not fit[/red]"
-        if report.offloaded_bytes:
-            verdict += f" ({human_bytes(report.offloaded_bytes)} would be offloaded to CPU)"
-        out.print(f"verdict: {verdict}")
-        if report.max_context is not None:
-            out.print(f"max context that fits: {report.max_context:,} tokens (batch {report.batch or 1})")
+        if plan.devices:
+            out.print(devices_table(plan))
+            verdict = "[green]fits[/green]" if plan.fits else "[red]does not fit[/red]"
+            if plan.offloaded_bytes:
+                verdict += f" ({human_bytes(plan.offloaded_bytes)} would be offloaded to CPU)"
+            out.print(f"verdict: {verdict}")
+            if plan.max_context_tokens is not None:
+                out.print(f"max context that fits: {plan.max_context_tokens:,} tokens (batch {report.batch_size})")
     if report.recommendation:
         rec = report.recommendation
-        out.print(f"recommendation: [bold]{rec.preset or 'none'}[/bold] — {rec.reason}")
+        out.print(f"recommendation: [bold]{escape(rec.preset or 'none')}[/bold] — {escape(rec.reason)}")
         for n in rec.notes:
-            out.print(f"  note: {n}")
+            out.print(f"  note: {escape(n)}")
     for n in report.notes:
-        out.print(f"note: {n}")
+        out.print(f"note: {escape(n)}")
 
 
-def print_json(obj: Any) -> None:
-    """Print a pydantic result as one JSON object on stdout, nothing else."""
-    sys.stdout.write(obj.model_dump_json(indent=2) + "\n")
-    sys.stdout.flush()
-
-
-def presets_table(presets: list[Any]) -> Table:
+def render_presets(report: PresetsReport, out: Console) -> None:
     table = Table(title="presets (configs/; a YAML file path works wherever a name does)", title_justify="left")
     for col in ("name", "weights", "dtype", "description"):
         table.add_column(col)
-    for p in presets:
-        table.add_row(p.name, p.weight_format().label, p.dtype, p.description)
-    return table
+    for p in report.presets:
+        table.add_row(escape(p.name), format_label(p.format), p.dtype, escape(p.description))
+    out.print(table)
 
 
-def render_load(report: Any, out: Console) -> None:
+def _py(value: object) -> str:
+    if isinstance(value, str) and value in {"float32", "float16", "bfloat16", "uint8", "int8"}:
+        return f"torch.{value}"
+    return repr(value)
+
+
+def render_preset_code(preset: PresetInfo, out: Console) -> None:
+    """Print the preset as the Python that builds the same BitsAndBytesConfig."""
+    lines = [f"# {preset.name} ({preset.source}): {preset.description}", f"dtype=torch.{preset.dtype}"]
+    if preset.bitsandbytes_config is None:
+        lines.append("quantization_config=None  # no quantization")
+    else:
+        args = ",\n".join(f"    {k}={_py(v)}" for k, v in preset.bitsandbytes_config.items())
+        lines.append(f"quantization_config=BitsAndBytesConfig(\n{args},\n)")
+    out.print("\n".join(lines), markup=False)
+
+
+def render_load(report: LoadReport, out: Console) -> None:
     table = Table(
-        title=f"{report.model} · preset {report.preset} · {report.device} · loaded in {report.load_seconds:.2f} s",
+        title=f"{escape(report.model)} · preset {escape(report.preset)} · {report.device} · "
+        f"loaded in {report.load_seconds:.2f} s",
         title_justify="left",
     )
     table.add_column("measure")
@@ -154,7 +200,7 @@ def render_load(report: Any, out: Console) -> None:
         human_bytes(report.memory_bytes),
         "every tensor once: params, buffers, quant_state, SCB",
     )
-    for kind, size in sorted(report.memory_breakdown.items()):
+    for kind, size in sorted(report.memory_bytes_by_kind.items()):
         table.add_row(f"  {kind}", f"{size:,}", human_bytes(size), "")
     table.add_row(
         "footprint_bytes",
@@ -167,7 +213,7 @@ def render_load(report: Any, out: Console) -> None:
             "estimate_bytes",
             f"{report.estimate_bytes:,}",
             human_bytes(report.estimate_bytes),
-            f"qcli estimate, {report.estimate_error_pct:+.3f}% vs measured",
+            f"qcli estimate, {report.estimate_error_percent:+.3f}% vs measured",
         )
     for c in report.cuda or []:
         table.add_section()
@@ -204,27 +250,22 @@ def render_load(report: Any, out: Console) -> None:
     c = report.census
     out.print(
         f"modules: {c.linear4bit} Linear4bit, {c.linear8bit} Linear8bitLt, {c.linear_unquantized} unquantized "
-        f"Linear ({', '.join(c.unquantized_modules[:4]) or 'none'}{' …' if len(c.unquantized_modules) > 4 else ''})"
+        f"Linear ({escape(', '.join(c.unquantized_modules[:4])) or 'none'}"
+        f"{' …' if len(c.unquantized_modules) > 4 else ''})"
     )
-    out.print("kept dtypes: " + ", ".join(f"{k} {human_params(v)}" for k, v in c.kept_dtypes.items()))
-    out.print("placement: " + ", ".join(f"{k} {human_bytes(v)}" for k, v in c.placement.items()))
+    out.print("kept dtypes: " + ", ".join(f"{k} {human_params(v)}" for k, v in c.kept_params_by_dtype.items()))
+    out.print("placement: " + ", ".join(f"{k} {human_bytes(v)}" for k, v in c.placement_bytes_by_device.items()))
     if report.generation:
         g = report.generation
-        out.print(f"generation ({g.new_tokens} tokens, {g.seconds:.2f} s): [bold]{g.prompt}[/bold]{g.text}")
+        out.print(
+            f"generation ({g.new_tokens} tokens, {g.generate_seconds:.2f} s): "
+            f"[bold]{escape(g.prompt)}[/bold]{escape(g.text)}"
+        )
     for n in report.notes:
-        out.print(f"note: {n}")
+        out.print(f"note: {escape(n)}")
 
 
-def status(message: str, enabled: bool) -> Any:
-    """Return a spinner on stderr while work runs (a no-op when piped or with --json)."""
-    import contextlib
-
-    if not enabled:
-        return contextlib.nullcontext()
-    return Console(stderr=True).status(message)
-
-
-def render_verify(report: Any, out: Console) -> None:
+def render_verify(report: VerifyReport, out: Console) -> None:
     table = Table(
         title="qcli verify: " + ("[green]PASSED[/green]" if report.passed else "[red]FAILED[/red]"),
         title_justify="left",
@@ -234,13 +275,14 @@ def render_verify(report: Any, out: Console) -> None:
     table.add_column("detail")
     for c in report.checks:
         mark = "[yellow]warn[/yellow]" if c.warning else ("[green]pass[/green]" if c.passed else "[red]FAIL[/red]")
-        table.add_row(c.name, mark, c.detail)
+        table.add_row(c.name, mark, escape(c.detail))
     out.print(table)
 
 
-def render_compare(report: Any, out: Console) -> None:
+def render_compare(report: CompareReport, out: Console) -> None:
     table = Table(
-        title=f"qcli compare {report.model} on {report.device} (reference {report.reference})", title_justify="left"
+        title=f"qcli compare {escape(report.model)} on {report.device} (reference {escape(report.reference)})",
+        title_justify="left",
     )
     for col in (
         "preset",
@@ -262,13 +304,13 @@ def render_compare(report: Any, out: Console) -> None:
 
     for r in report.results:
         if r.error:
-            table.add_row(r.preset, f"[red]error: {r.error}[/red]", *[""] * 9)
+            table.add_row(escape(r.preset), f"[red]error: {escape(r.error)}[/red]", *[""] * 9)
             continue
         table.add_row(
-            r.preset,
+            escape(r.preset),
             human_bytes(r.memory_bytes),
-            f(r.memory_saved_x, ".2f"),
-            f(r.estimate_error_pct, "+.2f") + "%",
+            f(r.memory_saved_ratio, ".2f"),
+            f(r.estimate_error_percent, "+.2f") + "%",
             f(r.load_seconds, ".2f"),
             f(r.prefill_seconds, ".4f"),
             f(r.tokens_per_second, ".1f"),
@@ -278,9 +320,11 @@ def render_compare(report: Any, out: Console) -> None:
             f(r.kl_divergence, ".4f"),
         )
     out.print(table)
-    out.print(f"speed: {report.speed_method}; quality on {report.text} ({report.scored_tokens} scored tokens)")
+    out.print(
+        f"speed: {report.speed_method}; quality on {escape(report.text)} ({report.scored_tokens} scored tokens)"
+    )
     for r in report.results:
         if r.continuation is not None:
-            out.print(f"  {r.preset:>9}: {report.prompt}[bold]{r.continuation}[/bold]")
+            out.print(f"  {escape(r.preset):>9}: {escape(report.prompt)}[bold]{escape(r.continuation)}[/bold]")
     for n in report.notes:
-        out.print(f"note: {n}")
+        out.print(f"note: {escape(n)}")

@@ -11,10 +11,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qcli.errors import UsageError
-from qcli.formats import BF16, FP16, FP32, Format, normalize_dtype
+from qcli.plan.formats import DENSE_FORMATS, Format, LoadDtype, normalize_dtype
 from qcli.resources import config_file, config_files
+from qcli.results import PresetInfo, PresetsReport
 
-TorchDtype = Literal["float32", "float16", "bfloat16"]
 StorageDtype = Literal["uint8", "int8", "float16", "bfloat16", "float32"]
 
 
@@ -31,7 +31,7 @@ class Quantization(BaseModel):
     load_in_8bit: bool = False
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
     bnb_4bit_use_double_quant: bool = False
-    bnb_4bit_compute_dtype: TorchDtype | None = None
+    bnb_4bit_compute_dtype: LoadDtype | None = None
     bnb_4bit_quant_storage: StorageDtype = "uint8"
     llm_int8_threshold: float = Field(6.0, ge=0)
     llm_int8_skip_modules: list[str] | None = None
@@ -61,17 +61,18 @@ class Preset(BaseModel):
 
     name: str = Field(min_length=1)
     description: str = ""
-    dtype: TorchDtype
+    dtype: LoadDtype
     quantization: Quantization | None = None
     source: str | None = Field(default=None, exclude=True)
 
     _norm = field_validator("dtype", mode="before")(_dtype)
 
-    def weight_format(self) -> Format:
-        """Return the storage format of quantizable linear weights."""
+    def weight_format(self, dtype: str | None = None) -> Format:
+        """Return the storage format of quantizable linear weights; `dtype` overrides the preset's
+        dtype (`--dtype`), which for an unquantized preset is the linears' format too."""
         if self.quantization is not None:
             return self.quantization.format()
-        return {"float32": FP32, "float16": FP16, "bfloat16": BF16}[self.dtype]
+        return DENSE_FORMATS[dtype or self.dtype]
 
     @property
     def compute_dtype(self) -> str:
@@ -200,3 +201,21 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Preset
         raise UsageError(format_validation_error(source, exc)) from None
     preset.source = source
     return preset
+
+
+def preset_info(preset: Preset) -> PresetInfo:
+    """Return the preset as transformers receives it (the `qcli presets --json` record)."""
+    return PresetInfo(
+        name=preset.name,
+        source=preset.source,
+        description=preset.description,
+        dtype=preset.dtype,
+        format=preset.weight_format().key,
+        bitsandbytes_config=preset.bnb_kwargs(),
+    )
+
+
+def presets_report(names: list[str] | None = None, overrides: list[str] | None = None) -> PresetsReport:
+    """Return the named presets (default: every built-in one), validated, as one report."""
+    chosen = builtin_names() if names is None else names
+    return PresetsReport(presets=[preset_info(load_preset(n, overrides)) for n in chosen])

@@ -1,5 +1,5 @@
 """One preset in its own process (clean allocator state): load, measure memory, quality and speed,
-write a JSON result and the log-probs. Run as `python -m qcli.worker SPEC.json`; used by compare
+write a JSON result and the log-probs. Run as `python -m qcli.run.worker SPEC.json`; used by compare
 and by verify --reference."""
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from qcli.run.loader import LoadOptions, generate, load_report
+from qcli.run.quality import perplexity_and_logprobs, speed, token_ids
+
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from qcli.loader import LoadOptions, generate, load_report
-    from qcli.quality import perplexity_and_logprobs, speed, token_ids
 
     opts = LoadOptions(model=spec["model"], preset=spec["preset"], device=spec.get("device", "auto"))
     report, loaded = load_report(opts)
@@ -26,7 +27,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "preset": spec["preset"],
         "memory_bytes": report.memory_bytes,
         "estimate_bytes": report.estimate_bytes,
-        "estimate_error_pct": report.estimate_error_pct,
+        "estimate_error_percent": report.estimate_error_percent,
         "load_seconds": report.load_seconds,
         "allocated_bytes": report.cuda[0].allocated_bytes if report.cuda else None,
         "reserved_bytes": report.cuda[0].reserved_bytes if report.cuda else None,

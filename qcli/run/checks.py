@@ -5,21 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pydantic import BaseModel
-
-from qcli.report import LoadReport
-
-
-class CheckResult(BaseModel):
-    name: str
-    passed: bool
-    detail: str
-    warning: bool = False
+from qcli.results import CheckResult, LoadReport
 
 
 def placement(report: LoadReport, allow_offload: bool) -> CheckResult:
     c = report.census
-    where = set(c.placement)
+    where = set(c.placement_bytes_by_device)
     off = [d for d in where if d != report.device and not (d.startswith("cuda") and report.device.startswith("cuda"))]
     ok = c.meta_tensors == 0 and (allow_offload or (not c.offloaded and not off))
     detail = f"tensors on {', '.join(sorted(where))}"
@@ -41,12 +32,12 @@ def quantization(report: LoadReport, model: Any, preset: Any) -> CheckResult:
     if got != c.quantizable_linears:
         problems.append(f"{got} quantized modules, expected {c.quantizable_linears}")
     if q.load_in_4bit:
-        want_type = f"{q.bnb_4bit_quant_type}+dq" if q.bnb_4bit_use_double_quant else q.bnb_4bit_quant_type
-        if set(c.quant_types) - {want_type}:
-            problems.append(f"quant types {c.quant_types}, expected {want_type}")
+        want_type = q.format().key
+        if set(c.linear4bit_by_quant_type) - {want_type}:
+            problems.append(f"quant types {c.linear4bit_by_quant_type}, expected {want_type}")
         want_compute = q.bnb_4bit_compute_dtype or "float32"
-        if set(c.compute_dtypes) - {want_compute}:
-            problems.append(f"compute dtypes {c.compute_dtypes}, expected {want_compute}")
+        if set(c.linear4bit_by_compute_dtype) - {want_compute}:
+            problems.append(f"compute dtypes {c.linear4bit_by_compute_dtype}, expected {want_compute}")
     kind = "Linear4bit" if q.load_in_4bit else "Linear8bitLt"
     detail = "; ".join(problems) or (
         f"{got} {kind} = quantizable linears; kept unquantized: {', '.join(c.unquantized_modules) or 'none'}"
@@ -62,10 +53,10 @@ def memory_vs_estimate(report: LoadReport, tolerance_pct: float) -> CheckResult:
             warning=True,
             detail="no estimate for this architecture: not compared",
         )
-    err = abs(report.estimate_error_pct or 0.0)
+    err = abs(report.estimate_error_percent or 0.0)
     detail = (
         f"measured {report.memory_bytes:,} B vs estimate {report.estimate_bytes:,} B "
-        f"({report.estimate_error_pct:+.3f}%, tolerance {tolerance_pct}%)"
+        f"({report.estimate_error_percent:+.3f}%, tolerance {tolerance_pct}%)"
     )
     if report.cuda:
         alloc = sum(c.allocated_bytes for c in report.cuda)

@@ -7,6 +7,8 @@ import statistics
 import time
 from typing import Any
 
+from qcli.errors import UsageError
+
 EVAL_TOKENS = 512  # tokens of the text that are scored
 WINDOW = 256  # sliding window; the stride is half of it
 SPEED_METHOD_CPU = "time.perf_counter, 1 warm-up + {n} timed runs, median (min–max)"
@@ -16,8 +18,6 @@ SPEED_METHOD_CUDA = "CUDA events, 1 warm-up + {n} timed runs, median (min–max)
 def token_ids(tokenizer: Any, text: str) -> Any:
     ids = tokenizer(text, return_tensors="pt")["input_ids"][0][:EVAL_TOKENS]
     if ids.numel() < 2:
-        from qcli.errors import UsageError
-
         raise UsageError("the evaluation text has fewer than 2 tokens", "give a longer --text file")
     return ids
 
@@ -101,10 +101,10 @@ def speed(model: Any, tokenizer: Any, prompt: str, device: str, new_tokens: int,
     method = (SPEED_METHOD_CUDA if device.startswith("cuda") else SPEED_METHOD_CPU).format(n=runs)
     return {
         "prefill_seconds": statistics.median(prefill),
-        "prefill_seconds_min": min(prefill),
-        "prefill_seconds_max": max(prefill),
+        "prefill_min_seconds": min(prefill),
+        "prefill_max_seconds": max(prefill),
         "tokens_per_second": statistics.median(decode_tps),
-        "tokens_per_second_min": min(decode_tps),
-        "tokens_per_second_max": max(decode_tps),
+        "min_tokens_per_second": min(decode_tps),
+        "max_tokens_per_second": max(decode_tps),
         "speed_method": method,
     }

@@ -1,0 +1,98 @@
+"""The one error table: exception type -> (exit code, one line, hint). huggingface_hub's cli/_errors.py
+idea: an ordered list, subclasses before their bases (a test checks the order).
+
+An exception no row matches is a bug in qcli: exit 1 with one line that says so and how to see the
+traceback. It is never dressed up as bad input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import typer
+from pydantic import ValidationError
+
+from qcli.errors import ExitCode, QcliError, Terminated
+from qcli.plan.presets import format_validation_error
+
+DEBUG_HINT = "run with --debug or QCLI_DEBUG=1 for the traceback"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the user sees for one exception: the exit code and one stderr line (empty: nothing)."""
+
+    code: int
+    message: str
+    hint: str | None = None
+
+    def line(self) -> str:
+        """Return the stderr line, `Error: message (hint)`, or '' when nothing is printed."""
+        if not self.message:
+            return ""
+        return f"Error: {self.message}" + (f" ({self.hint})" if self.hint else "")
+
+
+def _one_line(text: str) -> str:
+    first = " ".join(text.split())
+    return first[:300] + ("…" if len(first) > 300 else "")
+
+
+def _qcli(exc: BaseException) -> Outcome:
+    assert isinstance(exc, QcliError)
+    return Outcome(int(exc.exit_code), _one_line(exc.message), exc.hint)
+
+
+def _validation(exc: BaseException) -> Outcome:
+    assert isinstance(exc, ValidationError)
+    return Outcome(int(ExitCode.BAD_INPUT), _one_line(format_validation_error(exc.title, exc)))
+
+
+def _typer_exit(exc: BaseException) -> Outcome:
+    assert isinstance(exc, typer.Exit)
+    return Outcome(int(exc.exit_code), "")
+
+
+def _typer_usage(exc: BaseException) -> Outcome:
+    # Typer's parse errors (unknown option, missing argument, bad value) carry exit code 2.
+    assert isinstance(exc, typer.TyperException)
+    return Outcome(int(exc.exit_code), _one_line(exc.format_message()), "see `qcli --help`")
+
+
+def _interrupted(exc: BaseException) -> Outcome:
+    return Outcome(int(ExitCode.INTERRUPTED), "interrupted")
+
+
+def _aborted(exc: BaseException) -> Outcome:
+    return Outcome(int(ExitCode.INTERRUPTED), "aborted")
+
+
+def _terminated(exc: BaseException) -> Outcome:
+    return Outcome(int(ExitCode.TERMINATED), "terminated (SIGTERM); temporary files were removed")
+
+
+def _broken_pipe(exc: BaseException) -> Outcome:
+    return Outcome(int(ExitCode.FAILED), "")  # the reader went away (`qcli … | head`): nothing to say
+
+
+# Order matters: the first row whose type matches wins, so subclasses come before their bases.
+ERROR_TABLE: list[tuple[type[BaseException], Callable[[BaseException], Outcome]]] = [
+    (QcliError, _qcli),
+    (ValidationError, _validation),
+    (typer.Exit, _typer_exit),
+    (typer.Abort, _aborted),
+    (typer.TyperException, _typer_usage),
+    (KeyboardInterrupt, _interrupted),
+    (Terminated, _terminated),
+    (BrokenPipeError, _broken_pipe),
+]
+
+
+def outcome_of(exc: BaseException) -> Outcome:
+    """Return what the user sees for `exc`: its row in the table, else an internal error (exit 1)."""
+    for kind, handler in ERROR_TABLE:
+        if isinstance(exc, kind):
+            return handler(exc)
+    detail = _one_line(f"{type(exc).__name__}: {exc}")
+    return Outcome(int(ExitCode.FAILED), f"internal error, a bug in qcli: {detail}", DEBUG_HINT)

@@ -1,0 +1,32 @@
+"""Option aliases shared by the commands (huggingface_hub's _cli_utils idea): one definition each.
+
+Every option defaults to None, meaning "not given": the defaults live in the options dataclasses
+(qcli.plan.estimate.EstimateOptions, qcli.run.loader.LoadOptions, …), never here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
+PresetOpt = Annotated[
+    str | None, typer.Option("--preset", "-p", help="Preset name (see `qcli presets`) or a YAML file.")
+]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a preset field: key=value (repeatable).")]
+RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub revision: branch, tag or commit.")]
+DtypeOpt = Annotated[
+    str | None, typer.Option("--dtype", help="dtype of the unquantized modules (default: the preset's).")
+]
+ModelArg = Annotated[str, typer.Argument(help="Model directory, config.json, hub id, or demo.", show_default=False)]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto (default), cpu, cuda or cuda:N.")]
+DeviceMapOpt = Annotated[
+    str | None, typer.Option("--device-map", help="accelerate device map: auto, balanced, sequential.")
+]
+MaxMemoryOpt = Annotated[
+    str | None, typer.Option("--max-memory", help="Per-device caps for the device map, e.g. 0=20GiB,cpu=64GiB.")
+]
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the repo's own modelling code.")]
+PromptOpt = Annotated[str | None, typer.Option("--prompt", help="Prompt for a short greedy generation.")]
+MaxNewTokensOpt = Annotated[int | None, typer.Option("--max-new-tokens", help="Tokens to generate (default 16).")]

@@ -1,0 +1,68 @@
+"""`qcli compare MODEL --presets …`: each preset in its own worker process."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from qcli.cli._options import DeviceOpt, JsonOpt, MaxNewTokensOpt, ModelArg, PromptOpt
+from qcli.errors import ExitCode, UsageError
+from qcli.output.console import console, print_json, render_compare, stderr_is_terminal
+from qcli.output.files import compare_csv, compare_markdown, compare_plot
+from qcli.run.compare import CompareOptions, run_compare
+
+EPILOG = """Example:
+
+\b
+  qcli compare demo --presets bf16,int8,nf4,qlora --markdown report.md
+"""
+
+
+def compare(
+    model: ModelArg,
+    presets: Annotated[
+        str | None, typer.Option("--presets", help="Comma-separated presets (default bf16,int8,nf4,qlora).")
+    ] = None,
+    reference: Annotated[str | None, typer.Option("--reference", help="Reference preset (default: the first).")] = None,
+    device: DeviceOpt = None,
+    text: Annotated[str | None, typer.Option("--text", help="Text file for perplexity (default: built-in).")] = None,
+    prompt: PromptOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds per preset before it is stopped (default 1800).")
+    ] = None,
+    csv: Annotated[str | None, typer.Option("--csv", help="Write CSV here.")] = None,
+    markdown: Annotated[str | None, typer.Option("--markdown", help="Write a Markdown report here.")] = None,
+    plot: Annotated[str | None, typer.Option("--plot", help="Write memory-vs-quality PNG (needs matplotlib).")] = None,
+    json_: JsonOpt = False,
+) -> int:
+    """Memory, speed and quality of several presets side by side, each in its own process."""
+    opts = CompareOptions.from_cli(
+        model=model,
+        presets=presets.split(",") if presets is not None else None,
+        reference=reference,
+        device=device,
+        text=text,
+        prompt=prompt,
+        max_new_tokens=max_new_tokens,
+        timeout_seconds=timeout,
+    )
+    if plot and importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--plot needs matplotlib", "pip install 'qcli[plot]'")
+    err = console(stderr=True)
+    interactive = stderr_is_terminal() and not json_
+    report = run_compare(opts, progress=(lambda m: err.print(m, markup=False)) if interactive else None)
+    if csv:
+        compare_csv(report, csv)
+    if markdown:
+        Path(markdown).write_text(compare_markdown(report), encoding="utf-8")
+    if plot:
+        compare_plot(report, plot)
+    if json_:
+        print_json(report)
+    else:
+        render_compare(report, console())
+    return ExitCode.FAILED if report.failed else ExitCode.OK

@@ -1,0 +1,91 @@
+"""`qcli verify MODEL --preset P`: the CI gate."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from qcli.cli._options import (
+    DeviceMapOpt,
+    DeviceOpt,
+    JsonOpt,
+    MaxMemoryOpt,
+    ModelArg,
+    PresetOpt,
+    PromptOpt,
+    RevisionOpt,
+    SetOpt,
+    TrustOpt,
+)
+from qcli.errors import ExitCode
+from qcli.output.console import console, print_json, render_verify, status, stderr_is_terminal
+from qcli.output.files import write_junit
+from qcli.run.loader import LoadOptions
+from qcli.run.verify import VerifyOptions, run_verify
+
+EPILOG = """Example:
+
+\b
+  qcli verify demo --preset qlora --expect Paris --budget 5GiB --junit verify.xml
+"""
+
+
+def verify(
+    model: ModelArg,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    revision: RevisionOpt = None,
+    trust_remote_code: TrustOpt = False,
+    prompt: PromptOpt = None,
+    expect: Annotated[str | None, typer.Option("--expect", help="Substring the generation must contain.")] = None,
+    budget: Annotated[str | None, typer.Option("--budget", help="Memory budget, e.g. 5GiB.")] = None,
+    tolerance: Annotated[
+        str | None, typer.Option("--tolerance", help="Allowed measured-vs-estimate gap (default 5%).")
+    ] = None,
+    reference: Annotated[str | None, typer.Option("--reference", help="Reference preset for agreement/KL.")] = None,
+    min_agreement: Annotated[
+        float | None, typer.Option("--min-agreement", help="Top-1 agreement threshold (default 0.9).")
+    ] = None,
+    max_kl: Annotated[float | None, typer.Option("--max-kl", help="KL divergence threshold (default 0.1).")] = None,
+    allow_offload: Annotated[
+        bool, typer.Option("--allow-offload", help="Pass even if modules are on CPU/disk.")
+    ] = False,
+    junit: Annotated[str | None, typer.Option("--junit", help="Write JUnit XML here.")] = None,
+    json_: JsonOpt = False,
+) -> int:
+    """Pass/fail gate for a quantized model: exit 0 when every check passes, 1 otherwise."""
+    interactive = stderr_is_terminal() and not json_
+    opts = VerifyOptions.from_cli(
+        load=LoadOptions.from_cli(
+            model=model,
+            preset=preset,
+            sets=set_,
+            device=device,
+            device_map=device_map,
+            max_memory=max_memory,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            prompt=prompt,
+            progress=interactive,
+        ),
+        expect=expect,
+        budget=budget,
+        tolerance=tolerance,
+        reference=reference,
+        min_agreement=min_agreement,
+        max_kl=max_kl,
+        allow_offload=allow_offload,
+    )
+    with status(f"verifying {opts.load.model} with preset {opts.load.preset}", enabled=interactive):
+        report = run_verify(opts)
+    if junit:
+        write_junit(report, junit, f"{opts.load.model} {opts.load.preset}")
+    if json_:
+        print_json(report)
+    else:
+        render_verify(report, console())
+    return ExitCode.OK if report.passed else ExitCode.FAILED
