@@ -14,6 +14,10 @@ from qcli.model.spec import ModelSpec, Role, TensorSpec
 ENCODER_TYPES = frozenset({"bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2", "xlm-roberta"})
 
 
+class UnknownModelType(UsageError):
+    """A model_type transformers' AutoConfig does not know (without the repo's own code)."""
+
+
 def from_meta(cfg: dict[str, Any], trust_remote_code: bool = False) -> ModelSpec:
     """Return the ModelSpec of a model built on the meta device (transformers, imported lazily).
 
@@ -25,10 +29,19 @@ def from_meta(cfg: dict[str, Any], trust_remote_code: bool = False) -> ModelSpec
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
     except ImportError as exc:  # pragma: no cover - transformers is a dependency
         raise UsageError(f"model_type {cfg.get('model_type')!r} needs transformers to count: {exc}") from exc
+    model_type = cfg.get("model_type")
     try:
         config = AutoConfig.for_model(**cfg) if "model_type" in cfg else None
     except (ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"config.json: transformers cannot read it ({exc})", "check model_type") from exc
+        # transformers' message for an unknown model_type lists every known type (about 12 KB): one line instead.
+        if "auto_map" in cfg:
+            hint = "its repo ships its own modelling code (auto_map): `qcli load --trust-remote-code` can run it"
+        else:
+            hint = "check model_type, or upgrade transformers"
+        first = " ".join(str(exc).split())
+        detail = "" if "Unrecognized model" in first or len(first) > 200 else f": {first}"
+        message = f"config.json: transformers cannot build model_type {model_type!r}{detail}"
+        raise UnknownModelType(message, hint) from exc
     archs = [str(a) for a in cfg.get("architectures") or []]
     causal = any("CausalLM" in a or "LMHead" in a for a in archs) or (
         not archs and not config.is_encoder_decoder and cfg["model_type"] not in ENCODER_TYPES

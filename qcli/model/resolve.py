@@ -4,13 +4,13 @@ reserved `demo` name, or a hub id through huggingface_hub (honours HF_TOKEN, HF_
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from qcli.errors import UsageError
 from qcli.model.demo import DEMO_CONFIG, DEMO_NAME
+from qcli.model.safetensors_header import DTYPE_BYTES, stored_bytes
 
 _HUB_ID = r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$"
 
@@ -36,56 +36,13 @@ def _read_config(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        raise UsageError(f"{path}: JSON nested too deeply to be a model config") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: cannot be read ({exc})") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path}: the top level must be a JSON object")
     return data
-
-
-# safetensors header dtypes -> bytes per element
-_ST_BYTES = {
-    "F64": 8,
-    "F32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "I64": 8,
-    "I32": 4,
-    "I16": 2,
-    "I8": 1,
-    "U8": 1,
-    "BOOL": 1,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-    "U16": 2,
-    "U32": 4,
-    "U64": 8,
-}
-
-
-def safetensors_header_bytes(path: Path) -> dict[str, int]:
-    """Return stored bytes per dtype from one .safetensors file's header (8-byte length + JSON)."""
-    with path.open("rb") as fh:
-        (length,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(length))
-    totals: dict[str, int] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        totals[info["dtype"]] = totals.get(info["dtype"], 0) + (end - start)
-    return totals
-
-
-def _local_stored(directory: Path) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for f in sorted(directory.glob("*.safetensors")):
-        try:
-            for dtype, size in safetensors_header_bytes(f).items():
-                totals[dtype] = totals.get(dtype, 0) + size
-        except (OSError, ValueError, KeyError, struct.error):
-            continue
-    return totals
 
 
 def resolve(model: str, revision: str | None = None, read_safetensors: bool = True) -> ModelSource:
@@ -99,7 +56,8 @@ def resolve(model: str, revision: str | None = None, read_safetensors: bool = Tr
         cfg = path / "config.json"
         if not cfg.is_file():
             raise UsageError(f"{model}: no config.json in this directory", "point at a saved transformers model")
-        stored = _local_stored(path) if read_safetensors else {}
+        # Headers are checked even when their sizes are not needed: a bad file is exit 2 before any load.
+        stored = stored_bytes(path)
         return ModelSource(name=model, config=_read_config(cfg), local_dir=path, stored_bytes=stored)
     import re
 
@@ -114,6 +72,9 @@ def _from_hub(repo_id: str, revision: str | None, read_safetensors: bool) -> Mod
 
     try:
         path = Path(hf_hub_download(repo_id, "config.json", revision=revision))
+    except hf_errors.HFValidationError as exc:
+        first = " ".join(str(exc).split())[:160]
+        raise UsageError(f"{repo_id[:100]!r} is not a valid hub id: {first}", "ids look like org/name") from None
     except hf_errors.GatedRepoError:
         raise UsageError(
             f"{repo_id} is gated", "accept its licence on the hub, then set HF_TOKEN or run `hf auth login`"
@@ -140,7 +101,7 @@ def _from_hub(repo_id: str, revision: str | None, read_safetensors: bool) -> Mod
                     n = 1
                     for d in tensor.shape:
                         n *= d
-                    source.stored_bytes[tensor.dtype] = source.stored_bytes.get(tensor.dtype, 0) + n * _ST_BYTES.get(
+                    source.stored_bytes[tensor.dtype] = source.stored_bytes.get(tensor.dtype, 0) + n * DTYPE_BYTES.get(
                         tensor.dtype, 0
                     )
         except Exception:

@@ -12,6 +12,7 @@ from qcli.model.resolve import ModelSource, resolve
 from qcli.model.spec import ModelSpec, params_only
 from qcli.plan.formats import COMPARISON_FORMATS, LOAD_DTYPES, Format, parse_format, parse_load_dtype
 from qcli.plan.gpus import Device, resolve_gpu
+from qcli.plan.limits import MAX_BATCH, MAX_CONTEXT, MAX_GPUS, MAX_LORA_RANK, check_int
 from qcli.plan.planner import (
     DEFAULT_CUDA_CONTEXT_BYTES,
     DEFAULT_MARGIN_FRACTION,
@@ -152,6 +153,10 @@ def _check_flags(opts: EstimateOptions) -> None:
         raise UsageError("--set overrides a preset's fields: give --preset too")
     if opts.model is None and (opts.context or opts.train):
         raise UsageError("--context and --train need layer shapes: give a MODEL instead of --params")
+    check_int("--gpus", opts.gpu_count, 1, MAX_GPUS)
+    check_int("--context", opts.context, 1, MAX_CONTEXT)
+    check_int("--batch", opts.batch, 1, MAX_BATCH)
+    check_int("--lora-rank", opts.lora_rank, 1, MAX_LORA_RANK)
 
 
 def run_estimate(opts: EstimateOptions) -> EstimateReport:
