@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -479,6 +480,7 @@ CASES: list[Case] = [
     case("markup-gpu-name", "estimate", "--params", "8b", "--gpu", "[/]", err_has="[/]"),
     case("markup-load-prompt-close-tag", "load", *DEMO, "--preset", "bf16", "--prompt", "[/]", "--max-new-tokens", "2", code=0, demo=True, out_has="[/]"),
     case("markup-load-prompt-bold", "load", *DEMO, "--preset", "bf16", "--prompt", "[bold]The capital", "--max-new-tokens", "2", code=0, demo=True, out_has="[bold]The capital"),
+    case("markup-load-prompt-trailing-backslash", "load", *DEMO, "--preset", "bf16", "--prompt", "x\\", "--max-new-tokens", "2", code=0, demo=True, out_has="x\\"),
     case("markup-load-model-path", "load", "d [/] [bold]", "--preset", "bf16", code=0, demo=True, setup=demo_copy("d [/] [bold]"), out_has="d [/] [bold]"),
     case("markup-verify-expect", "verify", *DEMO, "--preset", "bf16", "--expect", "[/]", code=1, error=False, demo=True, out_has="[/]"),
     case("markup-compare-prompt-and-preset-path", "compare", *DEMO, "--presets", "bf16,x[b].yaml", "--prompt", "[/]", "--max-new-tokens", "2", code=0, demo=True, setup=write("x[b].yaml", preset_yaml("[b]")), out_has="x[b].yaml"),
@@ -643,28 +645,47 @@ def _spawn(cmd: list[str], box: Sandbox, env: dict[str, str]) -> subprocess.Pope
     )
 
 
-def _finish(proc: subprocess.Popen, timeout: float, started: float) -> Result:
+def _finish(proc: subprocess.Popen, timeout: float, started: float) -> Result | None:
+    """Return the exit code and output, or None (after killing its process group) on a hang."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _reap(proc.pid, grace=0)
         proc.communicate()
-        pytest.fail(f"hang: no exit within {timeout:.0f} s")
+        return None
     return Result(
         proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"), time.monotonic() - started
     )
 
 
-def _common_checks(r: Result, box: Sandbox, pgid: int) -> None:
+def _common_checks(r: Result | None, timeout: float, after: After) -> Result:
+    assert r is not None, f"hang: no exit within {timeout:.0f} s"
     both = r.out + r.err
     assert "Traceback" not in both, r.err[-3000:]
     assert TOKEN not in both, "the HF_TOKEN value was printed"
-    left = _reap(pgid)
-    assert not left, f"processes left running: {left}"
-    leftovers = sorted(p.name for p in box.tmp.iterdir())
-    assert not leftovers, f"files left in TMPDIR: {leftovers}"
-    planted_ran = list(box.root.rglob(PLANTED_MARKER))
-    assert not planted_ran, "code planted in the working directory was executed"
+    assert not after.processes, f"processes left running: {after.processes}"
+    assert not after.temp_files, f"files left in TMPDIR: {after.temp_files}"
+    assert not after.planted_ran, "code planted in the working directory was executed"
+    return r
+
+
+@dataclass
+class After:
+    """What a run left behind."""
+
+    processes: list[str]
+    temp_files: list[str]
+    planted_ran: bool
+    cache: list[str]  # the case's own cache (must stay empty when the input is refused)
+
+
+def _after(box: Sandbox, pgid: int) -> After:
+    return After(
+        processes=_reap(pgid),
+        temp_files=sorted(p.name for p in box.tmp.iterdir()),
+        planted_ran=any(box.root.rglob(PLANTED_MARKER)),
+        cache=sorted(p.name for p in box.cache.iterdir()) if box.cache.is_dir() else [],
+    )
 
 
 def _demo_leftovers(cache: Path) -> list[str]:
@@ -724,27 +745,62 @@ def demo_build(tmp_path_factory: pytest.TempPathFactory) -> DemoBuild:
 # --- running one case ------------------------------------------------------------------------
 
 
+@dataclass
+class Run:
+    args: list[str]
+    result: Result | None  # None: it hung and was killed
+    after: After
+
+
+def _execute(c: Case, root: Path, build: DemoBuild | None) -> Run:
+    """Run one case in a fresh sandbox under `root`; return its output and what it left behind."""
+    box = Sandbox(root)
+    ctx = Ctx(w=box.w, demo=build.checkpoint if build else None)
+    for s in c.setup:
+        s(ctx)
+    env = _base_env(box.tmp, build.cache if build else box.cache, box.root)
+    env.update({k: v.replace(W, str(box.w)) for k, v in c.env})
+    args = [a.replace(W, str(box.w)) for a in c.args]
+    started = time.monotonic()
+    proc = _spawn([sys.executable, *c.python_flags, "-m", "qcli", *args], box, env)
+    result = _finish(proc, c.timeout, started)
+    return Run(args, result, _after(box, proc.pid))
+
+
+# Cheap cases run concurrently (each in its own process group and sandbox, each with its own timeout);
+# QCLI_HOSTILE_JOBS sets how many at once.
+JOBS = int(os.environ.get("QCLI_HOSTILE_JOBS", str(max(2, os.cpu_count() or 2))))
+
+
+@pytest.fixture(scope="session")
+def cheap_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """Return the runs of every selected case that needs no demo build, made JOBS at a time."""
+    selected = {
+        item.callspec.params["c"].id
+        for item in request.session.items
+        if getattr(item, "originalname", "") == "test_hostile" and not item.callspec.params["c"].demo
+    }
+    root = tmp_path_factory.mktemp("hostile-cheap")
+    with ThreadPoolExecutor(max_workers=JOBS) as pool:
+        futures = {c.id: pool.submit(_execute, c, root / c.id, None) for c in CASES if c.id in selected}
+    return {cid: f.result() for cid, f in futures.items()}
+
+
 def _marks(c: Case) -> list:
     return [pytest.mark.slow] if c.demo else []
 
 
 @pytest.mark.parametrize("c", [pytest.param(c, id=c.id, marks=_marks(c)) for c in CASES])
 def test_hostile(c: Case, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    build: DemoBuild | None = request.getfixturevalue("demo_build") if c.demo else None
-    if build is not None and build.checkpoint is None:
-        pytest.fail("the demo checkpoint could not be built")
-    box = Sandbox(tmp_path)
-    ctx = Ctx(w=box.w, demo=build.checkpoint if build else None)
-    for s in c.setup:
-        s(ctx)
-    cache = build.cache if build else box.cache
-    env = _base_env(box.tmp, cache, box.root)
-    env.update({k: v.replace(W, str(box.w)) for k, v in c.env})
-    args = [a.replace(W, str(box.w)) for a in c.args]
-    started = time.monotonic()
-    proc = _spawn([sys.executable, *c.python_flags, "-m", "qcli", *args], box, env)
-    r = _finish(proc, c.timeout, started)
-    _common_checks(r, box, proc.pid)
+    build: DemoBuild | None = None
+    if c.demo:
+        build = request.getfixturevalue("demo_build")
+        if build.checkpoint is None:
+            pytest.fail("the demo checkpoint could not be built")
+        run = _execute(c, tmp_path, build)
+    else:
+        run = request.getfixturevalue("cheap_runs")[c.id]
+    r = _common_checks(run.result, c.timeout, run.after)
 
     assert r.code == c.code, f"exit {r.code}, expected {c.code}; stderr: {r.err[-1500:]!r}"
     lines = [ln for ln in r.err.splitlines() if ln.strip()]
@@ -756,18 +812,17 @@ def test_hostile(c: Case, tmp_path: Path, request: pytest.FixtureRequest) -> Non
             assert needle in lines[0], f"{needle!r} not named in {lines[0]!r}"
     else:
         assert not any(ln.startswith("Error:") for ln in lines), r.err[-1500:]
-    if "--json" in args and not error:
+    if "--json" in run.args and not error:
         data = json.loads(r.out)
         assert isinstance(data, dict), "--json must print one object"
-    elif "--json" in args:
+    elif "--json" in run.args:
         assert r.out.strip() == "" or isinstance(json.loads(r.out), dict), r.out[:500]
     if c.out_has is not None:
         assert c.out_has in r.out, f"{c.out_has!r} not in stdout: {r.out[-1500:]!r}"
     if build is not None:
         assert _demo_leftovers(build.cache) == [], "partial demo build left in the cache"
     elif c.check_cache:
-        built = sorted(p.name for p in box.cache.iterdir()) if box.cache.is_dir() else []
-        assert not built, f"work started before the input was refused: the cache now holds {built}"
+        assert not run.after.cache, f"work started before the input was refused: the cache now holds {run.after.cache}"
 
 
 # --- 8. interrupted work leaves nothing behind -------------------------------------------------
@@ -826,8 +881,7 @@ def test_hostile_interrupt(s: SignalCase, tmp_path: Path, request: pytest.Fixtur
         time.sleep(0.05)
     time.sleep(0.3)
     os.kill(proc.pid, s.sig)  # the parent only, as `kill PID` or a CI runner's cancel does
-    r = _finish(proc, 60, started)
-    _common_checks(r, box, proc.pid)
+    r = _common_checks(_finish(proc, 60, started), 60, _after(box, proc.pid))
     assert r.code in ({130, 143} if s.sig == signal.SIGTERM else {130}), f"exit {r.code}: {r.err[-1000:]!r}"
     assert _demo_leftovers(cache) == [], "partial demo build left in the cache"
     if not s.demo and cache.is_dir():
