@@ -19,11 +19,13 @@ from qcli.errors import UsageError
 
 # safetensors' own limit on the JSON header (safetensors/src/tensor.rs MAX_HEADER_SIZE).
 MAX_HEADER_BYTES = 100_000_000
-# Header dtypes -> bytes per element (safetensors Dtype); sub-byte and 8-bit float types included.
-DTYPE_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "U16": 2, "U32": 4, "U64": 8, "C64": 8,
+# Header dtypes -> bits per element (safetensors 0.8's Dtype, sub-byte floats included).
+DTYPE_BITS = {
+    "F64": 64, "F32": 32, "F16": 16, "BF16": 16, "I64": 64, "I32": 32, "I16": 16, "I8": 8, "U8": 8,
+    "BOOL": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "U16": 16, "U32": 32, "U64": 64, "C64": 64,
+    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
 }  # fmt: skip
+DTYPE_BYTES = {k: v // 8 for k, v in DTYPE_BITS.items() if v % 8 == 0}
 MAX_RANK = 16
 
 
@@ -83,7 +85,7 @@ def _entries(path: Path, header: dict, data_bytes: int) -> dict[str, tuple[str, 
         if not isinstance(info, dict):
             raise SafetensorsError(path, f"{where} is not an object")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
+        if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
             raise SafetensorsError(path, f"{where}: unknown dtype {str(dtype)[:20]!r}")
         if not (
             isinstance(shape, list)
@@ -100,7 +102,7 @@ def _entries(path: Path, header: dict, data_bytes: int) -> dict[str, tuple[str, 
         begin, end = offsets
         if not 0 <= begin <= end <= data_bytes:
             raise SafetensorsError(path, f"{where}: data_offsets {offsets} lie outside the {data_bytes:,} data bytes")
-        nbytes = prod(shape) * DTYPE_BYTES[dtype]
+        nbytes = -(-prod(shape) * DTYPE_BITS[dtype] // 8)  # sub-byte types pack into whole bytes
         if end - begin != nbytes:
             raise SafetensorsError(
                 path, f"{where}: shape {shape} of {dtype} needs {nbytes:,} bytes, offsets give {end - begin:,}"
