@@ -682,7 +682,8 @@ class After:
 def _after(box: Sandbox, pgid: int) -> After:
     return After(
         processes=_reap(pgid),
-        temp_files=sorted(p.name for p in box.tmp.iterdir()),
+        # torch keeps its compile cache in $TMPDIR/torchinductor_<user> by design (not a qcli leftover).
+        temp_files=sorted(p.name for p in box.tmp.iterdir() if not p.name.startswith("torchinductor_")),
         planted_ran=any(box.root.rglob(PLANTED_MARKER)),
         cache=sorted(p.name for p in box.cache.iterdir()) if box.cache.is_dir() else [],
     )
@@ -730,7 +731,9 @@ def demo_build(tmp_path_factory: pytest.TempPathFactory) -> DemoBuild:
             Result(p.returncode, out.decode(errors="replace"), err.decode(errors="replace"), time.monotonic() - started)
         )
         _reap(p.pid)
-    leftovers = _demo_leftovers(cache) + [f"TMPDIR:{f.name}" for b in boxes for f in b.tmp.iterdir()]
+    leftovers = _demo_leftovers(cache) + [
+        f"TMPDIR:{f.name}" for b in boxes for f in b.tmp.iterdir() if not f.name.startswith("torchinductor_")
+    ]
     checkpoint = next((d for d in cache.glob("demo-*") if (d / "model.safetensors").is_file()), None)
     if checkpoint is None:  # the race lost the build: build once more so the other cases can run
         b = Sandbox(root / "fallback")
