@@ -6,7 +6,7 @@ GiB is 2**30 bytes and GB is 10**9 bytes; qcli never prints "GB" for 2**30.
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, Inexact, localcontext
 
 from qcli.errors import UsageError
 
@@ -29,47 +29,68 @@ _PARAMS_RE = re.compile(rf"^{_NUMBER}\s*(?P<suffix>[kmbgt]?)$", re.IGNORECASE)
 _BYTES_RE = re.compile(rf"^{_NUMBER}\s*(?P<unit>[kmgt]?i?b)$", re.IGNORECASE)
 
 
-def _decimal(text: str) -> Decimal:
-    try:
-        value = Decimal(text)
-    except InvalidOperation as exc:  # pragma: no cover - the regex admits only numbers
-        raise ValueError(text) from exc
-    if not value.is_finite():
-        raise ValueError(text)
-    return value
+# Beyond 10**30 (a nonillion) no count or size is meant; checking the exponent first keeps `1e1000000`
+# from overflowing Decimal's context (decimal.Overflow) or building a million-digit integer.
+_MAX_MAGNITUDE = 30
+
+
+def _shown(text: str) -> str:
+    """Return the user's text for an error line, cut short (a hostile value may be megabytes)."""
+    return repr(text if len(text) <= 40 else text[:40] + "…")
+
+
+def _scaled(number: str, factor: int) -> int | None:
+    """Return number × factor rounded to an integer, or None when it is past 10**30 or not finite."""
+    value = Decimal(number)  # the regexes admit only plain decimal numbers: no nan, inf or hex
+    if not value.is_finite() or (value != 0 and value.adjusted() > _MAX_MAGNITUDE):
+        return None
+    with localcontext() as ctx:
+        ctx.prec = 60
+        ctx.traps[Inexact] = False
+        return int((value * factor).to_integral_value())
+
+
+def _refuse_commas(text: str, flag: str) -> None:
+    # `1,5b` is 1.5 billion in much of Europe and 15 billion with the comma read as a separator:
+    # a count that can be read two ways is refused, never guessed.
+    if "," in text:
+        raise UsageError(
+            f"{flag} {_shown(text)} has a comma, which reads as a decimal point or a thousands separator",
+            "write 1.5b, 1500000000 or 1_500_000_000",
+        )
 
 
 def parse_params(text: str) -> int:
     """Return the parameter count written as 8b, 7.24B, 125m, 1.5t, 8030261248 or 8e9."""
-    raw = text.strip().replace("_", "").replace(",", "")
+    _refuse_commas(text, "--params")
+    raw = text.strip().replace("_", "")
     match = _PARAMS_RE.match(raw)
     if not match:
         raise UsageError(
-            f"--params {text!r} is not a parameter count",
+            f"--params {_shown(text)} is not a parameter count",
             "write it like 8b, 7.24B, 125m, 1.5t, 8030261248 or 8e9",
         )
-    value = _decimal(match["num"]) * _PARAM_SUFFIX[match["suffix"].lower()]
-    count = int(value.to_integral_value())
-    if count < 1:
-        raise UsageError(f"--params {text!r} is not a positive parameter count", "e.g. --params 8b")
-    if count > MAX_PARAMS:
-        raise UsageError(f"--params {text!r} is larger than {MAX_PARAMS:.0e} parameters", "check the suffix")
+    count = _scaled(match["num"], _PARAM_SUFFIX[match["suffix"].lower()])
+    if count is not None and count < 1:
+        raise UsageError(f"--params {_shown(text)} is not a positive parameter count", "e.g. --params 8b")
+    if count is None or count > MAX_PARAMS:
+        raise UsageError(f"--params {_shown(text)} is larger than {MAX_PARAMS:.0e} parameters", "check the suffix")
     return count
 
 
 def parse_bytes(text: str, flag: str = "size") -> int:
     """Return the byte count written as 24GB, 80GiB, 512MiB or 1.5TB (a unit is required)."""
+    _refuse_commas(text, flag)
     raw = text.strip().replace("_", "")
     match = _BYTES_RE.match(raw)
     if not match:
         raise UsageError(
-            f"{flag} {text!r} is not a size",
+            f"{flag} {_shown(text)} is not a size",
             "give a number and a unit: GB is 10^9 bytes, GiB is 2^30 (e.g. 24GB, 80GiB, 512MiB)",
         )
-    value = _decimal(match["num"]) * _BYTE_UNIT[match["unit"].lower()]
-    count = int(value.to_integral_value())
-    if count < 1 or count > MAX_BYTES:
-        raise UsageError(f"{flag} {text!r} is out of range", "give a positive size such as 24GB")
+    count = _scaled(match["num"], _BYTE_UNIT[match["unit"].lower()])
+    if count is None or count < 1 or count > MAX_BYTES:
+        raise UsageError(f"{flag} {_shown(text)} is out of range", "give a positive size such as 24GB")
     return count
 
 

@@ -77,15 +77,27 @@ def test_missing_config_is_bad_input(cli, tmp_path):
     assert cli("load", str(tmp_path)).code == 2
 
 
-def test_broken_checkpoint_is_a_run_failure(cli, tmp_path):
-    from qcli.model.demo import DEMO_CONFIG
-    from qcli.run.demo import ensure_demo
-
-    ensure_demo()
+def test_broken_header_is_bad_input_naming_the_file(cli, tmp_path):
     import json
+
+    from qcli.model.demo import DEMO_CONFIG
 
     (tmp_path / "config.json").write_text(json.dumps(DEMO_CONFIG))
     (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    r = cli("load", str(tmp_path), "--preset", "bf16")
+    assert r.code == 2 and "model.safetensors" in r.err and "not valid JSON" in r.err
+
+
+def test_mismatched_checkpoint_is_a_run_failure(cli, tmp_path):
+    import json
+    import struct
+
+    from qcli.model.demo import DEMO_CONFIG
+
+    (tmp_path / "config.json").write_text(json.dumps(DEMO_CONFIG))
+    # A well-formed file whose embedding has the wrong shape: transformers refuses it while loading.
+    header = json.dumps({"model.embed_tokens.weight": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header.encode() + bytes(8))
     r = cli("load", str(tmp_path), "--preset", "bf16")
     assert r.code == 1 and r.err.startswith("Error: loading") and "Traceback" not in r.err
 

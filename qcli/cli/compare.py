@@ -13,6 +13,7 @@ from qcli.errors import ExitCode, UsageError
 from qcli.output.console import console, print_json, render_compare, stderr_is_terminal
 from qcli.output.files import compare_csv, compare_markdown, compare_plot
 from qcli.run.compare import CompareOptions, run_compare
+from qcli.run.flags import check_output_path
 
 EPILOG = """Example:
 
@@ -56,6 +57,8 @@ def compare(
     )
     if plot and importlib.util.find_spec("matplotlib") is None:
         raise UsageError("--plot needs matplotlib", "pip install 'qcli[plot]'")
+    for path, flag in ((csv, "--csv"), (markdown, "--markdown"), (plot, "--plot")):
+        check_output_path(path, flag)
     err = console(stderr=True)
     interactive = stderr_is_terminal() and not json_
     report = run_compare(opts, progress=(lambda m: err.print(m, markup=False)) if interactive else None)

@@ -22,6 +22,7 @@ from qcli.cli._options import (
 from qcli.errors import ExitCode
 from qcli.output.console import console, print_json, render_verify, status, stderr_is_terminal
 from qcli.output.files import write_junit
+from qcli.run.flags import check_output_path
 from qcli.run.loader import LoadOptions
 from qcli.run.verify import VerifyOptions, run_verify
 
@@ -83,6 +84,7 @@ def verify(
         max_kl=max_kl,
         allow_offload=allow_offload,
     )
+    check_output_path(junit, "--junit")
     with status(f"verifying {opts.load.model} with preset {opts.load.preset}", enabled=interactive):
         report = run_verify(opts)
     if junit:

@@ -7,14 +7,14 @@ from typing import Any
 
 from qcli.errors import UsageError
 from qcli.model.architectures import BUILDERS, config_dtype
+from qcli.model.config_schema import validate_config
 from qcli.model.meta import from_meta
 from qcli.model.spec import ModelSpec
 
 
 def from_config(cfg: dict[str, Any], *, allow_meta: bool = True, trust_remote_code: bool = False) -> ModelSpec:
     """Return the ModelSpec of a config dict: analytic when the architecture is known, else meta."""
-    if not isinstance(cfg, dict):
-        raise UsageError("config.json: the top level must be a JSON object")
+    validate_config(cfg)  # the keys qcli reads, each checked and named before any builder runs
     model_type = cfg.get("model_type")
     if not isinstance(model_type, str) or not model_type:
         raise UsageError("config.json: missing 'model_type'", "is this a transformers model config?")

@@ -132,6 +132,21 @@ def _cached(repo_id: str, filename: str, revision: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def check_repo_id(repo_id: str) -> None:
+    """Raise a UsageError when huggingface_hub would refuse `repo_id` (`a..b/c`, over 96 characters, ...).
+
+    Checked only on the way to the network: a cached repo was valid when it was downloaded.
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        first = " ".join(str(exc).split())[:160]
+        raise UsageError(f"{repo_id[:100]!r} is not a valid hub id: {first}", "hub ids look like org/name") from None
+
+
 def _commit_of(path: Path) -> str:
     # The cache keeps each file under snapshots/<commit sha>/ (huggingface_hub's cache layout).
     return path.parent.name
@@ -152,7 +167,9 @@ def fetch(repo_id: str, filename: str, revision: str | None, token: str | None) 
         if path is not None:
             return HubFile(path, _commit_of(path), "cache")
         if offline():
+            check_repo_id(repo_id)
             raise HubOffline(repo_id=repo_id, revision=rev, filename=filename, endpoint=endpoint())
+    check_repo_id(repo_id)
     from huggingface_hub import hf_hub_download
     from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url
 

@@ -31,6 +31,10 @@ PROBE_DTYPE = "bfloat16"
 PROBE_TOKENS = (2, 4)  # two prefill lengths, shorter than any real window: the per-token slope and the fixed part
 
 
+class UnknownModelType(UsageError):
+    """A model_type the installed transformers does not know (without the repository's own code)."""
+
+
 def transformers_version() -> str | None:
     """Return the installed transformers version without importing it, or None.
 
@@ -112,15 +116,15 @@ def from_meta(cfg: dict[str, Any], trust_remote_code: bool = False, cache_dir: P
     return spec
 
 
-def _unknown_type(cfg: dict[str, Any]) -> UsageError:
+def _unknown_type(cfg: dict[str, Any]) -> UnknownModelType:
     version = transformers_version()
     mt = cfg.get("model_type")
     if cfg.get("auto_map"):
-        return UsageError(
+        return UnknownModelType(
             f"config.json: model_type {mt!r} is not part of transformers {version}; the repository ships its own code",
             "pass --trust-remote-code if you trust that code",
         )
-    return UsageError(
+    return UnknownModelType(
         f"config.json: transformers {version} does not know model_type {mt!r}",
         "upgrade transformers, or check the config's model_type",
     )

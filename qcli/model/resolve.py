@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +13,7 @@ from typing import Any, Literal
 from qcli.errors import UsageError
 from qcli.model import hub
 from qcli.model.demo import DEMO_CONFIG, DEMO_NAME
+from qcli.model.safetensors_header import stored_bytes
 from qcli.resources import cache_root
 
 _HUB_ID = r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$"
@@ -46,39 +46,13 @@ def _read_config(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        raise UsageError(f"{path}: JSON nested too deeply to be a model config") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: cannot be read ({exc})") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path}: the top level must be a JSON object")
     return data
-
-
-def safetensors_header_bytes(path: Path) -> dict[str, int]:
-    """Return stored bytes per dtype of one .safetensors file: the sum of its tensors' data_offsets spans.
-
-    Reads the header only (an 8-byte little-endian length, then that much JSON: the safetensors format).
-    """
-    try:
-        with path.open("rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(length))
-        totals: dict[str, int] = {}
-        for name, info in header.items():
-            if name != "__metadata__":
-                start, end = info["data_offsets"]
-                totals[info["dtype"]] = totals.get(info["dtype"], 0) + end - start
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
-        raise UsageError(f"{path}: not a readable safetensors file ({type(exc).__name__})") from None
-    return totals
-
-
-def local_stored_bytes(directory: Path) -> dict[str, int]:
-    """Return bytes per stored dtype over every .safetensors file in `directory` (shards included)."""
-    totals: dict[str, int] = {}
-    for f in sorted(directory.glob("*.safetensors")):
-        for dtype, size in safetensors_header_bytes(f).items():
-            totals[dtype] = totals.get(dtype, 0) + size
-    return totals
 
 
 def resolve(
@@ -100,7 +74,8 @@ def resolve(
         cfg = path / "config.json"
         if not cfg.is_file():
             raise UsageError(f"{model}: no config.json in this directory", "point at a saved transformers model")
-        stored = local_stored_bytes(path) if read_safetensors else {}
+        # Headers are checked even when their sizes are not needed: a bad file is exit 2 before any load.
+        stored = stored_bytes(path)
         return ModelSource(
             name=model, config=_read_config(cfg), config_from="local", local_dir=path, stored_bytes=stored
         )

@@ -17,6 +17,7 @@ from qcli.plan.distributed import STRATEGIES, check_offload, parse_strategy
 from qcli.plan.fit import CONTEXT_SEARCH_LIMIT, check_request, max_batch, max_context
 from qcli.plan.formats import COMPARISON_FORMATS, LOAD_DTYPES, Format, parse_format, parse_load_dtype
 from qcli.plan.gpus import Device, resolve_gpu
+from qcli.plan.limits import MAX_BATCH, MAX_CONTEXT, MAX_GPUS, MAX_LORA_RANK, check_int
 from qcli.plan.planner import (
     DEFAULT_CUDA_CONTEXT_BYTES,
     DEFAULT_MARGIN_FRACTION,
@@ -159,11 +160,13 @@ def _gpu_count(opts: EstimateOptions) -> int | None:
     if opts.gpu_count is None or opts.gpu_count.strip().lower() == "auto":
         return None
     try:
-        return int(opts.gpu_count)
+        count = int(opts.gpu_count)
     except ValueError:
+        shown = opts.gpu_count if len(opts.gpu_count) < 40 else opts.gpu_count[:40] + "…"
         raise UsageError(  # noqa: B904 - the ValueError says nothing more
-            f"--gpus {opts.gpu_count!r} is neither a number nor auto", "e.g. --gpus 4 or --gpus auto"
+            f"--gpus {shown!r} is neither a number nor auto", "e.g. --gpus 4 or --gpus auto"
         )
+    return check_int("--gpus", count, 1, MAX_GPUS)
 
 
 def _max_memory(text: str | None, n: int) -> list[int] | None:
@@ -243,8 +246,10 @@ def _check_flags(opts: EstimateOptions) -> None:
         raise UsageError("--set overrides a preset's fields: give --preset too")
     if opts.model is None and (opts.context or opts.train):
         raise UsageError("--context and --train need layer shapes: give a MODEL instead of --params")
-    if opts.nodes < 1:
-        raise UsageError("--nodes must be at least 1")
+    check_int("--nodes", opts.nodes, 1, MAX_GPUS)
+    check_int("--context", opts.context, 1, MAX_CONTEXT)
+    check_int("--batch", opts.batch, 1, MAX_BATCH)
+    check_int("--lora-rank", opts.lora_rank, 1, MAX_LORA_RANK)
     if not opts.train and (opts.nodes > 1 or opts.strategy or opts.offload_optimizer or opts.offload_params):
         raise UsageError(
             "--nodes, --strategy and --offload-* plan training: add --train full|lora|qlora",

@@ -4,6 +4,8 @@ overridden with `--set key=value`, converted to a BitsAndBytesConfig (transforme
 
 from __future__ import annotations
 
+import re
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,10 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from qcli.errors import UsageError
 from qcli.plan.formats import DENSE_FORMATS, Format, LoadDtype, normalize_dtype
+from qcli.plan.safe_yaml import load_yaml
 from qcli.resources import config_file, config_files
 from qcli.results import PresetInfo, PresetsReport
 
 StorageDtype = Literal["uint8", "int8", "float16", "bfloat16", "float32"]
+# transformers matches each llm_int8_skip_modules entry with re.match against every module name, so a
+# pattern such as `(a+)+!` backtracks for hours. Entries are module names (or dotted fragments of them):
+# letters, digits, `_`, `-` and `.`, which as a regex matches in linear time.
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
 
 
 def _dtype(value: Any) -> Any:
@@ -39,6 +46,17 @@ class Quantization(BaseModel):
     llm_int8_has_fp16_weight: bool = False
 
     _norm = field_validator("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage", mode="before")(_dtype)
+
+    @field_validator("llm_int8_skip_modules")
+    @classmethod
+    def _module_names(cls, names: list[str] | None) -> list[str] | None:
+        for name in names or []:
+            if not _MODULE_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{reprlib.repr(name)} is not a module name (letters, digits, _ - . and at most 200 "
+                    "characters; regular expressions are refused: transformers runs them on every module name)"
+                )
+        return names
 
     @model_validator(mode="after")
     def _one_mode(self) -> Quantization:
@@ -127,8 +145,11 @@ def builtin_names() -> list[str]:
 def _read(name_or_path: str) -> tuple[str, str]:
     """Return (source label, YAML text) for a preset name or a path to a YAML file."""
     path = Path(name_or_path).expanduser()
-    looks_like_path = path.suffix in {".yaml", ".yml"} or "/" in name_or_path or path.exists()
+    # A path when it looks like one or is a file: a directory named `bf16` in the cwd does not hide the preset.
+    looks_like_path = path.suffix in {".yaml", ".yml"} or "/" in name_or_path or path.is_file()
     if looks_like_path:
+        if path.exists() and not path.is_file():
+            raise UsageError(f"preset file {name_or_path!r} is not a regular file", "give a YAML file")
         if not path.is_file():
             raise UsageError(f"preset file {name_or_path!r} does not exist", "give a YAML file or a built-in name")
         try:
@@ -148,12 +169,14 @@ def _apply_set(data: dict[str, Any], assignment: str, source: str) -> None:
     key = key.strip()
     if not sep or not key:
         raise UsageError(
-            f"--set {assignment!r} is not key=value", "e.g. --set quantization.bnb_4bit_compute_dtype=float16"
+            f"--set {reprlib.repr(assignment)} is not key=value",
+            "e.g. --set quantization.bnb_4bit_compute_dtype=float16",
         )
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw, f"--set {reprlib.repr(key)}") if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise UsageError(f"--set {assignment!r}: the value is not valid YAML ({exc.problem})") from exc
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise UsageError(f"--set {reprlib.repr(key)}: the value is not valid YAML ({problem})") from None
     node = data
     parts = key.split(".")
     for part in parts[:-1]:
@@ -175,7 +198,8 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "literal_error":
-            msg = f"got {err.get('input')!r}; {msg.lower()}"
+            # reprlib: a bounded repr (an alias-expanded value must not be printed in full)
+            msg = f"got {reprlib.repr(err.get('input'))}; {msg.lower()}"
         problems.append(f"{loc}: {msg}")
     return f"{source}: " + "; ".join(problems)
 
@@ -184,7 +208,7 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Preset
     """Return the validated Preset named (built-in) or found at a path, with --set overrides applied."""
     source, text = _read(name_or_path)
     try:
-        data = yaml.safe_load(text)  # safe_load: a !!python tag never executes
+        data = load_yaml(text, source)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

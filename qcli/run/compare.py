@@ -6,18 +6,24 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qcli.errors import UsageError
+from qcli.model.config_schema import validate_config
+from qcli.model.demo import DEMO_NAME
+from qcli.model.describe import from_config
+from qcli.model.meta import UnknownModelType
 from qcli.model.resolve import resolve
 from qcli.options import FromCli
+from qcli.plan.limits import MAX_TIMEOUT_SECONDS, check_float
 from qcli.plan.presets import load_preset
 from qcli.resources import data_text
 from qcli.results import CompareReport, CompareRow
+from qcli.run.demo import writable_cache
+from qcli.run.flags import check_new_tokens, check_prompt, check_text_file, check_weights_present, worker_command
 from qcli.run.loader import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, resolve_device
 from qcli.run.quality import agreement_and_kl
 
@@ -49,21 +55,28 @@ def validate(opts: CompareOptions) -> tuple[list[str], str, str, str | None]:
         raise UsageError("--presets lists a preset twice")
     for p in presets:
         load_preset(p)  # unknown names and invalid files: exit 2 now
+    if opts.reference is not None:
+        load_preset(opts.reference)
     reference = opts.reference or presets[0]
     if reference not in presets:
         presets.insert(0, reference)
-    if opts.text is not None:
-        path = Path(opts.text)
-        if not path.is_file():
-            raise UsageError(f"--text {opts.text!r}: no such file")
-        text = path.read_text(encoding="utf-8", errors="replace")
-        if not text.strip():
-            raise UsageError(f"--text {opts.text!r} is empty")
-    else:
-        text = data_text("sample.txt")
+    check_float("--timeout", opts.timeout_seconds, 0, MAX_TIMEOUT_SECONDS, lo_open=True)
+    check_prompt(opts.prompt)
+    text = check_text_file(opts.text) if opts.text is not None else data_text("sample.txt")
     # A missing model is bad input before any preset runs; every worker then loads the same commit.
     source = resolve(opts.model, opts.revision, read_safetensors=False, token=opts.token)
+    check_weights_present(source)
+    validate_config(source.config)
+    try:
+        spec = from_config(source.config)
+    except UnknownModelType:
+        raise
+    except UsageError:
+        spec = None
+    check_new_tokens(opts.max_new_tokens, spec)
     resolve_device(opts.device)
+    if opts.model == DEMO_NAME:
+        writable_cache()  # each worker builds or reads the demo there
     return presets, reference, text, source.commit_sha or opts.revision
 
 
@@ -98,7 +111,7 @@ def run_compare(opts: CompareOptions, progress: Callable[[str], None] | None = N
             spec_path.write_text(json.dumps(spec))
             try:
                 subprocess.run(
-                    [sys.executable, "-m", "qcli.run.worker", str(spec_path)],
+                    worker_command(spec_path),
                     capture_output=True,
                     timeout=opts.timeout_seconds,
                     check=False,

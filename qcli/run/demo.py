@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from qcli.errors import UsageError
 from qcli.model.demo import DEMO_CONFIG, DEMO_VERSION, DEMO_VOCAB
 from qcli.resources import cache_root, data_text
 
@@ -24,20 +27,65 @@ def demo_dir() -> Path:
     return cache_root() / f"demo-v{DEMO_VERSION}"
 
 
-def ensure_demo() -> Path:
-    """Return the demo checkpoint directory, building it on first use (a few seconds on a CPU)."""
-    target = demo_dir()
-    if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
+def writable_cache() -> Path:
+    """Return the cache dir, created; one that is a file or cannot be written is bad input."""
+    root = cache_root()
+    named = f"QCLI_CACHE={root}" if os.environ.get("QCLI_CACHE") else f"the cache dir {root} (QCLI_CACHE moves it)"
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"{named} is not a directory", "point QCLI_CACHE at a directory")
     try:
-        build_demo(tmp)
-        if target.exists():
-            shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{named} cannot be created ({exc.strerror})", "point QCLI_CACHE elsewhere") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise UsageError(f"{named} is not writable", "point QCLI_CACHE elsewhere")
+    return root
+
+
+def _complete(target: Path) -> bool:
+    return (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file()
+
+
+@contextmanager
+def _build_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the cache while the demo is built: a second `qcli load demo` started
+    meanwhile waits and then uses the finished build (fcntl.flock; released when the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: builds may race, each into its own temp dir
+        yield
+        return
+    with open(root / f"demo-v{DEMO_VERSION}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_demo() -> Path:
+    """Return the demo checkpoint directory, building it on first use (a few seconds on a CPU).
+
+    Built into a temporary `.demo-*` directory and renamed into place, under a lock: an interrupted
+    build (Ctrl-C, SIGTERM) leaves nothing behind and two racing builds never see a half-written one.
+    """
+    target = demo_dir()
+    if _complete(target):
+        return target
+    root = writable_cache()
+    with _build_lock(root):
+        if _complete(target):  # another process built it while this one waited
+            return target
+        for stale in root.glob(".demo-*"):  # left by a build that was killed (SIGKILL): nobody holds it now
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=root))
+        try:
+            build_demo(tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from qcli.errors import RunError, UsageError
+from qcli.model.config_schema import validate_config
 from qcli.model.demo import DEMO_NAME, DEMO_PROMPT
 from qcli.model.describe import from_config
+from qcli.model.meta import UnknownModelType
 from qcli.model.resolve import ModelSource, resolve
 from qcli.model.spec import ModelSpec
 from qcli.options import FromCli
@@ -26,6 +28,7 @@ from qcli.plan.presets import Preset, load_preset
 from qcli.plan.storages import cuda_prediction
 from qcli.results import CudaPrediction, Generation, LoadReport, Plan
 from qcli.run.demo import ensure_demo
+from qcli.run.flags import check_device_map, check_new_tokens, check_prompt, check_weights_present
 from qcli.run.measure import census, cuda_memory, reset_cuda_peaks, rss_bytes, tensor_memory
 from qcli.units import parse_bytes
 
@@ -68,6 +71,12 @@ class Prepared:
 
 def prepare(opts: LoadOptions) -> Prepared:
     """Return the resolved model, its description, the preset and the matching estimate; no torch."""
+    check_device_map(opts.device_map)
+    parse_max_memory(opts.max_memory)
+    check_prompt(opts.prompt)
+    check_new_tokens(opts.max_new_tokens)
+    if opts.device not in ("auto", "cpu"):
+        resolve_device(opts.device)  # a missing GPU is bad input before the model is built or read
     preset = load_preset(opts.preset, opts.sets)
     dtype = parse_load_dtype(opts.dtype) or preset.dtype
     source = resolve(opts.model, opts.revision, read_safetensors=False, token=opts.token)  # bad input: exit 2 now
@@ -79,11 +88,19 @@ def prepare(opts: LoadOptions) -> Prepared:
             f"{opts.model} is a pre-quantized {pre.method} checkpoint: qcli loads bitsandbytes ones only",
             f"`qcli estimate {opts.model}` still reports its stored bytes",
         )
+    check_weights_present(source)
+    validate_config(source.config)  # a config qcli cannot read is bad input, not "no estimate"
     spec: ModelSpec | None
     try:
         spec = from_config(source.config, trust_remote_code=opts.trust_remote_code)
+    except UnknownModelType:
+        if not opts.trust_remote_code:
+            raise  # transformers cannot build it either
+        spec = None
     except UsageError:
         spec = None
+    if opts.prompt is not None:
+        check_new_tokens(opts.max_new_tokens, spec)
     plan, quantizable = None, []
     if spec is not None:
         plan = preset_plan(spec, preset, dtype, pre)
@@ -151,10 +168,25 @@ def parse_max_memory(text: str | None) -> dict[int | str, str] | None:
     for part in text.split(","):
         key, sep, size = part.partition("=")
         key = key.strip()
-        if not sep or not (key.isdigit() or key in {"cpu", "disk"}):
-            raise UsageError(f"--max-memory {part!r} is not DEVICE=SIZE", "e.g. --max-memory 0=20GiB,cpu=64GiB")
+        # ASCII digits only: str.isdigit() is true for '²', which int() then refuses.
+        gpu = re.fullmatch(r"[0-9]{1,4}", key) is not None
+        if not sep or not (gpu or key in {"cpu", "disk"}):
+            raise UsageError(f"--max-memory {part[:40]!r} is not DEVICE=SIZE", "e.g. --max-memory 0=20GiB,cpu=64GiB")
         parse_bytes(size, "--max-memory")
-        out[int(key) if key.isdigit() else key] = size.strip()
+        device: int | str = int(key) if gpu else key
+        if device in out:
+            raise UsageError(f"--max-memory names {key} twice")
+        out[device] = size.strip()
+    gpus = sorted(k for k in out if isinstance(k, int))
+    if gpus:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus[-1] >= count:
+            raise UsageError(
+                f"--max-memory names GPU {gpus[-1]}, and this machine has {count} CUDA device(s)",
+                "number GPUs from 0; use cpu= for CPU memory",
+            )
     return out
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +12,18 @@ from typing import Any
 
 from qcli.errors import RunError, UsageError
 from qcli.options import FromCli
+from qcli.plan.limits import check_float
 from qcli.plan.presets import load_preset
 from qcli.resources import data_text
 from qcli.results import CheckResult, VerifyReport
 from qcli.run import checks
+from qcli.run.flags import worker_command
 from qcli.run.loader import DEFAULT_PROMPT, LoadOptions, load_report
 from qcli.run.quality import agreement_and_kl, perplexity_and_logprobs, token_ids
 from qcli.units import parse_bytes
+
+# A KL divergence threshold past this passes anything: almost surely a typo.
+MAX_KL = 1e6
 
 
 @dataclass
@@ -65,7 +69,7 @@ def _reference_logprobs(opts: VerifyOptions, text: str) -> Any:
         }
         (Path(tmp) / "spec.json").write_text(json.dumps(spec))
         subprocess.run(
-            [sys.executable, "-m", "qcli.run.worker", str(Path(tmp) / "spec.json")],
+            worker_command(Path(tmp) / "spec.json"),
             capture_output=True,
             check=False,
             env=dict(os.environ) | ({"HF_TOKEN": opts.load.token} if opts.load.token else {}),  # not in the spec
@@ -77,6 +81,8 @@ def _reference_logprobs(opts: VerifyOptions, text: str) -> Any:
 
 
 def run_verify(opts: VerifyOptions) -> VerifyReport:
+    check_float("--min-agreement", opts.min_agreement, 0, 1)
+    check_float("--max-kl", opts.max_kl, 0, MAX_KL)
     tolerance = parse_tolerance(opts.tolerance)
     budget_bytes = parse_bytes(opts.budget, "--budget") if opts.budget else None
     preset = load_preset(opts.load.preset, opts.load.sets)

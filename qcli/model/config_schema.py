@@ -1,0 +1,145 @@
+"""The config.json keys qcli reads, validated before anything is built from them.
+
+A pydantic model of those keys only (other keys pass through untouched): sizes are strict positive
+integers within bounds, flags are real booleans (`"false"` is not false), fractions are numbers in
+(0, 1]. transformers' own config classes coerce silently (`bool("false")` is True) or fail deep inside
+a model constructor; qcli refuses with the key named instead.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+
+from qcli.errors import UsageError
+
+# Bounds far beyond any released model (the largest have ~200 layers, hidden sizes of ~32k, vocabularies
+# of ~1M and contexts of ~10M tokens): a value past them is a typo or an attack, and a layer count of
+# 1e9 would make the analytic builders loop for minutes.
+MAX_LAYERS = 10_000
+MAX_DIM = 2**31 - 1
+MAX_EXPERTS = 2**16
+
+
+def _whole(value: Any) -> Any:
+    """Return an integral float (JSON `1200.0`, as some shipped configs write it) as an int; leave the rest
+    for the strict check, so `100.5`, `"64"` and `true` are refused."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_DIM:
+        return int(value)
+    return value
+
+
+Whole = Annotated[StrictInt, BeforeValidator(_whole)]
+Layers = Annotated[Whole, Field(ge=1, le=MAX_LAYERS)]
+Dim = Annotated[Whole, Field(ge=1, le=MAX_DIM)]
+# 0 is a real value for these in shipped configs: no sliding window (qwen2_moe), no token types (deberta),
+# head_dim derived from the hidden size (glm5_next), no shared expert or no experts at all.
+Size0 = Annotated[Whole, Field(ge=0, le=MAX_DIM)]
+Experts = Annotated[Whole, Field(ge=0, le=MAX_EXPERTS)]
+# Some families give a per-layer or per-stage list (segformer's heads, gemma3n's and ernie's MLP sizes) or a
+# per-tower dict (lxmert's layers): each entry is checked the same way.
+Dims = Dim | list[Dim]
+Sizes0 = Size0 | list[Size0]
+Fraction = Annotated[float, Field(gt=0, le=1, strict=True, allow_inf_nan=False)]
+
+
+class _Keys(BaseModel):
+    """One config (or its text_config): the keys qcli's builders and planner read."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    model_type: StrictStr | None = None
+    architectures: list[StrictStr] | None = None
+    vocab_size: Dim | None = None
+    hidden_size: Dim | None = None
+    n_embd: Dim | None = None
+    intermediate_size: Sizes0 | None = None
+    n_inner: Dim | None = None
+    ffn_dim: Dim | None = None
+    ffn_hidden_size: Dim | None = None
+    word_embed_proj_dim: Dim | None = None
+    num_hidden_layers: Layers | dict[str, Layers] | None = None
+    n_layer: Layers | None = None
+    num_attention_heads: Dims | None = None
+    n_head: Dim | None = None
+    num_key_value_heads: Dims | None = None
+    num_kv_heads: Dim | None = None
+    head_dim: Size0 | None = None
+    max_position_embeddings: Dim | None = None
+    n_positions: Dim | None = None
+    type_vocab_size: Size0 | None = None
+    sliding_window: Size0 | None = None
+    sliding_window_pattern: Layers | None = None
+    layer_types: list[StrictStr] | None = None
+    num_local_experts: Experts | None = None
+    num_experts: Experts | None = None
+    moe_intermediate_size: Sizes0 | None = None
+    shared_expert_intermediate_size: Size0 | None = None
+    decoder_sparse_step: Layers | None = None
+    mlp_only_layers: list[Annotated[StrictInt, Field(ge=0, le=MAX_LAYERS)]] | None = None
+    num_ln_in_parallel_attn: Annotated[StrictInt, Field(ge=1, le=2)] | None = None
+    partial_rotary_factor: Fraction | None = None
+    rotary_pct: Fraction | None = None
+    tie_word_embeddings: StrictBool | None = None
+    attention_bias: StrictBool | None = None
+    mlp_bias: StrictBool | None = None
+    qk_layernorm: StrictBool | None = None
+    multi_query: StrictBool | None = None
+    new_decoder_architecture: StrictBool | None = None
+    parallel_attn: StrictBool | None = None
+    bias: StrictBool | None = None
+    alibi: StrictBool | None = None
+    rotary: StrictBool | None = None
+    use_sliding_window: StrictBool | None = None
+    enable_bias: StrictBool | None = None
+    do_layer_norm_before: StrictBool | None = None
+    layer_norm_elementwise_affine: StrictBool | None = None
+    remove_final_layer_norm: StrictBool | None = Field(None, alias="_remove_final_layer_norm")
+    quantization_config: dict[str, Any] | None = None
+    auto_map: dict[str, Any] | None = None
+
+
+class ConfigKeys(_Keys):
+    text_config: _Keys | None = None
+
+
+def _clean_loc(err: Any) -> tuple[str | int, ...]:
+    """Return an error's location without pydantic's union-branch tags (`function-after[...]`, `list[...]`)."""
+    return tuple(p for p in err["loc"] if isinstance(p, int) or str(p).replace("_", "a").isalnum())
+
+
+def _problem(err: Any) -> str:
+    loc = ".".join(str(p) for p in _clean_loc(err))
+    value = err.get("input")
+    if isinstance(value, (list, dict)):
+        shown = f"a {type(value).__name__}"
+    else:
+        shown = repr(value)
+        shown = shown if len(shown) <= 40 else shown[:30] + "…"
+    msg = err["msg"].replace(" or instance of _Keys", "")
+    return f"{loc}: {msg[:1].lower()}{msg[1:]}, got {shown}"
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    """Return one problem per config key: of a union's branch errors, the most specific (deepest) one."""
+    best: dict[Any, Any] = {}
+    for err in exc.errors():
+        loc = _clean_loc(err)
+        key = loc[:2] if loc and loc[0] == "text_config" else loc[:1]
+        if key not in best or len(loc) > len(_clean_loc(best[key])):
+            best[key] = err
+    return [_problem(e) for e in best.values()]
+
+
+def validate_config(cfg: Any, source: str = "config.json") -> None:
+    """Raise a UsageError naming the first keys of `cfg` that qcli reads and cannot use."""
+    if not isinstance(cfg, dict):
+        raise UsageError(f"{source}: the top level must be a JSON object")
+    try:
+        ConfigKeys.model_validate(cfg)
+    except ValidationError as exc:
+        problems = _problems(exc)
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        problems = problems[:3]
+        raise UsageError(f"{source}: " + "; ".join(problems) + more) from None

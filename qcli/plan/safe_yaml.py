@@ -1,0 +1,70 @@
+"""YAML from users (preset files, `--set` values), loaded with bounds.
+
+yaml.safe_load never runs code, but its aliases are shared references: nine anchors of nine
+aliases each describe 9**9 values in a few hundred bytes (the "billion laughs"), which anything
+that walks or prints the result (a validation error message) then expands. An anchor may also
+contain itself. Both are refused here, as is nesting deeper than any preset needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from qcli.errors import UsageError
+
+MAX_VALUES = 10_000  # values after alias expansion; a preset has about twenty
+MAX_DEPTH = 32  # a preset nests three levels
+
+
+class _Refused(Exception):
+    def __init__(self, problem: str, path: tuple[object, ...]) -> None:
+        super().__init__(problem)
+        self.path = path
+
+
+def _count(obj: Any, path: tuple[object, ...], sizes: dict[int, int], open_: set[int]) -> int:
+    """Return how many values `obj` holds once aliases are expanded (shared nodes are counted once
+    per reference but walked once, so the walk is linear in the text)."""
+    if not isinstance(obj, (list, dict)):
+        return 1
+    if len(path) > MAX_DEPTH:
+        raise _Refused(f"nested deeper than {MAX_DEPTH} levels", path)
+    key = id(obj)
+    if key in open_:
+        raise _Refused("an alias refers to itself", path)
+    if key in sizes:
+        return sizes[key]
+    open_.add(key)
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+    total = 1 + sum(1 + _count(v, (*path, k), sizes, open_) for k, v in items)
+    open_.discard(key)
+    if total > MAX_VALUES:
+        raise _Refused(f"aliases expand to more than {MAX_VALUES:,} values", path)
+    sizes[key] = total
+    return total
+
+
+def _where(path: tuple[object, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out[:80]
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Return the YAML value of `text`, or raise a UsageError starting with `where` if it is unbounded.
+
+    yaml.YAMLError passes through for the caller to report with its line and column.
+    """
+    try:
+        data = yaml.safe_load(text)  # safe_load: a !!python tag never executes
+    except RecursionError:
+        raise UsageError(f"{where}: YAML nested too deeply") from None
+    try:
+        _count(data, (), {}, set())
+    except _Refused as exc:
+        at = _where(exc.path)
+        raise UsageError(f"{where}: {at + ': ' if at else ''}{exc}") from None
+    return data

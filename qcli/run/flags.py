@@ -1,0 +1,95 @@
+"""Checks of the load, verify and compare flags that need no model: each runs before anything is
+built, loaded or spawned, so a bad flag is exit 2 in well under a second (issue 11)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from qcli.errors import UsageError
+from qcli.model.demo import DEMO_NAME
+from qcli.model.resolve import ModelSource
+from qcli.model.spec import ModelSpec
+from qcli.plan.limits import MAX_NEW_TOKENS, check_int
+
+# The strings transformers' from_pretrained passes to accelerate as a device map strategy
+# (transformers.modeling_utils: "auto", "balanced", "balanced_low_0", "sequential").
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+# Python 3.11's -P: do not put the working directory on sys.path, so a json.py or torch.py lying in
+# the directory qcli runs from is never imported by a worker.
+SAFE_PATH_FLAGS = ["-P"] if sys.version_info >= (3, 11) else []
+
+
+def worker_command(spec_path: Path) -> list[str]:
+    """Return the command line of a worker process for one spec file."""
+    return [sys.executable, *SAFE_PATH_FLAGS, "-m", "qcli.run.worker", str(spec_path)]
+
+
+def check_device_map(device_map: str | None) -> None:
+    """Raise a UsageError unless --device-map is one of accelerate's strategies (None passes)."""
+    if device_map is not None and device_map not in DEVICE_MAPS:
+        raise UsageError(f"--device-map {device_map[:40]!r} is not a device map", f"use {', '.join(DEVICE_MAPS)}")
+
+
+def check_prompt(prompt: str | None, flag: str = "--prompt") -> None:
+    """Raise a UsageError for a prompt with nothing in it (None passes: the default is used)."""
+    if prompt is not None and not prompt.strip():
+        raise UsageError(f"{flag} is empty", "give some text, e.g. --prompt 'The capital of France is'")
+
+
+def check_new_tokens(max_new_tokens: int, spec: ModelSpec | None = None) -> None:
+    """Raise a UsageError for a generation length below 1, or longer than the model's context."""
+    check_int("--max-new-tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
+    context = spec.max_position_embeddings if spec is not None else None
+    if isinstance(context, int) and max_new_tokens > context:
+        raise UsageError(
+            f"--max-new-tokens {max_new_tokens:,} is more than the model's context ({context:,} tokens)",
+            f"give at most {context:,}",
+        )
+
+
+def check_text_file(path_text: str, flag: str = "--text") -> str:
+    """Return the text of a --text file; a missing, special, empty or one-character file is bad input."""
+    path = Path(path_text)
+    if not path.is_file():
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise UsageError(f"{flag} {path_text[:200]!r} {what}")
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise UsageError(f"{flag} {path_text[:200]!r} cannot be read ({exc.strerror})") from None
+    if len("".join(text.split())) < 2:
+        raise UsageError(f"{flag} {path_text[:200]!r} has fewer than two tokens of text", "give a longer text")
+    return text
+
+
+def check_output_path(path_text: str | None, flag: str) -> None:
+    """Raise a UsageError when a report file cannot be written there; creates missing parent dirs."""
+    if path_text is None:
+        return
+    path = Path(path_text)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path_text[:200]!r} is a directory", "give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{flag} {path_text[:200]!r}: its directory cannot be created ({exc.strerror})") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{flag} {path_text[:200]!r} is not writable")
+
+
+# What transformers' from_pretrained can load weights from (safetensors, PyTorch, TF, Flax, sharded indexes).
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.index.json")
+
+
+def check_weights_present(source: ModelSource) -> None:
+    """Raise a UsageError when a local model directory holds no weight file to load."""
+    directory = source.local_dir
+    if directory is None or source.name == DEMO_NAME:
+        return
+    if not any(next(directory.glob(p), None) for p in WEIGHT_PATTERNS):
+        raise UsageError(
+            f"{source.name}: no weights in this directory (*.safetensors, *.bin, …)",
+            "point at a saved checkpoint, or use `qcli estimate` for the config alone",
+        )

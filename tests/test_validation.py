@@ -1,0 +1,157 @@
+"""The validation modules on their own: bounded YAML, safetensors headers, config keys, number limits.
+(tests/test_hostile.py drives the same code through the CLI.)"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from qcli.errors import UsageError
+from qcli.model.config_schema import validate_config
+from qcli.model.safetensors_header import SafetensorsError, read_header, stored_bytes
+from qcli.plan.limits import check_float, check_int
+from qcli.plan.safe_yaml import MAX_VALUES, load_yaml
+from qcli.units import parse_bytes, parse_params
+from tests.conftest import FIXTURES
+
+
+def test_alias_bomb_is_refused_at_once_naming_the_key():
+    levels = ["&a0 [" + ",".join(["x"] * 9) + "]"]
+    levels += [f"&a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    start = time.monotonic()
+    with pytest.raises(UsageError, match=r"p\.yaml: dtype\[\d\]: aliases expand to more than"):
+        load_yaml("name: b\ndtype: [" + ", ".join(levels) + "]\n", "p.yaml")
+    assert time.monotonic() - start < 1
+
+
+def test_shared_aliases_within_the_limit_and_plain_presets_load():
+    assert load_yaml("a: &x [1, 2]\nb: *x\n", "p.yaml") == {"a": [1, 2], "b": [1, 2]}
+    wide = load_yaml("v: [" + ",".join(["1"] * (MAX_VALUES // 2 - 2)) + "]", "p.yaml")
+    assert len(wide["v"]) == MAX_VALUES // 2 - 2
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"), [("a: &x [*x]", "refers to itself"), ("a: " + "[" * 40 + "]" * 40, "deeper than")]
+)
+def test_recursive_and_deep_yaml_are_refused(text, needle):
+    with pytest.raises(UsageError, match=needle):
+        load_yaml(text, "p.yaml")
+
+
+def test_header_of_a_real_file_matches_what_safetensors_wrote(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file({"a": np.zeros((3, 5), np.float32), "b": np.zeros(7, np.float16)}, str(path), metadata={"k": "v"})
+    assert read_header(path) == {"a": ("F32", (3, 5), 60), "b": ("F16", (7,), 14)}
+    assert stored_bytes(tmp_path) == {"F32": 60, "F16": 14}
+
+
+def _file(tmp_path, header: object, length: int | None = None, data: bytes = bytes(8)):
+    raw = json.dumps(header).encode()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw) if length is None else length) + raw + data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("header", "length", "needle"),
+    [
+        ([1], None, "not a JSON object"),
+        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": "x"}}, None, "data_offsets"),
+        ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, None, "12 bytes"),
+        ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, None, "outside"),
+        ({"w": {"dtype": "Q7", "shape": [2], "data_offsets": [0, 8]}}, None, "unknown dtype"),
+        ({}, 2**62, "exceeds"),
+        ({}, 1000, "longer than the file"),
+    ],
+)
+def test_bad_headers_name_the_file_and_the_problem(tmp_path, header, length, needle):
+    path = _file(tmp_path, header, length)
+    with pytest.raises(SafetensorsError, match=needle) as err:
+        read_header(path)
+    assert str(path) in err.value.message
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "model.safetensors")
+    with pytest.raises(SafetensorsError, match="not a regular file"):
+        read_header(tmp_path / "model.safetensors")
+
+
+def test_every_fixture_config_validates():
+    for path in FIXTURES.glob("*.json"):
+        validate_config(json.loads(path.read_text()))
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ({"tie_word_embeddings": "false"}, "tie_word_embeddings: input should be a valid boolean"),
+        ({"n_inner": 100.5}, "n_inner"),
+        ({"num_hidden_layers": 10**9}, "num_hidden_layers"),
+        ({"mlp_only_layers": 5}, "mlp_only_layers"),
+        ({"text_config": {"hidden_size": "x"}}, "text_config.hidden_size"),
+        ({"partial_rotary_factor": "0.5"}, "partial_rotary_factor"),
+    ],
+)
+def test_config_keys_are_named(override, needle):
+    with pytest.raises(UsageError, match=needle):
+        validate_config({"model_type": "llama", **override})
+
+
+def test_limits_name_the_flag():
+    assert check_int("--gpus", 8, 1, 1024) == 8
+    with pytest.raises(UsageError, match=r"--gpus 10000000 is out of range"):
+        check_int("--gpus", 10_000_000, 1, 1024)
+    with pytest.raises(UsageError, match=r"--context 100000000000… \(401 digits\)"):
+        check_int("--context", 10**400, 1, 2**31)
+    for bad in (float("nan"), float("inf"), 0.0, -5.0):
+        with pytest.raises(UsageError, match="--timeout"):
+            check_float("--timeout", bad, 0, 3600, lo_open=True)
+
+
+@pytest.mark.parametrize("text", ["1,5b", "1,500", "7,24B"])
+def test_a_comma_is_never_guessed(text):
+    with pytest.raises(UsageError, match="comma"):
+        parse_params(text)
+
+
+def test_huge_exponents_are_out_of_range_not_overflow():
+    for text in ("1e1000000", "9" * 5000):
+        with pytest.raises(UsageError, match="--params"):
+            parse_params(text)
+    with pytest.raises(UsageError, match="--gpu"):
+        parse_bytes("1e1000000GB", "--gpu")
+
+
+def test_every_config_transformers_ships_passes_the_schema():
+    """The schema refuses hostile values, never a real config: each config class's defaults validate."""
+    import warnings
+
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.utils import logging
+
+    from qcli.model.config_schema import validate_config
+
+    logging.set_verbosity_error()
+    checked, refused = 0, {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for model_type in sorted(CONFIG_MAPPING.keys()):
+            try:
+                cfg = json.loads(CONFIG_MAPPING[model_type]().to_json_string())
+            except Exception:  # a config class that needs arguments: nothing to check
+                continue
+            checked += 1
+            try:
+                validate_config(cfg)
+            except UsageError as exc:
+                refused[model_type] = str(exc)
+    assert checked > 300
+    assert refused == {}
