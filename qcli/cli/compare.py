@@ -11,7 +11,7 @@ import typer
 from qcli.cli._options import DeviceOpt, JsonOpt, MaxNewTokensOpt, ModelArg, PromptOpt
 from qcli.errors import ExitCode, UsageError
 from qcli.output.console import console, print_json, render_compare, stderr_is_terminal
-from qcli.output.files import compare_csv, compare_markdown, compare_plot
+from qcli.output.files import check_output_path, compare_csv, compare_markdown, compare_plot
 from qcli.run.compare import CompareOptions, run_compare
 
 EPILOG = """Example:
@@ -40,6 +40,9 @@ def compare(
     json_: JsonOpt = False,
 ) -> int:
     """Memory, speed and quality of several presets side by side, each in its own process."""
+    for flag, path in (("--csv", csv), ("--markdown", markdown), ("--plot", plot)):
+        if path:
+            check_output_path(path, flag)  # before any work: not after a long compare
     opts = CompareOptions.from_cli(
         model=model,
         presets=presets.split(",") if presets is not None else None,
