@@ -392,5 +392,14 @@ def load_report(opts: LoadOptions, prepared: Prepared | None = None) -> tuple[Lo
     if loaded.device == "cpu" and (model_census.linear4bit or model_census.linear8bit):
         report.notes.append(CPU_FIRST_FORWARD_NOTE)
     if opts.prompt:
-        report.generation = generate(loaded, opts.prompt, opts.max_new_tokens)
+        try:
+            report.generation = generate(loaded, opts.prompt, opts.max_new_tokens)
+        except RunError:
+            raise
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise RunError(
+                f"{opts.model} loaded, but generating from --prompt failed: {type(exc).__name__}: {first}",
+                "offloaded bitsandbytes modules cannot always run on the CPU; `qcli verify` reports each step",
+            ) from exc
     return report, loaded

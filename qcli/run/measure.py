@@ -70,12 +70,16 @@ def tensor_memory(model: Any) -> Memory:
     """
     device_map = getattr(model, "hf_device_map", None)
     seen: set[tuple[str, int]] = set()
+    seen_objects: set[int] = set()
     by_kind: dict[str, int] = defaultdict(int)
     by_device: dict[str, int] = defaultdict(int)
     meta_tensors = 0
 
     def count(kind: str, t: Any, module_name: str) -> None:
         nonlocal meta_tensors
+        if id(t) in seen_objects:  # a tied parameter is one object in several modules
+            return
+        seen_objects.add(id(t))
         size = t.numel() * t.element_size()
         if t.device.type == "meta":
             place = _offload_place(module_name, device_map)

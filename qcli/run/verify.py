@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from qcli.plan.presets import Preset, load_preset
 from qcli.resources import data_text
 from qcli.results import CheckResult, VerifyReport
 from qcli.run import checks
-from qcli.run.loader import DEFAULT_PROMPT, LoadOptions, load_report, parse_max_memory, prepare
+from qcli.run.loader import DEFAULT_PROMPT, LoadOptions, generate, load_report, parse_max_memory, prepare
 from qcli.run.worker import WorkerResult, WorkerSpec, debug_enabled, run_worker
 from qcli.units import parse_bytes
 
@@ -125,6 +126,18 @@ def _reference_check(
     return check
 
 
+def _generation_check(loaded: Any, opts: VerifyOptions) -> CheckResult:
+    """Return the generation check: skipped without --expect; a generation that raises is an error."""
+    try:
+        gen = generate(loaded, opts.load.prompt or DEFAULT_PROMPT, opts.load.max_new_tokens)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return CheckResult(
+            name="generation", passed=False, error=True, detail=f"generation failed: {type(exc).__name__}: {first}"
+        )
+    return checks.generation(gen.text, gen.new_tokens, opts.expect)
+
+
 def run_verify(opts: VerifyOptions) -> VerifyReport:
     """Return every check's outcome. The reference (if any) runs first, in its own process, and is gone
     before the candidate loads; a load failure is reported as an errored `load` check."""
@@ -149,8 +162,8 @@ def run_verify(opts: VerifyOptions) -> VerifyReport:
         ref_seconds = time.perf_counter() - start
     results: list[CheckResult] = []
     start = time.perf_counter()
-    try:
-        report, loaded = load_report(opts.load, prepared)
+    try:  # the generation is a check of its own below, so that a failing forward is a result, not a crash
+        report, loaded = load_report(dataclasses.replace(opts.load, prompt=None), prepared)
     except RunError as exc:
         results.append(
             CheckResult(
@@ -179,11 +192,7 @@ def run_verify(opts: VerifyOptions) -> VerifyReport:
         budget_bytes = v.budget_bytes
         results.append(_timed(lambda: checks.budget(report, budget_bytes)))
     results.append(_timed(lambda: checks.forward_finite(loaded.model, loaded.tokenizer, loaded.device)))
-    gen = report.generation
-    gen_seconds = gen.generate_seconds if gen else 0.0
-    check = checks.generation(gen.text if gen else "", gen.new_tokens if gen else 0, opts.expect)
-    check.duration_seconds = gen_seconds
-    results.append(check)
+    results.append(_timed(lambda: _generation_check(loaded, opts)))
     if ref is not None:
         results.append(_reference_check(opts, ref, ref_logp, loaded, text, ref_seconds))
     results.extend(checks.dtype_warnings(v.preset, loaded.device))
