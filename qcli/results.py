@@ -292,19 +292,42 @@ class CudaMemory(BaseModel):
     cuda_context_bytes: int = Field(description="total − free − reserved: context plus other processes")
 
 
+class QuantGroup(BaseModel):
+    """Modules that carry the same quantization, read back from the loaded modules themselves."""
+
+    layer: str = Field(description="the module class: Linear4bit or Linear8bitLt")
+    quantized: bool = Field(
+        description="false when the module holds a plain weight (tied to the embeddings, offloaded unquantized)"
+    )
+    quant_type: str | None = Field(default=None, description="4-bit: nf4 or fp4, from the weight's quant_state")
+    double_quant: bool | None = Field(default=None, description="4-bit: quant_state.nested (absmax quantized again)")
+    compute_dtype: str | None = Field(default=None, description="4-bit: Linear4bit.compute_dtype")
+    block_size: int | None = Field(default=None, description="4-bit: quant_state.blocksize")
+    absmax_dtype: str | None = Field(default=None, description="4-bit: dtype of quant_state.absmax")
+    storage_dtype: str | None = Field(default=None, description="dtype the packed or int8 weight is stored in")
+    outlier_threshold: float | None = Field(default=None, description="int8: Linear8bitLt.state.threshold")
+    has_fp16_weights: bool | None = Field(default=None, description="int8: Linear8bitLt.state.has_fp16_weights")
+    modules: list[str]
+
+
 class Census(BaseModel):
     """What the loaded model is made of and where it went."""
 
     linear4bit: int
     linear8bit: int
     linear_unquantized: int
-    quantizable_linears: int = Field(description="nn.Linear/Conv1D modules before quantization")
+    quantizable_linears: int = Field(description="weights the preset's rules quantize (the estimate's count)")
     unquantized_modules: list[str]
+    quantization: list[QuantGroup] = Field(
+        default_factory=list, description="the quantization each module really has, grouped"
+    )
     kept_params_by_dtype: dict[str, int] = Field(description="unquantized parameter count per dtype")
-    placement_bytes_by_device: dict[str, int] = Field(description="tensor bytes per device (cpu, cuda:0, disk…)")
+    placement_bytes_by_device: dict[str, int] = Field(
+        description="tensor bytes per place: cpu, cuda:N, disk (offloaded by accelerate), meta (never loaded)"
+    )
     device_map: dict[str, str] | None = None
-    offloaded: list[str] = Field(default_factory=list)
-    meta_tensors: int = 0
+    offloaded: list[str] = Field(default_factory=list, description="modules the device map put on cpu or disk")
+    meta_tensors: int = Field(default=0, description="tensors on the meta device that no offload accounts for")
     linear4bit_by_quant_type: dict[str, int] = Field(
         default_factory=dict, description="Linear4bit count per quant type (+dq)"
     )
@@ -320,20 +343,38 @@ class Generation(BaseModel):
     generate_seconds: float
 
 
+MEASURED_AT = "after the load, before the first forward pass"
+
+
 class LoadReport(Result):
-    """`qcli load`: the bytes the model really holds, next to the estimate."""
+    """`qcli load`: what the loaded modules hold, read back from them, next to the estimate."""
 
     command: Literal["load"] = "load"
     model: str
     preset: str
     device: str
     dtype: str
-    quantization: dict | None
-    memory_bytes: int = Field(description="every tensor once: params, buffers, 4-bit quant_state, int8 SCB")
+    quantization: dict | None = Field(description="the BitsAndBytesConfig transformers applied (model.config)")
+    preset_quantization: dict | None = Field(default=None, description="what the preset asked for")
+    checkpoint_quantization: dict | None = Field(
+        default=None, description="the checkpoint's own quantization_config (pre-quantized checkpoints)"
+    )
+    preset_overridden: bool = Field(
+        default=False, description="the checkpoint's quantization_config replaced the preset's quantization"
+    )
+    memory_bytes: int = Field(
+        description="every tensor of the model once, wherever it is (devices, cpu offload, disk): "
+        "params, buffers, 4-bit quant_state, int8 SCB"
+    )
+    memory_bytes_by_device: dict[str, int] = Field(
+        default_factory=dict, description="memory_bytes per place: cpu, cuda:N, disk, meta"
+    )
+    offloaded_bytes: int = Field(default=0, description="bytes on disk, or on the CPU when the model is on a GPU")
     memory_bytes_by_kind: dict[str, int]
     footprint_bytes: int = Field(description="transformers get_memory_footprint(): misses the 4-bit quant_state")
     estimate_bytes: int | None = Field(description="the estimate's weight bytes for the same model, preset and dtype")
     estimate_error_percent: float | None = Field(description="(estimate − measured) / measured × 100")
+    measured_at: str = Field(default=MEASURED_AT, description="when the figures were read")
     load_seconds: float
     cuda: list[CudaMemory] | None = Field(description="null on CPU: no CUDA allocator")
     cuda_prediction: CudaPrediction | None = Field(
@@ -369,6 +410,7 @@ class CompareRow(BaseModel):
     continuation: str | None = None
     device: str | None = None
     error: str | None = None
+    traceback: str | None = Field(default=None, description="the worker's traceback, with --debug only")
 
 
 class CompareReport(Result):
@@ -388,22 +430,39 @@ class CompareReport(Result):
         return any(r.error for r in self.results)
 
 
+CheckOutcome = Literal["passed", "failed", "warning", "skipped", "error"]
+
+
 class CheckResult(BaseModel):
-    """One verify check: its name, whether it passed, one line of detail."""
+    """One verify check: its name, its outcome, one line of detail and how long it took."""
 
     name: str
-    passed: bool
+    passed: bool = Field(description="false only for failed and error: skipped and warning do not fail the gate")
     detail: str
     warning: bool = False
     skipped: bool = False
+    error: bool = Field(default=False, description="the check could not run (an exception, not a wrong value)")
     duration_seconds: float | None = None
+
+    @property
+    def outcome(self) -> CheckOutcome:
+        if self.error:
+            return "error"
+        if self.skipped:
+            return "skipped"
+        if not self.passed:
+            return "failed"
+        return "warning" if self.warning else "passed"
 
 
 class VerifyReport(Result):
     """`qcli verify`: every check, and the load report they were made on."""
 
     command: Literal["verify"] = "verify"
+    model: str | None = None
+    preset: str | None = None
     passed: bool
     checks: list[CheckResult]
     load: LoadReport | None = None
+    reference: CompareRow | None = Field(default=None, description="the --reference preset's worker result")
     error: str | None = None

@@ -198,6 +198,7 @@ def test_numeric_fields_name_their_unit():
     allowed = ("_bytes", "_params", "_tokens", "_seconds", "_percent", "_ratio", "_size", "_version")
     allowed += ("_per_param", "_per_second", "_gpus", "_nodes")
     counts = {"linear4bit", "linear8bit", "linear_unquantized", "quantizable_linears", "meta_tensors", "lora_rank"}
+    counts |= {"outlier_threshold"}  # LLM.int8 threshold: a magnitude of activations, no unit
     counts |= {"perplexity", "top1_agreement", "kl_divergence", "delta_perplexity"}
     counts |= {"min_tokens_per_second", "max_tokens_per_second", "new_tokens", "prefill_min_seconds"}
     for model in vars(results).values():

@@ -61,7 +61,7 @@ def test_compare_orders_memory_and_keeps_going_after_a_failure(tmp_path):
         presets=["bf16", "int8", "nf4", "qlora", "fp4"],
         speed=False,
         max_new_tokens=4,
-        inject_failure={"fp4"},
+        inject_failure={"fp4": "raise"},
     )
     report = run_compare(opts)
     rows = {r.preset: r for r in report.results}

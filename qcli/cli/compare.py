@@ -11,9 +11,8 @@ import typer
 from qcli.cli._options import DeviceOpt, JsonOpt, MaxNewTokensOpt, ModelArg, PromptOpt, RevisionOpt, TokenOpt
 from qcli.errors import ExitCode, UsageError
 from qcli.output.console import console, print_json, render_compare, stderr_is_terminal
-from qcli.output.files import compare_csv, compare_markdown, compare_plot
+from qcli.output.files import check_output_path, compare_csv, compare_markdown, compare_plot
 from qcli.run.compare import CompareOptions, run_compare
-from qcli.run.flags import check_output_path
 
 EPILOG = """Example:
 
@@ -43,6 +42,9 @@ def compare(
     json_: JsonOpt = False,
 ) -> int:
     """Memory, speed and quality of several presets side by side, each in its own process."""
+    for flag, path in (("--csv", csv), ("--markdown", markdown), ("--plot", plot)):
+        if path:
+            check_output_path(path, flag)  # before any work: not after a long compare
     opts = CompareOptions.from_cli(
         model=model,
         presets=presets.split(",") if presets is not None else None,
@@ -57,8 +59,6 @@ def compare(
     )
     if plot and importlib.util.find_spec("matplotlib") is None:
         raise UsageError("--plot needs matplotlib", "pip install 'qcli[plot]'")
-    for path, flag in ((csv, "--csv"), (markdown, "--markdown"), (plot, "--plot")):
-        check_output_path(path, flag)
     err = console(stderr=True)
     interactive = stderr_is_terminal() and not json_
     report = run_compare(opts, progress=(lambda m: err.print(m, markup=False)) if interactive else None)

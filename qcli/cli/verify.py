@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from qcli.cli._errors import outcome_of
 from qcli.cli._options import (
     DeviceMapOpt,
     DeviceOpt,
@@ -19,11 +20,10 @@ from qcli.cli._options import (
     TokenOpt,
     TrustOpt,
 )
-from qcli.errors import ExitCode
+from qcli.errors import ExitCode, Terminated
 from qcli.output.console import console, print_json, render_verify, status, stderr_is_terminal
-from qcli.output.files import write_junit
-from qcli.run.flags import check_output_path
-from qcli.run.loader import LoadOptions
+from qcli.output.files import check_output_path, write_junit
+from qcli.run.loader import DEFAULT_PRESET, LoadOptions
 from qcli.run.verify import VerifyOptions, run_verify
 
 EPILOG = """Example:
@@ -57,38 +57,49 @@ def verify(
     allow_offload: Annotated[
         bool, typer.Option("--allow-offload", help="Pass even if modules are on CPU/disk.")
     ] = False,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds the --reference run may take (default 1800).")
+    ] = None,
     junit: Annotated[str | None, typer.Option("--junit", help="Write JUnit XML here.")] = None,
     json_: JsonOpt = False,
 ) -> int:
     """Pass/fail gate for a quantized model: exit 0 when every check passes, 1 otherwise."""
-    interactive = stderr_is_terminal() and not json_
-    opts = VerifyOptions.from_cli(
-        load=LoadOptions.from_cli(
-            model=model,
-            preset=preset,
-            sets=set_,
-            device=device,
-            device_map=device_map,
-            max_memory=max_memory,
-            revision=revision,
-            token=token,
-            trust_remote_code=trust_remote_code,
-            prompt=prompt,
-            progress=interactive,
-        ),
-        expect=expect,
-        budget=budget,
-        tolerance=tolerance,
-        reference=reference,
-        min_agreement=min_agreement,
-        max_kl=max_kl,
-        allow_offload=allow_offload,
-    )
-    check_output_path(junit, "--junit")
-    with status(f"verifying {opts.load.model} with preset {opts.load.preset}", enabled=interactive):
-        report = run_verify(opts)
     if junit:
-        write_junit(report, junit, f"{opts.load.model} {opts.load.preset}")
+        check_output_path(junit, "--junit")  # before any work: a bad path is exit 2 at once
+    interactive = stderr_is_terminal() and not json_
+    try:
+        opts = VerifyOptions.from_cli(
+            load=LoadOptions.from_cli(
+                model=model,
+                preset=preset,
+                sets=set_,
+                device=device,
+                device_map=device_map,
+                max_memory=max_memory,
+                revision=revision,
+                token=token,
+                trust_remote_code=trust_remote_code,
+                prompt=prompt,
+                progress=interactive,
+            ),
+            expect=expect,
+            budget=budget,
+            tolerance=tolerance,
+            reference=reference,
+            min_agreement=min_agreement,
+            max_kl=max_kl,
+            allow_offload=allow_offload,
+            timeout_seconds=timeout,
+        )
+        with status(f"verifying {opts.load.model} with preset {opts.load.preset}", enabled=interactive):
+            report = run_verify(opts)
+    except (Exception, KeyboardInterrupt, Terminated) as exc:
+        if junit:  # a CI reporter still gets a result: one errored testcase naming the cause
+            outcome = outcome_of(exc)
+            write_junit(None, junit, model, preset or DEFAULT_PRESET, error=outcome.line() or type(exc).__name__)
+        raise
+    if junit:
+        write_junit(report, junit, opts.load.model, opts.load.preset)
     if json_:
         print_json(report)
     else:

@@ -310,10 +310,44 @@ def render_preset_code(preset: PresetInfo, out: Console) -> None:
     out.print("\n".join(lines), markup=False)
 
 
+def quantization_table(report: LoadReport) -> Table | None:
+    """Return the quantization read back from the loaded modules, one row per distinct setting."""
+    groups = report.census.quantization
+    if not groups:
+        return None
+    table = Table(title="quantization read from the loaded modules", title_justify="left")
+    for col in ("modules", "layer", "quantized", "type", "double quant", "compute", "block", "absmax", "storage"):
+        table.add_column(col, justify="right" if col in {"modules", "block"} else "left")
+
+    def cell(v: object) -> str:
+        return "—" if v is None else escape(str(v))
+
+    for g in groups:
+        first = g.modules[0] + (" …" if len(g.modules) > 1 else "")
+        kind = g.quant_type if g.layer == "Linear4bit" else f"int8, threshold {g.outlier_threshold}"
+        table.add_row(
+            f"{len(g.modules)} ({escape(first)})",
+            g.layer,
+            "yes" if g.quantized else "[red]no[/red]",
+            cell(kind),
+            cell(g.double_quant),
+            cell(g.compute_dtype),
+            cell(g.block_size),
+            cell(g.absmax_dtype),
+            cell(g.storage_dtype),
+        )
+    return table
+
+
 def render_load(report: LoadReport, out: Console) -> None:
+    if report.preset_overridden:
+        out.print(
+            f"[bold red]WARNING: the checkpoint's own quantization_config overrode preset "
+            f"{escape(report.preset)}[/bold red]: what loaded is below, read from the modules"
+        )
     table = Table(
         title=f"{escape(report.model)} · preset {escape(report.preset)} · {report.device} · "
-        f"loaded in {report.load_seconds:.2f} s",
+        f"loaded in {report.load_seconds:.2f} s · measured {escape(report.measured_at)}",
         title_justify="left",
     )
     table.add_column("measure")
@@ -324,10 +358,20 @@ def render_load(report: LoadReport, out: Console) -> None:
         "memory_bytes",
         f"{report.memory_bytes:,}",
         human_bytes(report.memory_bytes),
-        "every tensor once: params, buffers, quant_state, SCB",
+        "every tensor once, wherever it is: params, buffers, quant_state, SCB",
     )
+    for place, size in sorted(report.memory_bytes_by_device.items()):
+        what = {"disk": "offloaded to disk by accelerate", "meta": "never loaded (meta device)"}.get(place, "")
+        table.add_row(f"  on {escape(place)}", f"{size:,}", human_bytes(size), what)
     for kind, size in sorted(report.memory_bytes_by_kind.items()):
         table.add_row(f"  {kind}", f"{size:,}", human_bytes(size), "")
+    if report.offloaded_bytes:
+        table.add_row(
+            "[yellow]offloaded_bytes[/yellow]",
+            f"{report.offloaded_bytes:,}",
+            human_bytes(report.offloaded_bytes),
+            "off the load device (disk, or CPU for a GPU load)",
+        )
     table.add_row(
         "footprint_bytes",
         f"{report.footprint_bytes:,}",
@@ -335,11 +379,12 @@ def render_load(report: LoadReport, out: Console) -> None:
         "transformers get_memory_footprint() (misses 4-bit quant_state)",
     )
     if report.estimate_bytes is not None:
+        error = report.estimate_error_percent
         table.add_row(
             "estimate_bytes",
             f"{report.estimate_bytes:,}",
             human_bytes(report.estimate_bytes),
-            f"qcli estimate, {report.estimate_error_percent:+.3f}% vs measured",
+            f"qcli estimate, {error:+.3f}% vs measured" if error is not None else "qcli estimate",
         )
     pred = report.cuda_prediction
     for c in report.cuda or []:
@@ -388,14 +433,19 @@ def render_load(report: LoadReport, out: Console) -> None:
     if report.rss_bytes is not None:
         table.add_row("process RSS", f"{report.rss_bytes:,}", human_bytes(report.rss_bytes), "resident memory (CPU)")
     out.print(table)
+    quant = quantization_table(report)
+    if quant is not None:
+        out.print(quant)
     c = report.census
     out.print(
         f"modules: {c.linear4bit} Linear4bit, {c.linear8bit} Linear8bitLt, {c.linear_unquantized} unquantized "
         f"Linear ({escape(', '.join(c.unquantized_modules[:4])) or 'none'}"
         f"{' …' if len(c.unquantized_modules) > 4 else ''})"
     )
-    out.print("kept dtypes: " + ", ".join(f"{k} {human_params(v)}" for k, v in c.kept_params_by_dtype.items()))
-    out.print("placement: " + ", ".join(f"{k} {human_bytes(v)}" for k, v in c.placement_bytes_by_device.items()))
+    out.print(
+        "unquantized tensors by dtype: "
+        + ", ".join(f"{k} {human_params(v)}" for k, v in c.kept_params_by_dtype.items())
+    )
     if report.generation:
         g = report.generation
         out.print(
@@ -406,6 +456,15 @@ def render_load(report: LoadReport, out: Console) -> None:
         out.print(f"note: {escape(n)}")
 
 
+CHECK_MARKS = {
+    "passed": "[green]pass[/green]",
+    "failed": "[red]FAIL[/red]",
+    "warning": "[yellow]warn[/yellow]",
+    "skipped": "[dim]skip[/dim]",
+    "error": "[red]ERROR[/red]",
+}
+
+
 def render_verify(report: VerifyReport, out: Console) -> None:
     table = Table(
         title="qcli verify: " + ("[green]PASSED[/green]" if report.passed else "[red]FAILED[/red]"),
@@ -413,11 +472,14 @@ def render_verify(report: VerifyReport, out: Console) -> None:
     )
     table.add_column("check")
     table.add_column("result")
+    table.add_column("s", justify="right")
     table.add_column("detail")
     for c in report.checks:
-        mark = "[yellow]warn[/yellow]" if c.warning else ("[green]pass[/green]" if c.passed else "[red]FAIL[/red]")
-        table.add_row(c.name, mark, escape(c.detail))
+        seconds = "" if c.duration_seconds is None else f"{c.duration_seconds:.2f}"
+        table.add_row(c.name, CHECK_MARKS[c.outcome], seconds, escape(c.detail))
     out.print(table)
+    if report.load is not None and report.load.preset_overridden:
+        out.print("[bold red]the checkpoint's own quantization_config overrode the preset[/bold red]")
 
 
 def render_compare(report: CompareReport, out: Console) -> None:
@@ -462,6 +524,9 @@ def render_compare(report: CompareReport, out: Console) -> None:
         )
     out.print(table)
     out.print(f"speed: {report.speed_method}; quality on {escape(report.text)} ({report.scored_tokens} scored tokens)")
+    for r in report.results:
+        if r.traceback:
+            out.print(f"--- {escape(r.preset)} worker traceback ---\n{escape(r.traceback)}")
     for r in report.results:
         if r.continuation is not None:
             out.print(f"  {escape(r.preset):>9}: {escape(report.prompt)}[bold]{escape(r.continuation)}[/bold]")

@@ -68,24 +68,68 @@ def compare_plot(report: CompareReport, path: str) -> None:
     plt.close(fig)
 
 
-def write_junit(report: VerifyReport, path: str, name: str) -> None:
-    """Write JUnit XML: one testcase per check, failures as <failure>, warnings as system-out."""
-    failures = sum(not c.passed for c in report.checks)
-    suite = ET.Element(
-        "testsuite",
-        name=f"qcli verify {name}",
-        tests=str(len(report.checks)),
-        failures=str(failures),
-        errors="0",
-        skipped="0",
-    )
-    for c in report.checks:
-        case = ET.SubElement(suite, "testcase", classname="qcli.run.verify", name=c.name)
-        if not c.passed:
+def check_output_path(path: str, flag: str) -> Path:
+    """Return the path once it is known to be writable; UsageError (exit 2) before any work otherwise.
+
+    A missing parent directory, a directory where a file is expected, or a place this process cannot
+    create a file in are bad input. The probe really opens the file for appending (never truncating) and
+    removes it again when it did not exist, so permissions, read-only mounts and root all answer truly.
+    """
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory", "give a file name inside it")
+    parent = target.parent
+    if not parent.exists():
+        raise UsageError(f"{flag} {path}: the directory {parent} does not exist", "create it first")
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: {parent} is not a directory")
+    existed = target.exists()
+    try:
+        with open(target, "ab"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: cannot be written ({exc.strerror or exc})") from None
+    if not existed:
+        target.unlink(missing_ok=True)
+    return target
+
+
+def _classname(model: str, preset: str) -> str:
+    """Return the JUnit classname: model and preset, so that matrix runs merged into one report differ."""
+    return f"qcli.verify[{model}][{preset}]"
+
+
+def write_junit(report: VerifyReport | None, path: str, model: str, preset: str, error: str | None = None) -> None:
+    """Write JUnit XML: one testcase per check (failure, error or skipped), or, when verify stopped
+    before or during its checks (`error`), the checks so far plus one errored testcase naming the cause."""
+    checks = list(report.checks) if report else []
+    cause = error or (report.error if report else None)
+    classname = _classname(model, preset)
+    suite = ET.Element("testsuite", name=f"qcli verify {model} --preset {preset}")
+    counts = {"failures": 0, "errors": 0, "skipped": 0}
+    total = 0.0
+    for c in checks:
+        seconds = c.duration_seconds or 0.0
+        total += seconds
+        case = ET.SubElement(suite, "testcase", classname=classname, name=c.name, time=f"{seconds:.3f}")
+        outcome = c.outcome
+        if outcome == "error":
+            counts["errors"] += 1
+            ET.SubElement(case, "error", message=c.detail, type=c.name).text = c.detail
+        elif outcome == "failed":
+            counts["failures"] += 1
             ET.SubElement(case, "failure", message=c.detail).text = c.detail
+        elif outcome == "skipped":
+            counts["skipped"] += 1
+            ET.SubElement(case, "skipped", message=c.detail)
         else:
             ET.SubElement(case, "system-out").text = ("warning: " if c.warning else "") + c.detail
+    if cause and not any(c.outcome == "error" for c in checks):
+        counts["errors"] += 1
+        case = ET.SubElement(suite, "testcase", classname=classname, name="verify", time="0.000")
+        ET.SubElement(case, "error", message=cause, type="qcli").text = cause
+    n = len(suite.findall("testcase"))
+    suite.attrib.update(tests=str(n), time=f"{total:.3f}", **{k: str(v) for k, v in counts.items()})
     root = ET.Element("testsuites")
     root.append(suite)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)

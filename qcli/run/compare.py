@@ -3,15 +3,12 @@ against the reference preset on the same token positions."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qcli.errors import UsageError
+from qcli.errors import RunError, UsageError
 from qcli.model.config_schema import validate_config
 from qcli.model.demo import DEMO_NAME
 from qcli.model.describe import from_config
@@ -23,9 +20,10 @@ from qcli.plan.presets import load_preset
 from qcli.resources import data_text
 from qcli.results import CompareReport, CompareRow
 from qcli.run.demo import writable_cache
-from qcli.run.flags import check_new_tokens, check_prompt, check_text_file, check_weights_present, worker_command
+from qcli.run.flags import check_new_tokens, check_prompt, check_text_file, check_weights_present
 from qcli.run.loader import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, resolve_device
 from qcli.run.quality import agreement_and_kl
+from qcli.run.worker import WorkerSpec, debug_enabled, run_worker
 
 
 @dataclass
@@ -43,7 +41,7 @@ class CompareOptions(FromCli):
     speed: bool = True
     revision: str | None = None
     token: str | None = field(default=None, repr=False)  # a hub token: given to the workers in HF_TOKEN
-    inject_failure: set[str] = field(default_factory=set)  # tests: presets whose worker must fail
+    inject_failure: dict[str, str] = field(default_factory=dict)  # tests: preset -> raise | crash | hang
 
 
 def validate(opts: CompareOptions) -> tuple[list[str], str, str, str | None]:
@@ -81,61 +79,52 @@ def validate(opts: CompareOptions) -> tuple[list[str], str, str, str | None]:
 
 
 def run_compare(opts: CompareOptions, progress: Callable[[str], None] | None = None) -> CompareReport:
-    """Return the comparison; a preset that fails gets its error in its row and the others still run."""
+    """Return the comparison; a preset that fails gets its error in its row and the others still run.
+
+    The reference runs first. Agreement and KL are measured for every row, the reference's own
+    included (1.0 and 0 by measurement, a check of the method).
+    """
     import torch
 
     presets, reference, text, revision = validate(opts)
-    env = dict(os.environ) | ({"HF_TOKEN": opts.token} if opts.token else {})  # never in the spec file
+    env = {"HF_TOKEN": opts.token} if opts.token else None  # never in the spec file
+    run_order = [reference, *[p for p in presets if p != reference]]  # the reference first
     rows: dict[str, CompareRow] = {}
     logits: dict[str, object] = {}
     speed_method: str | None = None
     scored: int | None = None
+    debug = debug_enabled()
     with tempfile.TemporaryDirectory(prefix="qcli-compare-") as tmp:
-        for i, preset in enumerate(presets, 1):
+        for i, preset in enumerate(run_order, 1):
             if progress:
-                progress(f"[{i}/{len(presets)}] {preset}: load, perplexity, speed")
-            spec = {
-                "model": opts.model,
-                "revision": revision,
-                "preset": preset,
-                "device": opts.device,
-                "text": text,
-                "prompt": opts.prompt,
-                "max_new_tokens": opts.max_new_tokens,
-                "speed": opts.speed,
-                "logits_path": str(Path(tmp) / f"{i}.pt"),
-                "result_path": str(Path(tmp) / f"{i}.json"),
-                "fail_for_test": preset in opts.inject_failure,
-            }
-            spec_path = Path(tmp) / f"{i}.spec.json"
-            spec_path.write_text(json.dumps(spec))
-            try:
-                subprocess.run(
-                    worker_command(spec_path),
-                    capture_output=True,
-                    timeout=opts.timeout_seconds,
-                    check=False,
-                    env=env,
-                )
-                data = json.loads(Path(spec["result_path"]).read_text())
-            except subprocess.TimeoutExpired:
-                data = {"preset": preset, "error": f"timed out after {opts.timeout_seconds:.0f} s"}
-            except (OSError, json.JSONDecodeError) as exc:
-                data = {"preset": preset, "error": f"the worker died without a result ({type(exc).__name__})"}
-            data.pop("traceback", None)
-            method = data.pop("speed_method", None)
-            rows[preset] = CompareRow.model_validate({k: v for k, v in data.items() if k in CompareRow.model_fields})
-            speed_method = method or speed_method
-            if not rows[preset].error:
-                logits[preset] = torch.load(spec["logits_path"])
-                scored = data.get("scored_tokens") or scored
+                progress(f"[{i}/{len(run_order)}] {preset}: load, perplexity, speed")
+            spec = WorkerSpec(
+                model=opts.model,
+                revision=revision,
+                preset=preset,
+                device=opts.device,
+                text=text,
+                prompt=opts.prompt,
+                max_new_tokens=opts.max_new_tokens,
+                speed=opts.speed,
+                work_dir=str(Path(tmp) / f"{i}-worker"),
+                fail_for_test=opts.inject_failure.get(preset),
+            )
+            result = run_worker(spec, opts.timeout_seconds, debug=debug, extra_env=env)
+            rows[preset] = result.row
+            speed_method = result.speed_method or speed_method
+            if result.ok:
+                logits[preset] = torch.load(spec.logits_path)
+                scored = result.scored_tokens or scored
     ref = rows[reference]
     for preset, row in rows.items():
         if row.error or reference not in logits:
             continue
-        row.top1_agreement, row.kl_divergence = agreement_and_kl(logits[reference], logits[preset])
-        if preset == reference:
-            row.top1_agreement, row.kl_divergence = 1.0, 0.0
+        try:
+            row.top1_agreement, row.kl_divergence = agreement_and_kl(logits[reference], logits[preset])
+        except RunError as exc:
+            row.error = exc.line()
+            continue
         if ref.memory_bytes and row.memory_bytes:
             row.memory_saved_ratio = round(ref.memory_bytes / row.memory_bytes, 4)
         if ref.perplexity is not None and row.perplexity is not None:

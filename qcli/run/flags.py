@@ -3,8 +3,6 @@ built, loaded or spawned, so a bad flag is exit 2 in well under a second (issue 
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 from qcli.errors import UsageError
@@ -12,18 +10,11 @@ from qcli.model.demo import DEMO_NAME
 from qcli.model.resolve import ModelSource
 from qcli.model.spec import ModelSpec
 from qcli.plan.limits import MAX_NEW_TOKENS, check_int
+from qcli.plan.placement import DEVICE_MAPS as PLANNED_DEVICE_MAPS
 
 # The strings transformers' from_pretrained passes to accelerate as a device map strategy
-# (transformers.modeling_utils: "auto", "balanced", "balanced_low_0", "sequential").
-DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
-# Python 3.11's -P: do not put the working directory on sys.path, so a json.py or torch.py lying in
-# the directory qcli runs from is never imported by a worker.
-SAFE_PATH_FLAGS = ["-P"] if sys.version_info >= (3, 11) else []
-
-
-def worker_command(spec_path: Path) -> list[str]:
-    """Return the command line of a worker process for one spec file."""
-    return [sys.executable, *SAFE_PATH_FLAGS, "-m", "qcli.run.worker", str(spec_path)]
+# (transformers.modeling_utils): those `estimate` plans, and balanced_low_0, which load also takes.
+DEVICE_MAPS = (*PLANNED_DEVICE_MAPS, "balanced_low_0")
 
 
 def check_device_map(device_map: str | None) -> None:
@@ -62,21 +53,6 @@ def check_text_file(path_text: str, flag: str = "--text") -> str:
     if len("".join(text.split())) < 2:
         raise UsageError(f"{flag} {path_text[:200]!r} has fewer than two tokens of text", "give a longer text")
     return text
-
-
-def check_output_path(path_text: str | None, flag: str) -> None:
-    """Raise a UsageError when a report file cannot be written there; creates missing parent dirs."""
-    if path_text is None:
-        return
-    path = Path(path_text)
-    if path.is_dir():
-        raise UsageError(f"{flag} {path_text[:200]!r} is a directory", "give a file name")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"{flag} {path_text[:200]!r}: its directory cannot be created ({exc.strerror})") from None
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise UsageError(f"{flag} {path_text[:200]!r} is not writable")
 
 
 # What transformers' from_pretrained can load weights from (safetensors, PyTorch, TF, Flax, sharded indexes).

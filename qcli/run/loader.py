@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from qcli.plan.planner import quantized_tensors
 from qcli.plan.prequantized import checked_format, prequant_of
 from qcli.plan.presets import Preset, load_preset
 from qcli.plan.storages import cuda_prediction
-from qcli.results import CudaPrediction, Generation, LoadReport, Plan
+from qcli.results import MEASURED_AT, CudaPrediction, Generation, LoadReport, Plan
 from qcli.run.demo import ensure_demo
 from qcli.run.flags import check_device_map, check_new_tokens, check_prompt, check_weights_present
 from qcli.run.measure import census, cuda_memory, reset_cuda_peaks, rss_bytes, tensor_memory
@@ -54,6 +55,7 @@ class LoadOptions(FromCli):
     prompt: str | None = None
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     progress: bool = False
+    offload_dir: str | None = None  # accelerate's offload_folder; a private temp dir when not given
 
 
 @dataclass
@@ -124,6 +126,7 @@ class Loaded:
     preset: Preset
     load_seconds: float
     notes: list[str] = field(default_factory=list)
+    offload_dir: Any = None  # a TemporaryDirectory kept alive as long as the model (disk-offloaded weights)
 
 
 def quiet_libraries(progress: bool = False) -> None:
@@ -232,6 +235,7 @@ def load(opts: LoadOptions, prepared: Prepared) -> Loaded:
     notes = []
     if device == "cpu":
         notes.append("no CUDA: loaded on the CPU (bitsandbytes quantizes there too); CUDA figures are absent")
+    offload_dir: Any = None
     if opts.device_map:
         device_map: Any = opts.device_map
     else:
@@ -250,6 +254,13 @@ def load(opts: LoadOptions, prepared: Prepared) -> Loaded:
         kwargs["quantization_config"] = bnb
     if max_memory:
         kwargs["max_memory"] = max_memory
+    if opts.device_map:
+        # accelerate writes disk-offloaded weights here; without a folder a map that spills to disk fails.
+        if opts.offload_dir:
+            kwargs["offload_folder"] = opts.offload_dir
+        else:
+            offload_dir = tempfile.TemporaryDirectory(prefix="qcli-offload-")
+            kwargs["offload_folder"] = offload_dir.name
     reset_cuda_peaks()
     start = time.perf_counter()
     try:
@@ -271,7 +282,14 @@ def load(opts: LoadOptions, prepared: Prepared) -> Loaded:
             trust_remote_code=opts.trust_remote_code,
         )
     return Loaded(
-        model=model, tokenizer=tokenizer, path=path, device=device, preset=preset, load_seconds=seconds, notes=notes
+        model=model,
+        tokenizer=tokenizer,
+        path=path,
+        device=device,
+        preset=preset,
+        load_seconds=seconds,
+        notes=notes,
+        offload_dir=offload_dir,
     )
 
 
@@ -318,38 +336,130 @@ def _cuda_prediction(prepared: Prepared, device: str) -> CudaPrediction | None:
     )
 
 
-def load_report(opts: LoadOptions) -> tuple[LoadReport, Loaded]:
-    """Return the load report (and the loaded model) for `qcli load`."""
-    prepared = prepare(opts)
+# The BitsAndBytesConfig keys that decide what a module becomes (others only tune loading).
+DECIDING_KEYS = (
+    "load_in_4bit",
+    "load_in_8bit",
+    "bnb_4bit_quant_type",
+    "bnb_4bit_use_double_quant",
+    "bnb_4bit_compute_dtype",
+    "llm_int8_threshold",
+)
+CPU_FIRST_FORWARD_NOTE = (
+    "on the CPU backend bitsandbytes rewrites a module's quantization state on its first forward pass "
+    "(nf4/fp4 absmax fp32 -> bf16, double quantization undone, int8 row scales moved), so figures read "
+    "after a forward differ"
+)
+
+
+def applied_quantization(model: Any) -> dict[str, Any] | None:
+    """Return the quantization config transformers applied to the loaded model (model.config), as a dict."""
+    q = getattr(model.config, "quantization_config", None)
+    if q is None:
+        return None
+    data = q.to_dict() if hasattr(q, "to_dict") else dict(q)
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def _deciding(q: dict[str, Any] | None) -> dict[str, Any]:
+    """Return the keys of a quantization config that decide the module types, normalised for comparison."""
+    if not q:
+        return {"load_in_4bit": False, "load_in_8bit": False}
+    out = {"load_in_4bit": bool(q.get("load_in_4bit")), "load_in_8bit": bool(q.get("load_in_8bit"))}
+    if out["load_in_4bit"]:
+        out |= {
+            "bnb_4bit_quant_type": q.get("bnb_4bit_quant_type", "fp4"),
+            "bnb_4bit_use_double_quant": bool(q.get("bnb_4bit_use_double_quant")),
+            "bnb_4bit_compute_dtype": str(q.get("bnb_4bit_compute_dtype") or "float32").removeprefix("torch."),
+        }
+    elif out["load_in_8bit"]:
+        out["llm_int8_threshold"] = float(q.get("llm_int8_threshold", 6.0))
+    return out
+
+
+def override_of(preset_q: dict[str, Any] | None, checkpoint_q: dict[str, Any] | None) -> dict[str, tuple]:
+    """Return {key: (preset's value, checkpoint's value)} where a pre-quantized checkpoint's own
+    quantization_config replaces the preset's (transformers keeps the checkpoint's and warns)."""
+    if checkpoint_q is None:
+        return {}
+    want, got = _deciding(preset_q), _deciding(checkpoint_q)
+    return {k: (want.get(k), got.get(k)) for k in dict.fromkeys([*want, *got]) if want.get(k) != got.get(k)}
+
+
+def load_report(opts: LoadOptions, prepared: Prepared | None = None) -> tuple[LoadReport, Loaded]:
+    """Return the load report (and the loaded model): what the loaded modules hold, read back from them
+    after the load and before any forward pass."""
+    prepared = prepared or prepare(opts)
     loaded = load(opts, prepared)
     model = loaded.model
-    total, by_kind, _ = tensor_memory(model)
+    memory = tensor_memory(model)  # before any forward: see CPU_FIRST_FORWARD_NOTE
+    model_census = census(model, prepared.quantizable)
+    footprint = int(model.get_memory_footprint())
     estimate = prepared.plan.weight_bytes if prepared.plan else None
     preset = prepared.preset
+    checkpoint_q = prepared.source.quantization_config
+    overridden = override_of(preset.bnb_kwargs(), checkpoint_q)
+    offloaded = memory.by_device.get("disk", 0)
+    if loaded.device.startswith("cuda"):
+        offloaded += memory.by_device.get("cpu", 0)
+    error = None
+    if estimate is not None and memory.total_bytes > 0:
+        error = round((estimate - memory.total_bytes) / memory.total_bytes * 100, 4)
     report = LoadReport(
         model=opts.model,
         preset=preset.name,
         device=loaded.device,
         dtype=prepared.dtype,
-        quantization=preset.bnb_kwargs(),
-        memory_bytes=total,
-        memory_bytes_by_kind=by_kind,
-        footprint_bytes=int(model.get_memory_footprint()),
+        quantization=applied_quantization(model),
+        preset_quantization=preset.bnb_kwargs(),
+        checkpoint_quantization=checkpoint_q,
+        preset_overridden=bool(overridden),
+        memory_bytes=memory.total_bytes,
+        memory_bytes_by_device=memory.by_device,
+        offloaded_bytes=offloaded,
+        memory_bytes_by_kind=memory.by_kind,
+        footprint_bytes=footprint,
         estimate_bytes=estimate,
-        estimate_error_percent=round((estimate - total) / total * 100, 4) if estimate else None,
+        estimate_error_percent=error,
+        measured_at=MEASURED_AT,
         load_seconds=round(loaded.load_seconds, 4),
         cuda=cuda_memory(),
         rss_bytes=rss_bytes(),
-        census=census(model, prepared.quantizable),
+        census=model_census,
         versions=versions(),
-        notes=list(loaded.notes),
+        notes=[],
     )
+    if overridden:
+        change = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in overridden.items())
+        report.notes.append(
+            f"THE CHECKPOINT'S OWN quantization_config OVERRODE PRESET {preset.name}: {change} "
+            "(transformers keeps a pre-quantized checkpoint's quantization; the estimate follows the preset)"
+        )
+    report.notes += loaded.notes
     if prepared.spec is None:
         report.notes.append("qcli cannot describe this architecture: no estimate to compare with")
     elif report.cuda and loaded.device.startswith("cuda") and not opts.device_map:
         report.cuda_prediction = _cuda_prediction(prepared, loaded.device)
-    if report.census.offloaded:
-        report.notes.append(f"{len(report.census.offloaded)} module(s) offloaded to CPU/disk: slow and not on the GPU")
+    if offloaded:
+        places = ", ".join(f"{d} {n:,} B" for d, n in memory.by_device.items() if d in ("cpu", "disk"))
+        report.notes.append(
+            f"{len(model_census.offloaded)} module(s) offloaded ({places}): slow, and accelerate keeps offloaded "
+            "modules' weights unquantized"
+        )
+    if memory.meta_tensors:
+        report.notes.append(f"{memory.meta_tensors} tensor(s) left on the meta device: never loaded")
+    report.notes.append(f"figures taken {MEASURED_AT}")
+    if loaded.device == "cpu" and (model_census.linear4bit or model_census.linear8bit):
+        report.notes.append(CPU_FIRST_FORWARD_NOTE)
     if opts.prompt:
-        report.generation = generate(loaded, opts.prompt, opts.max_new_tokens)
+        try:
+            report.generation = generate(loaded, opts.prompt, opts.max_new_tokens)
+        except RunError:
+            raise
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise RunError(
+                f"{opts.model} loaded, but generating from --prompt failed: {type(exc).__name__}: {first}",
+                "offloaded bitsandbytes modules cannot always run on the CPU; `qcli verify` reports each step",
+            ) from exc
     return report, loaded

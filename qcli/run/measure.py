@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import os
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from qcli.plan.formats import Format
-from qcli.results import Census, CudaMemory
+from qcli.results import Census, CudaMemory, QuantGroup
+
+OFFLOAD_PLACES = ("cpu", "disk")  # accelerate device-map values that keep a module's weights off the GPU
 
 
 def _quant_state_tensors(weight: Any) -> list[tuple[str, Any]]:
-    """Return the tensors a Params4bit's quant_state holds (absmax, code, nested absmax/code, offset)."""
+    """Return the tensors a Params4bit's quant_state holds (absmax, code, nested absmax/code, offset).
+
+    A Linear4bit whose weight was never quantized (offloaded to disk, or tied to the embeddings) has
+    no quant_state: nothing to add.
+    """
     state = getattr(weight, "quant_state", None)
     if state is None:
         return []
     out = [("4-bit absmax", state.absmax), ("4-bit code", state.code)]
-    if getattr(state, "nested", False):
+    if getattr(state, "nested", False) and getattr(state, "state2", None) is not None:
         out += [
             ("4-bit offset", state.offset),
             ("4-bit nested absmax", state.state2.absmax),
@@ -26,83 +33,161 @@ def _quant_state_tensors(weight: Any) -> list[tuple[str, Any]]:
     return [(k, v) for k, v in out if v is not None]
 
 
-def tensor_memory(model: Any) -> tuple[int, dict[str, int], dict[str, int]]:
-    """Return (total bytes, bytes per kind, bytes per device) over every tensor, each storage once."""
-    import torch
+def _offload_place(module_name: str, device_map: dict[str, Any] | None) -> str | None:
+    """Return 'cpu' or 'disk' when the device map offloads the module (or a parent of it), else None."""
+    if not device_map:
+        return None
+    best, place = -1, None
+    for prefix, where in device_map.items():
+        covers = prefix == "" or module_name == prefix or module_name.startswith(prefix + ".")
+        if covers and len(prefix) > best:
+            best, place = len(prefix), str(where)
+    return place if place in OFFLOAD_PLACES else None
 
+
+@dataclass
+class Memory:
+    """Every tensor of a model counted once: total, per kind, per place (cpu, cuda:N, disk, meta)."""
+
+    total_bytes: int
+    by_kind: dict[str, int]
+    by_device: dict[str, int]
+    meta_tensors: int  # on meta and accounted for by no offload: never loaded
+
+
+def _param_kind(param: Any) -> str:
+    return {"Params4bit": "4-bit packed weights", "Int8Params": "int8 weights"}.get(
+        type(param).__name__, f"parameters ({str(param.dtype).removeprefix('torch.')})"
+    )
+
+
+def tensor_memory(model: Any) -> Memory:
+    """Return the bytes of every tensor, each storage once, by kind and by place.
+
+    Tensors accelerate offloaded sit on the meta device in the model (their data lives in a CPU map
+    or in files of the offload folder): they are counted at their shape × dtype under 'cpu' or 'disk',
+    never dropped. A meta tensor no offload accounts for is counted under 'meta'.
+    """
+    device_map = getattr(model, "hf_device_map", None)
     seen: set[tuple[str, int]] = set()
+    seen_objects: set[int] = set()
     by_kind: dict[str, int] = defaultdict(int)
     by_device: dict[str, int] = defaultdict(int)
+    meta_tensors = 0
 
-    def count(kind: str, t: torch.Tensor) -> None:
+    def count(kind: str, t: Any, module_name: str) -> None:
+        nonlocal meta_tensors
+        if id(t) in seen_objects:  # a tied parameter is one object in several modules
+            return
+        seen_objects.add(id(t))
+        size = t.numel() * t.element_size()
         if t.device.type == "meta":
+            place = _offload_place(module_name, device_map)
+            if place is None:
+                meta_tensors += 1
+                place = "meta"
+            by_kind[kind] += size
+            by_device[place] += size
             return
         key = (str(t.device), t.untyped_storage().data_ptr() + t.storage_offset() * t.element_size())
         if key in seen and t.numel():
             return
         seen.add(key)
-        size = t.numel() * t.element_size()
         by_kind[kind] += size
         by_device[str(t.device)] += size
 
-    for module in model.modules():
+    for name, module in model.named_modules():
         for _, param in module.named_parameters(recurse=False):
-            kind = {"Params4bit": "4-bit packed weights", "Int8Params": "int8 weights"}.get(
-                type(param).__name__, f"parameters ({str(param.dtype).removeprefix('torch.')})"
-            )
-            count(kind, param)
-            for name, t in _quant_state_tensors(param):
-                count(name, t)
+            count(_param_kind(param), param, name)
+            for kind, t in _quant_state_tensors(param):
+                count(kind, t, name)
             scb = getattr(param, "SCB", None)
             if scb is not None:
-                count("int8 row scales (SCB)", scb)
+                count("int8 row scales (SCB)", scb, name)
         for _, buf in module.named_buffers(recurse=False):
-            count("buffers", buf)
-    return sum(by_kind.values()), dict(by_kind), dict(by_device)
+            count("buffers", buf, name)
+    return Memory(sum(by_kind.values()), dict(by_kind), dict(by_device), meta_tensors)
+
+
+def _dtype_name(dtype: Any) -> str | None:
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def _quant_group(module: Any) -> dict[str, Any]:
+    """Return the quantization one bitsandbytes module really carries, read from it (not the preset)."""
+    kind = type(module).__name__
+    weight = module.weight
+    out: dict[str, Any] = {"layer": kind, "storage_dtype": _dtype_name(weight.dtype)}
+    if kind == "Linear4bit":
+        # Read at load: bitsandbytes' CPU path repacks quant_state on the first forward.
+        state = getattr(weight, "quant_state", None)
+        out["quantized"] = state is not None and weight.device.type != "meta"
+        out["compute_dtype"] = _dtype_name(getattr(module, "compute_dtype", None))
+        if state is not None:
+            out |= {
+                "quant_type": state.quant_type,
+                "double_quant": bool(state.nested),
+                "block_size": int(state.blocksize),
+                "absmax_dtype": _dtype_name(state.absmax.dtype),
+            }
+    else:  # Linear8bitLt
+        state = module.state
+        out["quantized"] = type(weight).__name__ == "Int8Params" and weight.dtype == _int8()
+        out["outlier_threshold"] = float(state.threshold)
+        out["has_fp16_weights"] = bool(state.has_fp16_weights)
+    return out
+
+
+def _int8() -> Any:
+    import torch
+
+    return torch.int8
 
 
 def census(model: Any, quantizable_names: list[str]) -> Census:
-    """Return module counts by kind, the dtypes of kept modules, and where the tensors went."""
-    import torch
+    """Return the modules by kind with the quantization each really has, the dtypes of the kept
+    tensors, and where every tensor went (devices, cpu/disk offload, meta)."""
     from torch import nn
 
     counts: Counter[str] = Counter()
     unquantized: list[str] = []
     kept: Counter[str] = Counter()
-    meta = 0
     qtypes: Counter[str] = Counter()
     cdtypes: Counter[str] = Counter()
+    groups: dict[tuple, QuantGroup] = {}
     for name, module in model.named_modules():
         kind = type(module).__name__
-        if kind == "Linear4bit":
-            counts["4bit"] += 1
-            st = module.weight.quant_state  # read at load: bnb's CPU path repacks it after a forward
-            qtypes[Format(st.quant_type, "4bit", double_quant=bool(st.nested)).key] += 1
-            cdtypes[str(module.compute_dtype).removeprefix("torch.")] += 1
-        elif kind == "Linear8bitLt":
-            counts["8bit"] += 1
+        if kind in ("Linear4bit", "Linear8bitLt"):
+            counts["4bit" if kind == "Linear4bit" else "8bit"] += 1
+            info = _quant_group(module)
+            key = tuple(sorted(info.items()))
+            groups.setdefault(key, QuantGroup(**info, modules=[])).modules.append(name)
+            if kind == "Linear4bit" and info.get("quant_type"):
+                fmt = Format(info["quant_type"], "4bit", double_quant=info["double_quant"])
+                qtypes[fmt.key] += 1
+                cdtypes[str(info["compute_dtype"])] += 1
         elif isinstance(module, nn.Linear) or kind == "Conv1D":
             counts["linear"] += 1
             unquantized.append(name)
         for _, p in module.named_parameters(recurse=False):
-            if p.device.type == "meta":
-                meta += 1
-            if p.dtype not in (torch.uint8, torch.int8):
-                kept[str(p.dtype).removeprefix("torch.")] += p.numel()
-    _, _, placement = tensor_memory(model)
+            if type(p).__name__ in ("Params4bit", "Int8Params") and p.device.type != "meta":
+                continue  # quantized storage, not a kept dtype
+            kept[_dtype_name(p.dtype) or "?"] += p.numel()
+    memory = tensor_memory(model)
     device_map = getattr(model, "hf_device_map", None)
-    offloaded = sorted(k for k, v in (device_map or {}).items() if str(v) in {"cpu", "disk"})
+    offloaded = sorted(k for k, v in (device_map or {}).items() if str(v) in OFFLOAD_PLACES)
     return Census(
         linear4bit=counts["4bit"],
         linear8bit=counts["8bit"],
         linear_unquantized=counts["linear"],
         quantizable_linears=len(quantizable_names),
         unquantized_modules=unquantized,
+        quantization=list(groups.values()),
         kept_params_by_dtype=dict(kept),
-        placement_bytes_by_device=placement,
+        placement_bytes_by_device=memory.by_device,
         device_map={k: str(v) for k, v in device_map.items()} if device_map else None,
         offloaded=offloaded,
-        meta_tensors=meta,
+        meta_tensors=memory.meta_tensors,
         linear4bit_by_quant_type=dict(qtypes),
         linear4bit_by_compute_dtype=dict(cdtypes),
     )

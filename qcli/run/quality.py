@@ -52,13 +52,32 @@ def perplexity_and_logprobs(model: Any, ids: Any, device: str) -> tuple[float, A
     return float(torch.exp(torch.tensor(nll_sum / scored))), first
 
 
+# fp32 log_softmax rounds each log-prob by ~1e-7 relative; a mean KL below -KL_NOISE is not rounding
+# but log-probs that do not sum to one (or different tokenizations), and is reported as an error.
+KL_NOISE = 1e-5
+
+
 def agreement_and_kl(ref_logp: Any, logp: Any) -> tuple[float, float]:
-    """Return top-1 agreement and mean KL(reference ‖ candidate) over the same positions."""
+    """Return top-1 agreement and mean KL(reference ‖ candidate) over the same positions, as measured.
+
+    A KL below -KL_NOISE is an error (RunError), never clamped to zero.
+    """
+    from qcli.errors import RunError
 
     n = min(ref_logp.shape[0], logp.shape[0])
+    if n == 0 or ref_logp.shape[-1] != logp.shape[-1]:
+        raise RunError(
+            f"cannot compare log-probs of shapes {tuple(ref_logp.shape)} and {tuple(logp.shape)}",
+            "the presets must score the same text with the same tokenizer",
+        )
     ref, cand = ref_logp[:n].float(), logp[:n].float()
     agree = float((ref.argmax(-1) == cand.argmax(-1)).float().mean())
-    kl = float((ref.exp() * (ref - cand)).sum(-1).mean().clamp_min(0))
+    kl = float((ref.exp() * (ref - cand)).sum(-1).mean())
+    if kl < -KL_NOISE or kl != kl:
+        raise RunError(
+            f"KL divergence measured as {kl:.3g}: a negative or NaN KL means the log-probs are not normalised",
+            "this is a bug in qcli or non-finite logits; run verify to see which",
+        )
     return agree, kl
 
 
