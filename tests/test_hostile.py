@@ -583,31 +583,48 @@ def _base_env(tmp: Path, cache: Path, root: Path) -> dict[str, str]:
     return env
 
 
-def _group_alive(pgid: int) -> list[str]:
-    """Return the command lines of live (non-zombie) processes in process group `pgid`."""
-    alive = []
+def _alive(pgid: int, tmp: Path | None = None) -> dict[int, str]:
+    """Return {pid: command line} of live (non-zombie) processes in process group `pgid`, or, given the
+    sandbox's TMPDIR, carrying it in their environment: workers run in a session of their own."""
+    marker = f"TMPDIR={tmp}".encode() if tmp is not None else None
+    alive = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
             rest = text[text.rindex(")") + 2 :].split()
-            if rest[0] != "Z" and int(rest[2]) == pgid:
-                alive.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            if rest[0] == "Z":
+                continue
+            ours = int(rest[2]) == pgid
+            if not ours and marker is not None:
+                ours = marker in (stat.parent / "environ").read_bytes().split(b"\0")
+            if ours:
+                cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                alive[int(stat.parent.name)] = cmd
         except (OSError, ValueError, IndexError):
             continue
     return alive
 
 
-def _reap(pgid: int, grace: float = 3.0) -> list[str]:
-    """Wait for the group to die; kill and return what was still running after the grace period."""
+def _group_alive(pgid: int, tmp: Path | None = None) -> list[str]:
+    """Return the command lines of what `_alive` finds."""
+    return list(_alive(pgid, tmp).values())
+
+
+def _reap(pgid: int, grace: float = 3.0, tmp: Path | None = None) -> list[str]:
+    """Wait for the group (and the sandbox's other processes) to die; kill and return what was still
+    running after the grace period."""
     deadline = time.monotonic() + grace
-    left = _group_alive(pgid)
+    left = _alive(pgid, tmp)
     while left and time.monotonic() < deadline:
         time.sleep(0.1)
-        left = _group_alive(pgid)
+        left = _alive(pgid, tmp)
     if left:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
-    return left
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    return list(left.values())
 
 
 @dataclass
@@ -681,7 +698,7 @@ class After:
 
 def _after(box: Sandbox, pgid: int) -> After:
     return After(
-        processes=_reap(pgid),
+        processes=_reap(pgid, tmp=box.tmp),
         # torch keeps its compile cache in $TMPDIR/torchinductor_<user> by design (not a qcli leftover).
         temp_files=sorted(p.name for p in box.tmp.iterdir() if not p.name.startswith("torchinductor_")),
         planted_ran=any(box.root.rglob(PLANTED_MARKER)),
@@ -861,9 +878,9 @@ SIGNAL_CASES = [
 # fmt: on
 
 
-def _is_ready(s: SignalCase, pgid: int, cache: Path) -> bool:
+def _is_ready(s: SignalCase, pgid: int, cache: Path, tmp: Path) -> bool:
     if s.ready == "worker":
-        return any("qcli.worker" in cmd for cmd in _group_alive(pgid))
+        return any("qcli.run.worker" in cmd for cmd in _group_alive(pgid, tmp))
     return bool(_demo_leftovers(cache))
 
 
@@ -876,9 +893,9 @@ def test_hostile_interrupt(s: SignalCase, tmp_path: Path, request: pytest.Fixtur
     proc = _spawn([sys.executable, "-m", "qcli", *s.args], box, _base_env(box.tmp, cache, box.root))
     started = time.monotonic()
     deadline = started + 120
-    while not _is_ready(s, proc.pid, cache):
+    while not _is_ready(s, proc.pid, cache, box.tmp):
         if proc.poll() is not None or time.monotonic() > deadline:
-            _reap(proc.pid, grace=0)
+            _reap(proc.pid, grace=0, tmp=box.tmp)
             _, err = proc.communicate()
             pytest.fail(f"never reached the point to interrupt (exit {proc.poll()}): {err.decode()[-1000:]!r}")
         time.sleep(0.05)

@@ -108,3 +108,17 @@ def test_sigterm_and_sigint_stop_every_worker_and_remove_temp_dirs(tmp_path, sig
     _gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive
     assert list(tmp.iterdir()) == []
+
+
+def test_relative_model_and_preset_paths_reach_the_worker_absolute(tmp_path, monkeypatch):
+    """The worker runs in its own directory: paths the user gave relative to theirs are anchored first."""
+    from qcli.run.worker import WorkerSpec, anchored
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "p.yaml").write_text("name: p\ndtype: float32\n")
+    monkeypatch.chdir(tmp_path)
+    spec = WorkerSpec(model="m", preset="p.yaml", text="t", prompt="p", work_dir=str(tmp_path / "w"))
+    out = anchored(spec)
+    assert (out.model, out.preset) == (str(tmp_path / "m"), str(tmp_path / "p.yaml"))
+    demo = anchored(spec.model_copy(update={"model": "demo", "preset": "bf16"}))
+    assert (demo.model, demo.preset) == ("demo", "bf16")

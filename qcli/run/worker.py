@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from qcli.model.demo import DEMO_NAME
 from qcli.results import CompareRow
 from qcli.run.loader import LoadOptions, generate, load_report
 from qcli.run.quality import perplexity_and_logprobs, speed, token_ids
@@ -171,6 +172,19 @@ def _tail(path: Path) -> str:
     return text[-STDERR_TAIL_CHARS:]
 
 
+def anchored(spec: WorkerSpec) -> WorkerSpec:
+    """Return the spec with a local model and a preset file as absolute paths: the worker runs in its own
+    directory, so paths relative to the user's current directory would not be found there."""
+    update = {}
+    model = Path(spec.model).expanduser()
+    if spec.model != DEMO_NAME and model.exists():
+        update["model"] = str(model.resolve())
+    preset = Path(spec.preset).expanduser()
+    if preset.is_file():
+        update["preset"] = str(preset.resolve())
+    return spec.model_copy(update=update)
+
+
 def run_worker(
     spec: WorkerSpec, timeout_seconds: float, debug: bool = False, extra_env: dict[str, str] | None = None
 ) -> WorkerResult:
@@ -183,7 +197,7 @@ def run_worker(
     work = Path(spec.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     spec_path = work / "spec.json"
-    spec_path.write_text(spec.model_dump_json(), encoding="utf-8")
+    spec_path.write_text(anchored(spec).model_dump_json(), encoding="utf-8")
     stderr_path = work / "stderr.txt"
     cmd = [sys.executable, "-I", "-c", BOOT, _package_root(), str(spec_path)]
     env = dict(os.environ) | (extra_env or {})  # secrets (HF_TOKEN) travel here, never in the spec file
@@ -210,6 +224,7 @@ def run_worker(
         row = CompareRow(preset=spec.preset, error=error[:500], traceback=tail if debug else None)
         return WorkerResult(row=row, exit_code=code)
     result.exit_code = code
+    result.row.preset = spec.preset  # as the user named it, not the absolute path the worker was given
     if result.row.error and code != 0:
         result.row.error = f"{result.row.error} (worker exit code {code})"
     if not debug:
