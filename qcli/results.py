@@ -264,11 +264,41 @@ class CompareReport(Result):
     prompt: str
     speed_method: str | None = None
     results: list[CompareRow]
+    created_at: str | None = Field(default=None, description="when the comparison ran, ISO 8601 UTC")
+    model_commit: str | None = Field(default=None, description="the hub commit of the model, when known")
+    environment: Environment | None = None
     notes: list[str] = Field(default_factory=list)
 
     @property
     def failed(self) -> bool:
         return any(r.error for r in self.results)
+
+
+class GPUInfo(BaseModel):
+    """One GPU as torch (or, without torch, nvidia-smi) sees it."""
+
+    device: str = Field(description="cuda:N as torch numbers it (nvidia-smi's index without torch)")
+    name: str
+    memory_bytes: int | None = None
+    compute_capability: str | None = None
+
+
+class Environment(BaseModel):
+    """The software and hardware a result was made on: what a bug report or a pasted table needs."""
+
+    python_version: str
+    platform: str
+    packages: dict[str, str | None] = Field(description="distribution -> version; null when not installed")
+    torch_cuda_version: str | None = Field(default=None, description="the CUDA torch was built with; null: CPU build")
+    cuda_available: bool | None = Field(default=None, description="torch.cuda.is_available(); null: not probed")
+    gpus: list[GPUInfo] = Field(default_factory=list)
+    gpu_source: str | None = Field(default=None, description="torch, nvidia-smi, or null when none was asked")
+
+
+class EnvReport(Environment, Result):
+    """`qcli env`: versions and GPUs, for bug reports."""
+
+    command: Literal["env"] = "env"
 
 
 class CheckResult(BaseModel):

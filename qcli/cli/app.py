@@ -14,16 +14,17 @@ from typing import Annotated, Any
 
 import typer
 
-from qcli import __version__
-from qcli.cli import compare, estimate, load, presets, verify
+from qcli.cli import compare, env, estimate, load, presets, verify
 from qcli.cli._errors import outcome_of
+from qcli.environment import environment
 from qcli.errors import ExitCode, Terminated
+from qcli.output.console import console, env_text
 
 app = typer.Typer(
     name="qcli",
     help="Will this model fit, at which precision, and does it really work once loaded?",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -32,14 +33,17 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"qcli {__version__}")
+        # Versions from package metadata and GPUs from nvidia-smi: no torch import, so this stays quick
+        # and works without the `load` extra. `qcli env` asks torch itself.
+        console().print(env_text(environment(probe_torch=False)), markup=False)
         raise typer.Exit()
 
 
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the versions qcli runs with and exit."),
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
 ) -> None:
@@ -51,6 +55,7 @@ app.command(epilog=load.EPILOG)(load.load)
 app.command(epilog=verify.EPILOG)(verify.verify)
 app.command(epilog=compare.EPILOG)(compare.compare)
 app.add_typer(presets.app, name="presets")
+app.command(epilog=env.EPILOG)(env.env)
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

@@ -10,6 +10,7 @@ import typer
 
 from qcli.cli._options import DeviceOpt, JsonOpt, MaxNewTokensOpt, ModelArg, PromptOpt
 from qcli.errors import ExitCode, UsageError
+from qcli.extras import require_load_extra
 from qcli.output.console import console, print_json, render_compare, stderr_is_terminal
 from qcli.output.files import compare_csv, compare_markdown, compare_plot
 from qcli.run.compare import CompareOptions, run_compare
@@ -24,22 +25,36 @@ EPILOG = """Example:
 def compare(
     model: ModelArg,
     presets: Annotated[
-        str | None, typer.Option("--presets", help="Comma-separated presets (default bf16,int8,nf4,qlora).")
+        str | None,
+        typer.Option("--presets", metavar="TEXT", help="Comma-separated presets (default bf16,int8,nf4,qlora)."),
     ] = None,
-    reference: Annotated[str | None, typer.Option("--reference", help="Reference preset (default: the first).")] = None,
+    reference: Annotated[
+        str | None, typer.Option("--reference", metavar="TEXT", help="Reference preset (default: the first).")
+    ] = None,
     device: DeviceOpt = None,
-    text: Annotated[str | None, typer.Option("--text", help="Text file for perplexity (default: built-in).")] = None,
+    text: Annotated[
+        str | None, typer.Option("--text", metavar="TEXT", help="Text file for perplexity (default: built-in).")
+    ] = None,
     prompt: PromptOpt = None,
     max_new_tokens: MaxNewTokensOpt = None,
     timeout: Annotated[
-        float | None, typer.Option("--timeout", help="Seconds per preset before it is stopped (default 1800).")
+        float | None,
+        typer.Option("--timeout", metavar="FLOAT", help="Seconds per preset before it is stopped (default 1800)."),
     ] = None,
-    csv: Annotated[str | None, typer.Option("--csv", help="Write CSV here.")] = None,
-    markdown: Annotated[str | None, typer.Option("--markdown", help="Write a Markdown report here.")] = None,
-    plot: Annotated[str | None, typer.Option("--plot", help="Write memory-vs-quality PNG (needs matplotlib).")] = None,
+    csv: Annotated[str | None, typer.Option("--csv", metavar="TEXT", help="Write CSV here.")] = None,
+    markdown: Annotated[
+        str | None, typer.Option("--markdown", metavar="TEXT", help="Write a Markdown report here.")
+    ] = None,
+    plot: Annotated[
+        str | None, typer.Option("--plot", metavar="TEXT", help="Write memory-vs-quality PNG (needs matplotlib).")
+    ] = None,
     json_: JsonOpt = False,
 ) -> int:
-    """Memory, speed and quality of several presets side by side, each in its own process."""
+    """Memory, speed and quality of several presets side by side, each in its own process.
+
+    MODEL is a model directory, a config.json, a hub id (org/name), or demo (a tiny built-in model).
+    """
+    require_load_extra("qcli compare")
     opts = CompareOptions.from_cli(
         model=model,
         presets=presets.split(",") if presets is not None else None,

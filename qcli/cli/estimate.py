@@ -22,45 +22,63 @@ EPILOG = """Examples:
 def estimate(
     model_arg: Annotated[
         str | None,
-        typer.Argument(metavar="[MODEL]", help="Model directory, config.json, hub id or demo.", show_default=False),
+        typer.Argument(metavar="MODEL", hidden=True, show_default=False),
     ] = None,
-    params: Annotated[str | None, typer.Option("--params", help="Parameter count: 8b, 7.24B, 125m, 8e9.")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="The MODEL, given as an option.")] = None,
+    params: Annotated[
+        str | None, typer.Option("--params", metavar="TEXT", help="Parameter count: 8b, 7.24B, 125m, 8e9.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", metavar="TEXT", help="The MODEL, given as an option.")
+    ] = None,
     bits: Annotated[
-        str | None, typer.Option("--bits", "-b", help="32, 16, 8, 4 or fp32/fp16/bf16/int8/nf4/fp4.")
+        str | None, typer.Option("--bits", "-b", metavar="TEXT", help="32, 16, 8, 4 or fp32/fp16/bf16/int8/nf4/fp4.")
     ] = None,
     double_quant: Annotated[bool, typer.Option("--double-quant", help="4-bit with double quantization.")] = False,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     dtype: DtypeOpt = None,
     gpu: Annotated[
-        list[str] | None, typer.Option("--gpu", help="GPU name (T4, H100…) or size (24GB, 80GiB); repeatable.")
+        list[str] | None,
+        typer.Option("--gpu", metavar="TEXT", help="GPU name (T4, H100…) or size (24GB, 80GiB); repeatable."),
     ] = None,
-    gpus: Annotated[int | None, typer.Option("--gpus", help="Number of identical --gpu devices.")] = None,
-    context: Annotated[int | None, typer.Option("--context", help="Context length in tokens (KV cache).")] = None,
-    batch: Annotated[int | None, typer.Option("--batch", help="Batch size (default 1).")] = None,
-    kv_dtype: Annotated[str | None, typer.Option("--kv-dtype", help="KV cache dtype (default: load dtype).")] = None,
-    train: Annotated[str | None, typer.Option("--train", help="full, lora or qlora.")] = None,
-    lora_rank: Annotated[int | None, typer.Option("--lora-rank", help="LoRA rank r (default 16).")] = None,
+    gpus: Annotated[
+        int | None, typer.Option("--gpus", metavar="INTEGER", help="Number of identical --gpu devices.")
+    ] = None,
+    context: Annotated[
+        int | None, typer.Option("--context", metavar="INTEGER", help="Context length in tokens (KV cache).")
+    ] = None,
+    batch: Annotated[int | None, typer.Option("--batch", metavar="INTEGER", help="Batch size (default 1).")] = None,
+    kv_dtype: Annotated[
+        str | None, typer.Option("--kv-dtype", metavar="TEXT", help="KV cache dtype (default: load dtype).")
+    ] = None,
+    train: Annotated[str | None, typer.Option("--train", metavar="TEXT", help="full, lora or qlora.")] = None,
+    lora_rank: Annotated[
+        int | None, typer.Option("--lora-rank", metavar="INTEGER", help="LoRA rank r (default 16).")
+    ] = None,
     lora_targets: Annotated[
-        str | None, typer.Option("--lora-targets", help="all-linear (default) or q_proj,v_proj,…")
+        str | None, typer.Option("--lora-targets", metavar="TEXT", help="all-linear (default) or q_proj,v_proj,…")
     ] = None,
     optimizer: Annotated[
-        str | None, typer.Option("--optimizer", help="adamw (default), adamw8bit, paged_adamw8bit, sgd.")
+        str | None,
+        typer.Option("--optimizer", metavar="TEXT", help="adamw (default), adamw8bit, paged_adamw8bit, sgd."),
     ] = None,
     grad_checkpointing: Annotated[
         bool, typer.Option("--grad-checkpointing", help="Full activation checkpointing.")
     ] = False,
     cuda_context: Annotated[
-        str | None, typer.Option("--cuda-context", help="CUDA context per GPU (default 512MiB).")
+        str | None, typer.Option("--cuda-context", metavar="TEXT", help="CUDA context per GPU (default 512MiB).")
     ] = None,
     margin: Annotated[
-        float | None, typer.Option("--margin", help="Allocator margin, a fraction of tensor bytes (default 0.05).")
+        float | None,
+        typer.Option("--margin", metavar="FLOAT", help="Allocator margin, a fraction of tensor bytes (default 0.05)."),
     ] = None,
     revision: RevisionOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Memory a model needs at a precision: weights with quantization constants, KV cache, training."""
+    """Memory a model needs at a precision: weights with quantization constants, KV cache, training.
+
+    MODEL is a model directory, a config.json, a hub id (org/name), or demo; or give --params instead.
+    """
     if model_arg is not None and model is not None and model_arg != model:
         raise typer.BadParameter("give the MODEL once: positionally or with --model")
     targets = [t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets is not None else None

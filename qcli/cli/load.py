@@ -16,6 +16,7 @@ from qcli.cli._options import (
     SetOpt,
     TrustOpt,
 )
+from qcli.extras import require_load_extra
 from qcli.output.console import console, print_json, render_load, status, stderr_is_terminal
 from qcli.run.loader import LoadOptions, load_report
 
@@ -41,7 +42,11 @@ def load(
     max_new_tokens: MaxNewTokensOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Load a model with a preset and report the memory it really takes."""
+    """Load a model with a preset and report the memory it really takes.
+
+    MODEL is a model directory, a config.json, a hub id (org/name), or demo (a tiny built-in model).
+    """
+    require_load_extra("qcli load")
     interactive = stderr_is_terminal() and not json_
     opts = LoadOptions.from_cli(
         model=model,

@@ -19,6 +19,7 @@ from qcli.cli._options import (
     TrustOpt,
 )
 from qcli.errors import ExitCode
+from qcli.extras import require_load_extra
 from qcli.output.console import console, print_json, render_verify, status, stderr_is_terminal
 from qcli.output.files import write_junit
 from qcli.run.loader import LoadOptions
@@ -41,23 +42,33 @@ def verify(
     revision: RevisionOpt = None,
     trust_remote_code: TrustOpt = False,
     prompt: PromptOpt = None,
-    expect: Annotated[str | None, typer.Option("--expect", help="Substring the generation must contain.")] = None,
-    budget: Annotated[str | None, typer.Option("--budget", help="Memory budget, e.g. 5GiB.")] = None,
+    expect: Annotated[
+        str | None, typer.Option("--expect", metavar="TEXT", help="Substring the generation must contain.")
+    ] = None,
+    budget: Annotated[str | None, typer.Option("--budget", metavar="TEXT", help="Memory budget, e.g. 5GiB.")] = None,
     tolerance: Annotated[
-        str | None, typer.Option("--tolerance", help="Allowed measured-vs-estimate gap (default 5%).")
+        str | None, typer.Option("--tolerance", metavar="TEXT", help="Allowed measured-vs-estimate gap (default 5%).")
     ] = None,
-    reference: Annotated[str | None, typer.Option("--reference", help="Reference preset for agreement/KL.")] = None,
+    reference: Annotated[
+        str | None, typer.Option("--reference", metavar="TEXT", help="Reference preset for agreement/KL.")
+    ] = None,
     min_agreement: Annotated[
-        float | None, typer.Option("--min-agreement", help="Top-1 agreement threshold (default 0.9).")
+        float | None, typer.Option("--min-agreement", metavar="FLOAT", help="Top-1 agreement threshold (default 0.9).")
     ] = None,
-    max_kl: Annotated[float | None, typer.Option("--max-kl", help="KL divergence threshold (default 0.1).")] = None,
+    max_kl: Annotated[
+        float | None, typer.Option("--max-kl", metavar="FLOAT", help="KL divergence threshold (default 0.1).")
+    ] = None,
     allow_offload: Annotated[
         bool, typer.Option("--allow-offload", help="Pass even if modules are on CPU/disk.")
     ] = False,
-    junit: Annotated[str | None, typer.Option("--junit", help="Write JUnit XML here.")] = None,
+    junit: Annotated[str | None, typer.Option("--junit", metavar="TEXT", help="Write JUnit XML here.")] = None,
     json_: JsonOpt = False,
 ) -> int:
-    """Pass/fail gate for a quantized model: exit 0 when every check passes, 1 otherwise."""
+    """Pass/fail gate for a quantized model: exit 0 when every check passes, 1 otherwise.
+
+    MODEL is a model directory, a config.json, a hub id (org/name), or demo (a tiny built-in model).
+    """
+    require_load_extra("qcli verify")
     interactive = stderr_is_terminal() and not json_
     opts = VerifyOptions.from_cli(
         load=LoadOptions.from_cli(

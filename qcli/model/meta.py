@@ -7,6 +7,7 @@ import contextlib
 from typing import Any, Literal
 
 from qcli.errors import UsageError
+from qcli.extras import require_load_extra
 from qcli.model.architectures import attention_shape, config_dtype
 from qcli.model.spec import ModelSpec, Role, TensorSpec
 
@@ -20,11 +21,11 @@ def from_meta(cfg: dict[str, Any], trust_remote_code: bool = False) -> ModelSpec
     Built under `torch.device("meta")` with weights tied afterwards: under transformers 5's
     `init_empty_weights()` tied embeddings come back untied and would be counted twice.
     """
-    try:
-        import torch
-        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-    except ImportError as exc:  # pragma: no cover - transformers is a dependency
-        raise UsageError(f"model_type {cfg.get('model_type')!r} needs transformers to count: {exc}") from exc
+    what = f"model_type {cfg.get('model_type')!r} has no analytic description; counting it on the meta device"
+    require_load_extra(what, ("torch", "transformers"))
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
     try:
         config = AutoConfig.for_model(**cfg) if "model_type" in cfg else None
     except (ValueError, KeyError, TypeError) as exc:

@@ -4,23 +4,40 @@ string a user or a model supplied (paths, preset names, prompts, generated text)
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from qcli.output.labels import GROUP_LABELS, component_label, format_label
-from qcli.results import CompareReport, EstimateReport, LoadReport, Plan, PresetInfo, PresetsReport, VerifyReport
-from qcli.units import gb, gib, human_bytes, human_params
+from qcli.results import (
+    CompareReport,
+    Environment,
+    EstimateReport,
+    LoadReport,
+    ModelInfo,
+    Plan,
+    PresetInfo,
+    PresetsReport,
+    VerifyReport,
+)
+from qcli.units import decimal_bytes, human_bytes, human_params
+
+PIPE_WIDTH = 120
 
 
 def console(stderr: bool = False) -> Console:
     """Return the console the views print to (120 columns when not a terminal)."""
     stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=None if stream.isatty() else 120)
+    # A pipe or a file gets 120 columns (logs read better unwrapped) unless COLUMNS says otherwise.
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else PIPE_WIDTH
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
 
 
 def stderr_is_terminal() -> bool:
@@ -41,43 +58,69 @@ def status(message: str, enabled: bool) -> Any:
     return Console(stderr=True).status(escape(message))
 
 
-def _size_cells(n_bytes: int | None) -> tuple[str, str]:
-    if n_bytes is None:
-        return ("—", "—")
-    return (gib(n_bytes), gb(n_bytes))
+WEIGHT_KINDS = frozenset(
+    {"weights", "quant_packed_weights", "quant_absmax", "quant_nested_absmax", "quant_nested_code", "quant_code",
+     "int8_weights", "int8_row_scales"}
+)  # fmt: skip
+# Below this width the exact-bytes column is dropped (the JSON keeps every byte); numbers never wrap.
+EXACT_BYTES_MIN_WIDTH = 100
 
 
-def components_table(plan: Plan, title: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    table.add_column("component")
-    table.add_column("bytes", justify="right")
-    table.add_column("GiB (2^30)", justify="right")
-    table.add_column("GB (10^9)", justify="right")
-    for c in plan.components:
-        table.add_row(escape(component_label(c)), f"{c.size_bytes:,}", *_size_cells(c.size_bytes))
+def _size_table(title: str | None, out: Console) -> Table:
+    table = Table(title=title, title_justify="left", box=box.HORIZONTALS, pad_edge=False, show_edge=False)
+    table.add_column("component", overflow="fold", ratio=1)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("GB (10^9)", justify="right", no_wrap=True)
+    if out.width >= EXACT_BYTES_MIN_WIDTH:
+        table.add_column("bytes", justify="right", no_wrap=True)
+    return table
+
+
+def _size_row(table: Table, label: str, n_bytes: int, bold: bool = False) -> None:
+    cells = [human_bytes(n_bytes), decimal_bytes(n_bytes), f"{n_bytes:,}"][: len(table.columns) - 1]
+    if bold:
+        label, cells = f"[bold]{label}[/bold]", [f"[bold]{c}[/bold]" for c in cells]
+    table.add_row(label, *cells)
+
+
+def components_table(plan: Plan, out: Console, title: str | None = None) -> Table:
+    """Return the memory table of one plan: weights and their subtotal, then the rest, then overheads."""
+    table = _size_table(title, out)
+    weights = [c for c in plan.components if c.kind in WEIGHT_KINDS]
+    rest = [c for c in plan.components if c.kind not in WEIGHT_KINDS]
+    for c in weights:
+        _size_row(table, escape(component_label(c)), c.size_bytes)
+    if rest:
+        _size_row(table, f"weights ({plan.bits_per_param:.3f} bits/param)", plan.weight_bytes, bold=True)
+        table.add_section()
+    for c in rest:
+        _size_row(table, escape(component_label(c)), c.size_bytes)
     table.add_section()
-    table.add_row("[bold]total (tensors)[/bold]", f"{plan.total_bytes:,}", *_size_cells(plan.total_bytes))
+    label = "total (tensors)" if rest else f"weights ({plan.bits_per_param:.3f} bits/param)"
+    _size_row(table, label, plan.total_bytes, bold=True)
     if plan.devices:
         for c in plan.overheads:
-            table.add_row(escape(component_label(c)), f"{c.size_bytes:,}", *_size_cells(c.size_bytes))
-        table.add_row(
-            "[bold]required (total + overheads)[/bold]", f"{plan.required_bytes:,}", *_size_cells(plan.required_bytes)
-        )
+            _size_row(table, escape(component_label(c)), c.size_bytes)
+        _size_row(table, "required (total + overheads)", plan.required_bytes, bold=True)
     return table
 
 
 def devices_table(plan: Plan) -> Table:
-    table = Table(title="fit", title_justify="left")
-    for col in ("device", "capacity", "required", "headroom", "fits", "holds"):
-        table.add_column(col, justify="left" if col in {"device", "holds", "fits"} else "right")
+    """Return the fit table: one row per device."""
+    table = Table(box=box.HORIZONTALS, pad_edge=False, show_edge=False)
+    table.add_column("device", overflow="fold")
+    for col in ("capacity", "required", "free"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("fits", no_wrap=True)
+    table.add_column("layers", overflow="fold")
     for d in plan.devices:
         table.add_row(
             escape(d.name),
-            gib(d.capacity_bytes),
-            gib(d.required_bytes),
-            gib(d.headroom_bytes),
+            human_bytes(d.capacity_bytes),
+            human_bytes(d.required_bytes),
+            human_bytes(d.headroom_bytes),
             "[green]yes[/green]" if d.fits else "[red]no[/red]",
-            " … ".join(d.blocks),
+            " … ".join(d.blocks) or "—",
         )
     return table
 
@@ -86,55 +129,111 @@ def _plan_name(p: Plan) -> str:
     return p.preset or format_label(p.format)
 
 
-def comparison_table(report: EstimateReport) -> Table:
-    params = report.model.total_params
-    table = Table(title=f"{human_params(params)} parameters ({params:,})", title_justify="left")
-    for col in ("precision", "bits/param", "weights GiB", "weights GB", "total GiB", "total GB"):
-        table.add_column(col, justify="left" if col == "precision" else "right")
+def model_title(m: ModelInfo) -> str:
+    """Return the name a person calls the model: a hub id, a directory, or a config file's folder."""
+    if not m.name:
+        return f"{human_params(m.total_params)} parameters"
+    path = Path(m.name)
+    if path.suffix == ".json":
+        return path.parent.name if path.stem == "config" and path.parent.name else path.stem
+    return path.resolve().name if path.is_dir() else m.name  # a local directory: its name; a hub id as given
+
+
+def _devices_phrase(plan: Plan) -> str:
+    names = [d.name.split(" #")[0] for d in plan.devices]
+    if len(set(names)) == 1:
+        return f"one {names[0]}" if len(names) == 1 else f"{len(names)} × {names[0]}"
+    return " + ".join(names)
+
+
+def estimate_answer(report: EstimateReport) -> str:
+    """Return the one-line answer an estimate starts with (rich markup, user strings escaped)."""
+    m = report.model
+    name = escape(model_title(m))
+    if len(report.plans) != 1:
+        lo = min(report.plans, key=lambda p: p.total_bytes)
+        hi = max(report.plans, key=lambda p: p.total_bytes)
+        what = "tensors" if any(p.kv_cache_bytes or p.training for p in report.plans) else "weights"
+        return (
+            f"[bold]{name}[/bold] needs {human_bytes(hi.total_bytes)} of {what} in {escape(_plan_name(hi))}, "
+            f"down to {human_bytes(lo.total_bytes)} in {escape(_plan_name(lo))}"
+        )
+    plan = report.plans[0]
+    verb = "need" if not m.name else "needs"
+    head = f"[bold]{name}[/bold] in [bold]{escape(_plan_name(plan))}[/bold]"
+    if not plan.devices:
+        what = "of weights" if plan.total_bytes == plan.weight_bytes else "of tensors"
+        return f"{head} {verb} {human_bytes(plan.total_bytes)} {what} ({decimal_bytes(plan.total_bytes)})"
+    where = _devices_phrase(plan)
+    if plan.fits:
+        free = sum(d.headroom_bytes for d in plan.devices)
+        need = human_bytes(plan.required_bytes)
+        return f"{head} {verb} {need} on {where}: [green]fits[/green], {human_bytes(free)} free"
+    short = f", {human_bytes(plan.offloaded_bytes)} would go to the CPU" if plan.offloaded_bytes else ""
+    return f"{head} {verb} {human_bytes(plan.required_bytes)} on {where}: [red]does not fit[/red]{short}"
+
+
+def comparison_table(report: EstimateReport, out: Console) -> Table:
+    """Return one row per precision: bits/param, weights, total (and the fit when GPUs were given)."""
+    table = Table(box=box.HORIZONTALS, pad_edge=False, show_edge=False)
+    table.add_column("precision", overflow="fold")
+    table.add_column("bits/param", justify="right", no_wrap=True)
+    table.add_column("weights", justify="right", no_wrap=True)
+    table.add_column("GB (10^9)", justify="right", no_wrap=True)
+    extra = any(p.total_bytes != p.weight_bytes for p in report.plans)
+    if extra:
+        table.add_column("total", justify="right", no_wrap=True)
     with_fit = any(p.devices for p in report.plans)
     if with_fit:
-        table.add_column("required GiB", justify="right")
-        table.add_column("fits", justify="left")
+        table.add_column("required", justify="right", no_wrap=True)
+        table.add_column("fits", no_wrap=True)
     for p in report.plans:
-        row = [
-            escape(_plan_name(p)),
-            f"{p.bits_per_param:.3f}",
-            f"{p.weight_bytes / 2**30:,.2f}",
-            f"{p.weight_bytes / 1e9:,.3f}",
-            f"{p.total_bytes / 2**30:,.2f}",
-            f"{p.total_bytes / 1e9:,.3f}",
-        ]
+        row = [escape(_plan_name(p)), f"{p.bits_per_param:.3f}"]
+        row += [human_bytes(p.weight_bytes), decimal_bytes(p.weight_bytes)]
+        if extra:
+            row.append(human_bytes(p.total_bytes))
         if with_fit:
-            row += [f"{p.required_bytes / 2**30:,.2f}", "[green]yes[/green]" if p.fits else "[red]no[/red]"]
+            row += [human_bytes(p.required_bytes), "[green]yes[/green]" if p.fits else "[red]no[/red]"]
         table.add_row(*row)
     return table
 
 
+COUNT_METHODS = {"analytic": "counted from the config", "meta": "counted on the meta device", "params": "given"}
+
+
+def groups_heading(m: ModelInfo) -> str:
+    """Return the line above the parameter groups: the count, the family and how it was counted."""
+    kind = f"{escape(m.model_type)}, " if m.model_type else ""
+    return f"{human_params(m.total_params)} parameters ({m.total_params:,}; {kind}{COUNT_METHODS[m.count_method]})"
+
+
+def groups_table(m: ModelInfo) -> Table:
+    """Return the parameter groups of a model: what stays unquantized is visible here."""
+    table = Table(box=box.HORIZONTALS, pad_edge=False, show_edge=False)
+    table.add_column("parameter group", overflow="fold")
+    table.add_column("params", justify="right", no_wrap=True)
+    table.add_column("share", justify="right", no_wrap=True)
+    for name, count in (m.params_by_group or {}).items():
+        share = f"{count / m.total_params:.1%}" if m.total_params else "—"
+        table.add_row(GROUP_LABELS.get(name, name), human_params(count), share)
+    return table
+
+
 def render_estimate(report: EstimateReport, out: Console) -> None:
-    m = report.model
-    head = escape(m.name) if m.name else "bare parameter count"
-    if m.params_by_group:
-        groups = Table(
-            title=f"{head}: {escape(m.model_type or '?')}, {human_params(m.total_params)} parameters "
-            f"({m.total_params:,}; counted {m.count_method})",
-            title_justify="left",
-        )
-        groups.add_column("group")
-        groups.add_column("params", justify="right")
-        groups.add_column("share", justify="right")
-        for name, count in m.params_by_group.items():
-            share = f"{count / m.total_params:.1%}" if m.total_params else "—"
-            groups.add_row(GROUP_LABELS.get(name, name), f"{count:,}", share)
-        out.print(groups)
+    """Print the answer and the verdict first, then the memory table, the fit, the parameter groups, notes."""
+    out.print(estimate_answer(report))
+    rec = report.recommendation
+    if rec:
+        out.print(f"recommendation: [bold]{escape(rec.preset or 'none')}[/bold] — {escape(rec.reason)}")
     if len(report.plans) != 1:
-        out.print(comparison_table(report))
+        out.print()
+        out.print(comparison_table(report, out))
     else:
         plan = report.plans[0]
-        title = f"{escape(_plan_name(plan))}: {human_params(plan.total_params)} parameters, "
-        title += f"{plan.bits_per_param:.3f} bits/param"
-        if m.params_by_group:
-            title += f" for the weights (unquantized modules in {plan.load_dtype})"
-        out.print(components_table(plan, title))
+        if plan.devices and plan.max_context_tokens is not None:
+            out.print(f"longest context that fits: {plan.max_context_tokens:,} tokens (batch {report.batch_size})")
+        out.print()
+        out.print(components_table(plan, out))
         if plan.training:
             t = plan.training
             out.print(
@@ -142,20 +241,51 @@ def render_estimate(report: EstimateReport, out: Console) -> None:
                 f"{t.optimizer}; activations by {t.activation_formula}"
             )
         if plan.devices:
+            out.print()
             out.print(devices_table(plan))
-            verdict = "[green]fits[/green]" if plan.fits else "[red]does not fit[/red]"
-            if plan.offloaded_bytes:
-                verdict += f" ({human_bytes(plan.offloaded_bytes)} would be offloaded to CPU)"
-            out.print(f"verdict: {verdict}")
-            if plan.max_context_tokens is not None:
-                out.print(f"max context that fits: {plan.max_context_tokens:,} tokens (batch {report.batch_size})")
-    if report.recommendation:
-        rec = report.recommendation
-        out.print(f"recommendation: [bold]{escape(rec.preset or 'none')}[/bold] — {escape(rec.reason)}")
-        for n in rec.notes:
-            out.print(f"  note: {escape(n)}")
+    if report.model.params_by_group:
+        out.print()
+        out.print(groups_heading(report.model))
+        out.print(groups_table(report.model))
+    for n in rec.notes if rec else []:
+        out.print(f"note: {escape(n)}")
     for n in report.notes:
         out.print(f"note: {escape(n)}")
+
+
+def env_text(env: Environment) -> str:
+    """Return the environment as aligned 'name  version' lines (plain text, for pasting)."""
+    pk = env.packages
+    rows: list[tuple[str, str]] = [("qcli", pk.get("qcli") or "?")]
+    rows.append(("Python", f"{env.python_version} ({env.platform})"))
+    for name, ver in pk.items():
+        if name == "qcli":
+            continue
+        text = ver or "not installed"
+        if name == "torch" and ver:
+            if env.cuda_available is not None:
+                cuda = f"CUDA {env.torch_cuda_version}" if env.torch_cuda_version else "CPU-only build"
+                text += f" ({cuda}{', GPU available' if env.cuda_available else ', no GPU available'})"
+            elif "+cpu" in ver:
+                text += " (CPU-only build)"
+        rows.append((name, text))
+    if env.gpus:
+        for g in env.gpus:
+            mem = f", {human_bytes(g.memory_bytes)}" if g.memory_bytes else ""
+            cap = f", compute capability {g.compute_capability}" if g.compute_capability else ""
+            rows.append((g.device, f"{g.name}{mem}{cap}"))
+    elif env.gpu_source:
+        rows.append(("GPUs", f"none seen by {env.gpu_source}"))
+    else:
+        rows.append(("GPUs", "not probed (no nvidia-smi; `qcli env` asks torch)" if pk.get("torch") else "none seen"))
+    if "torch" in pk and pk["torch"] is None:
+        rows.append(("hint", "load, verify and compare need pip install 'qcli[load]'"))
+    width = max(len(k) for k, _ in rows) + 2
+    return "\n".join(f"{k:<{width}}{v}" for k, v in rows)
+
+
+def render_env(env: Environment, out: Console) -> None:
+    out.print(env_text(env), markup=False, highlight=False)
 
 
 def render_presets(report: PresetsReport, out: Console) -> None:
