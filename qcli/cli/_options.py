@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display (the result is still printed).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
 PresetOpt = Annotated[
     str | None, typer.Option("--preset", "-p", metavar="TEXT", help="Preset name (see `qcli presets`) or a YAML file.")

@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("QCLI_DEBUG", "") not in {"", "0"}
     args = [a for a in args if a != "--debug"]  # accepted anywhere, not only before the command
+    if debug:
+        os.environ["QCLI_DEBUG"] = "1"  # so that the progress line keeps the libraries' warnings
     if not args:
         args = ["--help"]  # bare `qcli` prints help and succeeds
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None

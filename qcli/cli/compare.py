@@ -8,12 +8,15 @@ from typing import Annotated
 
 import typer
 
-from qcli.cli._options import DeviceOpt, JsonOpt, MaxNewTokensOpt, ModelArg, PromptOpt
+from qcli.cli._options import DeviceOpt, JsonOpt, MaxNewTokensOpt, ModelArg, PromptOpt, QuietOpt
 from qcli.errors import ExitCode, UsageError
 from qcli.extras import require_load_extra
-from qcli.output.console import console, print_json, render_compare, stderr_is_terminal
+from qcli.model.demo import DEMO_NAME
+from qcli.output.console import console, print_json, render_compare
 from qcli.output.files import compare_csv, compare_markdown, compare_plot
-from qcli.run.compare import CompareOptions, run_compare
+from qcli.output.progress import progress_line, progress_wanted
+from qcli.run.compare import CompareOptions, run_compare, validate
+from qcli.run.demo import ensure_demo
 
 EPILOG = """Example:
 
@@ -49,6 +52,7 @@ def compare(
         str | None, typer.Option("--plot", metavar="TEXT", help="Write memory-vs-quality PNG (needs matplotlib).")
     ] = None,
     json_: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> int:
     """Memory, speed and quality of several presets side by side, each in its own process.
 
@@ -67,9 +71,11 @@ def compare(
     )
     if plot and importlib.util.find_spec("matplotlib") is None:
         raise UsageError("--plot needs matplotlib", "pip install 'qcli[plot]'")
-    err = console(stderr=True)
-    interactive = stderr_is_terminal() and not json_
-    report = run_compare(opts, progress=(lambda m: err.print(m, markup=False)) if interactive else None)
+    validate(opts)  # bad flags, presets and paths: exit 2 before anything is built or loaded
+    with progress_line(progress_wanted(json_, quiet)) as line:
+        if opts.model == DEMO_NAME:
+            ensure_demo(line.demo_step)  # once, here, rather than racing in the first worker
+        report = run_compare(opts, progress=line.step)
     if csv:
         compare_csv(report, csv)
     if markdown:

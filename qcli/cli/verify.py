@@ -14,15 +14,19 @@ from qcli.cli._options import (
     ModelArg,
     PresetOpt,
     PromptOpt,
+    QuietOpt,
     RevisionOpt,
     SetOpt,
     TrustOpt,
 )
 from qcli.errors import ExitCode
 from qcli.extras import require_load_extra
-from qcli.output.console import console, print_json, render_verify, status, stderr_is_terminal
+from qcli.model.demo import DEMO_NAME
+from qcli.output.console import console, print_json, render_verify
 from qcli.output.files import write_junit
-from qcli.run.loader import LoadOptions
+from qcli.output.progress import progress_line, progress_wanted
+from qcli.run.demo import ensure_demo
+from qcli.run.loader import LoadOptions, prepare
 from qcli.run.verify import VerifyOptions, run_verify
 
 EPILOG = """Example:
@@ -63,13 +67,14 @@ def verify(
     ] = False,
     junit: Annotated[str | None, typer.Option("--junit", metavar="TEXT", help="Write JUnit XML here.")] = None,
     json_: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> int:
     """Pass/fail gate for a quantized model: exit 0 when every check passes, 1 otherwise.
 
     MODEL is a model directory, a config.json, a hub id (org/name), or demo (a tiny built-in model).
     """
     require_load_extra("qcli verify")
-    interactive = stderr_is_terminal() and not json_
+    interactive = progress_wanted(json_, quiet)
     opts = VerifyOptions.from_cli(
         load=LoadOptions.from_cli(
             model=model,
@@ -91,7 +96,11 @@ def verify(
         max_kl=max_kl,
         allow_offload=allow_offload,
     )
-    with status(f"verifying {opts.load.model} with preset {opts.load.preset}", enabled=interactive):
+    prepare(opts.load)  # bad flags, presets and paths: exit 2 before anything is built or loaded
+    with progress_line(interactive) as line:
+        if opts.load.model == DEMO_NAME:
+            ensure_demo(line.demo_step)
+        line.step(f"verifying {opts.load.model} with preset {opts.load.preset}")
         report = run_verify(opts)
     if junit:
         write_junit(report, junit, f"{opts.load.model} {opts.load.preset}")

@@ -3,11 +3,9 @@ string a user or a model supplied (paths, preset names, prompts, generated text)
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel
 from rich import box
@@ -27,7 +25,7 @@ from qcli.results import (
     PresetsReport,
     VerifyReport,
 )
-from qcli.units import decimal_bytes, human_bytes, human_params
+from qcli.units import decimal_bytes, human_bytes, human_params, signed_percent
 
 PIPE_WIDTH = 120
 
@@ -40,22 +38,10 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
 
 
-def stderr_is_terminal() -> bool:
-    """Return whether stderr is a terminal (progress and spinners go there, and only then)."""
-    return sys.stderr.isatty()
-
-
 def print_json(obj: BaseModel) -> None:
     """Print a pydantic result as one JSON object on stdout, nothing else."""
     sys.stdout.write(obj.model_dump_json(indent=2) + "\n")
     sys.stdout.flush()
-
-
-def status(message: str, enabled: bool) -> Any:
-    """Return a spinner on stderr while work runs (a no-op when piped or with --json)."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return Console(stderr=True).status(escape(message))
 
 
 WEIGHT_KINDS = frozenset(
@@ -141,6 +127,7 @@ def model_title(m: ModelInfo) -> str:
 
 def _devices_phrase(plan: Plan) -> str:
     names = [d.name.split(" #")[0] for d in plan.devices]
+    names = [f"{n} GPU" if n[:1].isdigit() else n for n in names]  # a bare size: "a 24GB GPU"
     if len(set(names)) == 1:
         return f"one {names[0]}" if len(names) == 1 else f"{len(names)} × {names[0]}"
     return " + ".join(names)
@@ -409,52 +396,96 @@ def render_verify(report: VerifyReport, out: Console) -> None:
     out.print(table)
 
 
-def render_compare(report: CompareReport, out: Console) -> None:
-    table = Table(
-        title=f"qcli compare {escape(report.model)} on {report.device} (reference {escape(report.reference)})",
-        title_justify="left",
-    )
-    for col in (
-        "preset",
-        "memory",
-        "saved ×",
-        "est. err",
-        "load s",
-        "prefill s",
-        "decode tok/s",
-        "perplexity",
-        "Δ ppl",
-        "top-1 agree",
-        "KL",
-    ):
-        table.add_column(col, justify="left" if col == "preset" else "right")
+def _f(value: float | None, spec: str, suffix: str = "") -> str:
+    return "—" if value is None else format(value, spec) + suffix
 
-    def f(v: Any, spec: str) -> str:
-        return "—" if v is None else format(v, spec)
 
+def _spread(median: float | None, lo: float | None, hi: float | None, spec: str) -> str:
+    """Return 'median (min–max)', or the median alone when the spread is unknown."""
+    if median is None:
+        return "—"
+    if lo is None or hi is None:
+        return format(median, spec)
+    return f"{median:{spec}} ({lo:{spec}}–{hi:{spec}})"
+
+
+def _one_line(text: str) -> str:
+    """Return generated text on one line: newlines shown as ⏎, so a continuation cannot break the layout."""
+    return text.replace("\r\n", "\n").replace("\n", "⏎").replace("\t", " ")
+
+
+def _small_table() -> Table:
+    return Table(box=box.HORIZONTALS, pad_edge=False, show_edge=False, title_justify="left")
+
+
+def compare_tables(report: CompareReport) -> list[tuple[str, Table]]:
+    """Return compare's three tables (memory, speed, quality), each narrow enough for 80 columns."""
+    ok = [r for r in report.results if not r.error]
+    memory = _small_table()
+    for col in ("preset", "memory", "GB (10^9)", "saved", "vs estimate", "load"):
+        memory.add_column(col, justify="left" if col == "preset" else "right", no_wrap=True)
     for r in report.results:
         if r.error:
-            table.add_row(escape(r.preset), f"[red]error: {escape(r.error)}[/red]", *[""] * 9)
+            memory.add_row(escape(r.preset), f"[red]failed: {escape(_one_line(r.error))}[/red]")
             continue
-        table.add_row(
+        memory.add_row(
             escape(r.preset),
-            human_bytes(r.memory_bytes),
-            f(r.memory_saved_ratio, ".2f"),
-            f(r.estimate_error_percent, "+.2f") + "%",
-            f(r.load_seconds, ".2f"),
-            f(r.prefill_seconds, ".4f"),
-            f(r.tokens_per_second, ".1f"),
-            f(r.perplexity, ".3f"),
-            f(r.delta_perplexity, "+.3f"),
-            f(r.top1_agreement, ".3f"),
-            f(r.kl_divergence, ".4f"),
+            "—" if r.memory_bytes is None else human_bytes(r.memory_bytes),
+            "—" if r.memory_bytes is None else decimal_bytes(r.memory_bytes),
+            _f(r.memory_saved_ratio, ".2f", "×"),
+            signed_percent(r.estimate_error_percent),
+            _f(r.load_seconds, ".2f", " s"),
         )
-    out.print(table)
-    out.print(
-        f"speed: {report.speed_method}; quality on {escape(report.text)} ({report.scored_tokens} scored tokens)"
-    )
-    for r in report.results:
-        if r.continuation is not None:
-            out.print(f"  {escape(r.preset):>9}: {escape(report.prompt)}[bold]{escape(r.continuation)}[/bold]")
+    speed = _small_table()
+    speed.add_column("preset", no_wrap=True)
+    speed.add_column("prefill (ms)", justify="right", no_wrap=True)
+    speed.add_column("decode (tokens/s)", justify="right", no_wrap=True)
+    for r in ok:
+        ms = [
+            None if v is None else v * 1000 for v in (r.prefill_seconds, r.prefill_min_seconds, r.prefill_max_seconds)
+        ]
+        speed.add_row(
+            escape(r.preset),
+            _spread(ms[0], ms[1], ms[2], ".1f"),
+            _spread(r.tokens_per_second, r.min_tokens_per_second, r.max_tokens_per_second, ".0f"),
+        )
+    quality = _small_table()
+    for col in ("preset", "perplexity", "Δ perplexity", "top-1 agreement", "KL"):
+        quality.add_column(col, justify="left" if col == "preset" else "right", no_wrap=True)
+    for r in ok:
+        quality.add_row(
+            escape(r.preset),
+            _f(r.perplexity, ".3f"),
+            _f(r.delta_perplexity, "+.3f"),
+            _f(r.top1_agreement, ".1%"),
+            _f(r.kl_divergence, ".4f"),
+        )
+    where = f"{escape(report.text)}, {report.scored_tokens or '?'} tokens"
+    return [
+        ("memory: every tensor of the loaded model", memory),
+        (f"speed: {escape(report.speed_method or 'not measured')}", speed),
+        (f"quality vs {escape(report.reference)} ({where}): lower perplexity and KL are better", quality),
+    ]
+
+
+def render_compare(report: CompareReport, out: Console) -> None:
+    """Print the comparison: one line of context, then memory, speed and quality, then the generations."""
+    failed = [r.preset for r in report.results if r.error]
+    head = f"[bold]{escape(report.model)}[/bold] on {escape(report.device)}, {len(report.results)} presets"
+    head += f" against {escape(report.reference)}"
+    if failed:
+        head += f"; [red]failed: {escape(', '.join(failed))}[/red]"
+    out.print(head)
+    for title, table in compare_tables(report):
+        out.print()
+        out.print(title)
+        out.print(table)
+    continuations = [r for r in report.results if r.continuation is not None]
+    if continuations:
+        out.print()
+        out.print(f"greedy continuations of {escape(repr(report.prompt))}:")
+        width = max(len(r.preset) for r in continuations)
+        for r in continuations:
+            out.print(f"  {escape(r.preset):<{width}}  {escape(_one_line(r.continuation or ''))}")
     for n in report.notes:
         out.print(f"note: {escape(n)}")

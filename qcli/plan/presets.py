@@ -4,6 +4,7 @@ overridden with `--set key=value`, converted to a BitsAndBytesConfig (transforme
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -135,12 +136,16 @@ def _read(name_or_path: str) -> tuple[str, str]:
             return str(path), path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"preset file {name_or_path!r} cannot be read: {exc}") from exc
-    if name_or_path not in builtin_names():
+    names = {n.lower(): n for n in builtin_names()}  # preset names are case-insensitive: QLoRA is qlora
+    name = names.get(name_or_path.strip().lower())
+    if name is None:
+        close = difflib.get_close_matches(name_or_path.strip().lower(), list(names), n=2, cutoff=0.6)
+        maybe = f"did you mean {' or '.join(names[c] for c in close)}? " if close else ""
         raise UsageError(
             f"unknown preset {name_or_path!r}",
-            f"built-in presets: {', '.join(builtin_names())}; or give a path to a YAML file",
+            f"{maybe}built-in presets: {', '.join(builtin_names())}; or give a path to a YAML file",
         )
-    return f"configs/{name_or_path}.yaml", config_file(f"{name_or_path}.yaml").read_text(encoding="utf-8")
+    return f"configs/{name}.yaml", config_file(f"{name}.yaml").read_text(encoding="utf-8")
 
 
 def _apply_set(data: dict[str, Any], assignment: str, source: str) -> None:

@@ -10,9 +10,11 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from qcli.environment import environment
 from qcli.errors import UsageError
 from qcli.model.resolve import resolve
 from qcli.plan.presets import load_preset
@@ -76,6 +78,7 @@ def run_compare(opts: CompareOptions, progress: Callable[[str], None] | None = N
     from qcli.run.quality import agreement_and_kl
 
     presets, reference, text = validate(opts)
+    source = resolve(opts.model, read_safetensors=False)
     rows: dict[str, CompareRow] = {}
     logits: dict[str, object] = {}
     speed_method: str | None = None
@@ -136,6 +139,9 @@ def run_compare(opts: CompareOptions, progress: Callable[[str], None] | None = N
         text=opts.text or "built-in sample",
         prompt=opts.prompt,
         results=[rows[p] for p in presets],
+        created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        model_commit=getattr(source, "commit", None),  # the hub snapshot's commit, where resolve records it
+        environment=environment(probe_torch=True),
     )
     report.speed_method, report.scored_tokens = speed_method, scored
     if rows[reference].error:

@@ -10,14 +10,19 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from qcli.model.demo import DEMO_CONFIG, DEMO_VERSION, DEMO_VOCAB
 from qcli.resources import data_text
 
 TRAIN_STEPS = 120
 TRAIN_SEQ = 64
+# progress(steps done, steps in all), called while the demo trains.
+Progress = Callable[[int, int], None]
 
 
 def cache_root() -> Path:
@@ -29,23 +34,39 @@ def cache_root() -> Path:
 
 
 def demo_dir() -> Path:
+    """Return where the demo checkpoint lives in the cache (versioned: a new recipe builds anew)."""
     return cache_root() / f"demo-v{DEMO_VERSION}"
 
 
-def ensure_demo() -> Path:
-    """Return the demo checkpoint directory, building it on first use (a few seconds on a CPU)."""
+def demo_ready() -> bool:
+    """Return whether the demo checkpoint is already built (it appears only complete: see ensure_demo)."""
     target = demo_dir()
-    if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
+    return (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file()
+
+
+def ensure_demo(progress: Progress | None = None) -> Path:
+    """Return the demo checkpoint directory, building it on first use (seconds of CPU on one core).
+
+    Atomic: built in a temporary folder next to the target and renamed into place, so a reader sees no
+    checkpoint or a whole one. An exclusive lock serialises concurrent first runs (compare's workers, two
+    shells): the second waits, then finds the checkpoint built. An interrupted build (Ctrl-C, SIGTERM:
+    qcli raises Terminated in the main thread) leaves no temporary folder behind.
+    """
+    target = demo_dir()
+    if demo_ready():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
-    try:
-        build_demo(tmp)
-        if target.exists():
-            shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with FileLock(str(target.parent / f".demo-v{DEMO_VERSION}.lock")):
+        if demo_ready():  # another process built it while this one waited
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=".demo-build-", dir=target.parent))
+        try:
+            build_demo(tmp, progress)
+            if target.exists():  # a leftover from a version without the lock: not whole, replace it
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -68,8 +89,11 @@ def _tokenizer(text: str) -> Any:
     )
 
 
-def build_demo(out: Path) -> None:
-    """Write the demo checkpoint (config, safetensors weights, tokenizer) into `out`."""
+def build_demo(out: Path, progress: Progress | None = None) -> None:
+    """Write the demo checkpoint (config, safetensors weights, tokenizer) into `out`.
+
+    `progress(done, total)` is called after each training step.
+    """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -82,14 +106,24 @@ def build_demo(out: Path) -> None:
     gen = torch.Generator().manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     model.train()
-    for _ in range(TRAIN_STEPS):
+    for step in range(TRAIN_STEPS):
         starts = torch.randint(0, len(ids) - TRAIN_SEQ - 1, (16,), generator=gen)
         batch = torch.stack([ids[s : s + TRAIN_SEQ] for s in starts])
         loss = model(input_ids=batch, labels=batch).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if progress is not None:
+            progress(step + 1, TRAIN_STEPS)
     model.eval()
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # save_pretrained's "Writing model shards" bar is not ours to show
+    try:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
