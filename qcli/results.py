@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from qcli import __version__
 
@@ -36,14 +36,21 @@ ComponentKind = Literal[
 ]
 
 
-class Result(BaseModel):
+class Model(BaseModel):
+    """The base of every result: pydantic builds a model's validator on first use, not at import
+    (`defer_build`), so `qcli estimate` does not pay for the load, verify and compare models (docs/bench.md)."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class Result(Model):
     """The fields every `--json` object starts with."""
 
     schema_version: int = SCHEMA_VERSION
     qcli_version: str = __version__
 
 
-class Component(BaseModel):
+class Component(Model):
     """One line of a memory breakdown: a machine kind, the tensors it covers, and its exact bytes."""
 
     kind: ComponentKind
@@ -61,7 +68,7 @@ class Component(BaseModel):
     source: str | None = Field(default=None, description="where a figure comes from: default, measured, formula")
 
 
-class DeviceFit(BaseModel):
+class DeviceFit(Model):
     """How much of a plan one device holds, and whether it fits."""
 
     name: str
@@ -76,7 +83,7 @@ class DeviceFit(BaseModel):
     bf16: bool | None = None
 
 
-class Training(BaseModel):
+class Training(Model):
     """Training state on top of the weights."""
 
     mode: str
@@ -92,13 +99,13 @@ class Training(BaseModel):
     total_bytes: int
 
 
-class Recommendation(BaseModel):
+class Recommendation(Model):
     preset: str | None
     reason: str
     notes: list[str] = Field(default_factory=list)
 
 
-class Plan(BaseModel):
+class Plan(Model):
     """The memory one precision needs: the components add up to total_bytes."""
 
     format: str = Field(description="storage format of the quantizable linears: fp32, bf16, int8, nf4, nf4+dq, …")
@@ -121,7 +128,7 @@ class Plan(BaseModel):
     max_context_tokens: int | None = Field(default=None, description="longest context that fits the devices")
 
 
-class ModelInfo(BaseModel):
+class ModelInfo(Model):
     """What was planned for: a real config, or a bare parameter count."""
 
     name: str | None = Field(default=None, description="the MODEL argument; null for --params")
@@ -147,7 +154,7 @@ class EstimateReport(Result):
     notes: list[str] = Field(default_factory=list)
 
 
-class PresetInfo(BaseModel):
+class PresetInfo(Model):
     """A preset as transformers receives it."""
 
     name: str
@@ -165,7 +172,7 @@ class PresetsReport(Result):
     presets: list[PresetInfo]
 
 
-class CudaMemory(BaseModel):
+class CudaMemory(Model):
     """torch.cuda figures of one device after the load; the context is total − free − reserved."""
 
     device: str
@@ -178,7 +185,7 @@ class CudaMemory(BaseModel):
     cuda_context_bytes: int = Field(description="total − free − reserved: context plus other processes")
 
 
-class Census(BaseModel):
+class Census(Model):
     """What the loaded model is made of and where it went."""
 
     linear4bit: int
@@ -199,7 +206,7 @@ class Census(BaseModel):
     )
 
 
-class Generation(BaseModel):
+class Generation(Model):
     prompt: str
     text: str
     new_tokens: int
@@ -229,7 +236,7 @@ class LoadReport(Result):
     notes: list[str] = Field(default_factory=list)
 
 
-class CompareRow(BaseModel):
+class CompareRow(Model):
     preset: str
     memory_bytes: int | None = None
     allocated_bytes: int | None = None
@@ -274,7 +281,7 @@ class CompareReport(Result):
         return any(r.error for r in self.results)
 
 
-class GPUInfo(BaseModel):
+class GPUInfo(Model):
     """One GPU as torch (or, without torch, nvidia-smi) sees it."""
 
     device: str = Field(description="cuda:N as torch numbers it (nvidia-smi's index without torch)")
@@ -283,7 +290,7 @@ class GPUInfo(BaseModel):
     compute_capability: str | None = None
 
 
-class Environment(BaseModel):
+class Environment(Model):
     """The software and hardware a result was made on: what a bug report or a pasted table needs."""
 
     python_version: str
@@ -301,7 +308,7 @@ class EnvReport(Environment, Result):
     command: Literal["env"] = "env"
 
 
-class CheckResult(BaseModel):
+class CheckResult(Model):
     """One verify check: its name, whether it passed, one line of detail."""
 
     name: str

@@ -116,10 +116,12 @@ def _run(bin_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_the_fresh_venv_really_has_no_loading_stack(installed, tmp_path):
-    code = "import importlib.util as u; print([m for m in ('torch','transformers','accelerate','bitsandbytes') if u.find_spec(m)])"
+    heavy = ("torch", "transformers", "accelerate", "bitsandbytes")
+    code = f"import importlib.util as u; print([m for m in {heavy!r} if u.find_spec(m)])"
     out = subprocess.run([installed / "python", "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == "[]"
-    assert subprocess.run([installed / "python", "-c", "import typer, rich, pydantic, yaml"], cwd=tmp_path).returncode == 0
+    core = subprocess.run([installed / "python", "-c", "import typer, rich, pydantic, yaml"], cwd=tmp_path)
+    assert core.returncode == 0
 
 
 def test_installed_wheel_reads_its_own_configs(installed, tmp_path):

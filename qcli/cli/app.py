@@ -6,6 +6,7 @@ typer.TyperException / Exit / Abort); pyproject bounds the Typer version so that
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
@@ -14,32 +15,33 @@ from typing import Annotated, Any
 
 import typer
 
-from qcli.cli import compare, env, estimate, load, presets, verify
 from qcli.cli._errors import outcome_of
-from qcli.environment import environment
 from qcli.errors import ExitCode, Terminated
-from qcli.output.console import console, env_text
 
-app = typer.Typer(
-    name="qcli",
-    help="Will this model fit, at which precision, and does it really work once loaded?",
-    no_args_is_help=True,
-    add_completion=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+# command name -> the module that defines it, in the order `qcli --help` lists them. Each module has a
+# function of the same name (or, for a group, a Typer app named `app`) and an EPILOG of examples.
+COMMANDS: dict[str, str] = {
+    "estimate": "qcli.cli.estimate",
+    "load": "qcli.cli.load",
+    "verify": "qcli.cli.verify",
+    "compare": "qcli.cli.compare",
+    "presets": "qcli.cli.presets",
+    "env": "qcli.cli.env",
+}
+HELP = "Will this model fit, at which precision, and does it really work once loaded?"
 
 
 def _version(value: bool) -> None:
     if value:
+        from qcli.environment import environment
+        from qcli.output.console import console, env_text
+
         # Versions from package metadata and GPUs from nvidia-smi: no torch import, so this stays quick
         # and works without the `load` extra. `qcli env` asks torch itself.
         console().print(env_text(environment(probe_torch=False)), markup=False)
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     version: Annotated[
         bool,
@@ -50,12 +52,36 @@ def _root(
     """qcli: exact VRAM planning, real quantized loads, CI gates."""
 
 
-app.command(epilog=estimate.EPILOG)(estimate.estimate)
-app.command(epilog=load.EPILOG)(load.load)
-app.command(epilog=verify.EPILOG)(verify.verify)
-app.command(epilog=compare.EPILOG)(compare.compare)
-app.add_typer(presets.app, name="presets")
-app.command(epilog=env.EPILOG)(env.env)
+def build_app(names: list[str] | None = None) -> typer.Typer:
+    """Return the Typer app with the named commands (default: all).
+
+    `main` registers only the command being run: Typer builds the Click parameters of every registered
+    command on each call, and the command modules of load/verify/compare import their heavy halves, so
+    `qcli estimate` would pay for all of them (about a third of its start-up; docs/bench.md).
+    """
+    app = typer.Typer(
+        name="qcli",
+        help=HELP,
+        no_args_is_help=True,
+        add_completion=True,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(_root)
+    for name in names or list(COMMANDS):
+        module = importlib.import_module(COMMANDS[name])
+        if isinstance(getattr(module, "app", None), typer.Typer):
+            app.add_typer(module.app, name=name)
+        else:
+            app.command(name, epilog=module.EPILOG)(getattr(module, name))
+    return app
+
+
+def _commands_for(args: list[str]) -> list[str] | None:
+    """Return the one command `args` runs, or None (all) for root help, --version and completion."""
+    completing = any(k.startswith("_") and k.endswith("_COMPLETE") for k in os.environ)
+    return [args[0]] if args and args[0] in COMMANDS and not completing else None
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -73,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         args = ["--help"]  # bare `qcli` prints help and succeeds
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
-        result = app(args=args, prog_name="qcli", standalone_mode=False)
+        result = build_app(_commands_for(args))(args=args, prog_name="qcli", standalone_mode=False)
         return int(result) if isinstance(result, int) else int(ExitCode.OK)
     except (Exception, KeyboardInterrupt, Terminated) as exc:
         outcome = outcome_of(exc)

@@ -11,12 +11,6 @@ import typer
 from qcli.cli._options import DeviceOpt, JsonOpt, MaxNewTokensOpt, ModelArg, PromptOpt, QuietOpt
 from qcli.errors import ExitCode, UsageError
 from qcli.extras import require_load_extra
-from qcli.model.demo import DEMO_NAME
-from qcli.output.console import console, print_json, render_compare
-from qcli.output.files import compare_csv, compare_markdown, compare_plot
-from qcli.output.progress import progress_line, progress_wanted
-from qcli.run.compare import CompareOptions, run_compare, validate
-from qcli.run.demo import ensure_demo
 
 EPILOG = """Example:
 
@@ -58,6 +52,14 @@ def compare(
 
     MODEL is a model directory, a config.json, a hub id (org/name), or demo (a tiny built-in model).
     """
+    # Imported here, not at module level: `qcli --help` and `qcli estimate` never pay for the loading side.
+    from qcli.model.demo import DEMO_NAME
+    from qcli.output.console import console, print_json, render_compare
+    from qcli.output.files import compare_csv, compare_markdown, compare_plot
+    from qcli.output.progress import progress_line, progress_wanted
+    from qcli.run.compare import CompareOptions, run_compare, validate
+    from qcli.run.demo import ensure_demo
+
     require_load_extra("qcli compare")
     opts = CompareOptions.from_cli(
         model=model,

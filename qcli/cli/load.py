@@ -18,11 +18,6 @@ from qcli.cli._options import (
     TrustOpt,
 )
 from qcli.extras import require_load_extra
-from qcli.model.demo import DEMO_NAME
-from qcli.output.console import console, print_json, render_load
-from qcli.output.progress import progress_line, progress_wanted
-from qcli.run.demo import ensure_demo
-from qcli.run.loader import LoadOptions, load_report, prepare
 
 EPILOG = """Examples:
 
@@ -51,6 +46,13 @@ def load(
 
     MODEL is a model directory, a config.json, a hub id (org/name), or demo (a tiny built-in model).
     """
+    # Imported here, not at module level: `qcli --help` and `qcli estimate` never pay for the loading side.
+    from qcli.model.demo import DEMO_NAME
+    from qcli.output.console import console, print_json, render_load
+    from qcli.output.progress import progress_line, progress_wanted
+    from qcli.run.demo import ensure_demo
+    from qcli.run.loader import LoadOptions, load_report, prepare
+
     require_load_extra("qcli load")
     interactive = progress_wanted(json_, quiet)
     opts = LoadOptions.from_cli(

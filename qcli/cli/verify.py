@@ -21,13 +21,6 @@ from qcli.cli._options import (
 )
 from qcli.errors import ExitCode
 from qcli.extras import require_load_extra
-from qcli.model.demo import DEMO_NAME
-from qcli.output.console import console, print_json, render_verify
-from qcli.output.files import write_junit
-from qcli.output.progress import progress_line, progress_wanted
-from qcli.run.demo import ensure_demo
-from qcli.run.loader import LoadOptions, prepare
-from qcli.run.verify import VerifyOptions, run_verify
 
 EPILOG = """Example:
 
@@ -73,6 +66,15 @@ def verify(
 
     MODEL is a model directory, a config.json, a hub id (org/name), or demo (a tiny built-in model).
     """
+    # Imported here, not at module level: `qcli --help` and `qcli estimate` never pay for the loading side.
+    from qcli.model.demo import DEMO_NAME
+    from qcli.output.console import console, print_json, render_verify
+    from qcli.output.files import write_junit
+    from qcli.output.progress import progress_line, progress_wanted
+    from qcli.run.demo import ensure_demo
+    from qcli.run.loader import LoadOptions, prepare
+    from qcli.run.verify import VerifyOptions, run_verify
+
     require_load_extra("qcli verify")
     interactive = progress_wanted(json_, quiet)
     opts = VerifyOptions.from_cli(

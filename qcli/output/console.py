@@ -137,6 +137,14 @@ def estimate_answer(report: EstimateReport) -> str:
     """Return the one-line answer an estimate starts with (rich markup, user strings escaped)."""
     m = report.model
     name = escape(model_title(m))
+    if len(report.plans) != 1 and any(p.devices for p in report.plans):
+        fit = [escape(_plan_name(p)) for p in report.plans if p.fits]
+        miss = [escape(_plan_name(p)) for p in report.plans if not p.fits]
+        where = _devices_phrase(report.plans[0])
+        if not fit:
+            return f"[bold]{name}[/bold] on {where}: [red]does not fit[/red] in any precision"
+        tail = f"; not in {', '.join(miss)}" if miss else ""
+        return f"[bold]{name}[/bold] on {where}: [green]fits[/green] in {', '.join(fit)}{tail}"
     if len(report.plans) != 1:
         lo = min(report.plans, key=lambda p: p.total_bytes)
         hi = max(report.plans, key=lambda p: p.total_bytes)
@@ -276,9 +284,11 @@ def render_env(env: Environment, out: Console) -> None:
 
 
 def render_presets(report: PresetsReport, out: Console) -> None:
-    table = Table(title="presets (configs/; a YAML file path works wherever a name does)", title_justify="left")
-    for col in ("name", "weights", "dtype", "description"):
-        table.add_column(col)
+    out.print("presets (configs/; a YAML file path works wherever a name does)")
+    table = Table(box=box.HORIZONTALS, pad_edge=False, show_edge=False)
+    for col in ("name", "weights", "dtype"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("description", ratio=1)
     for p in report.presets:
         table.add_row(escape(p.name), format_label(p.format), p.dtype, escape(p.description))
     out.print(table)
@@ -426,7 +436,7 @@ def compare_tables(report: CompareReport) -> list[tuple[str, Table]]:
         memory.add_column(col, justify="left" if col == "preset" else "right", no_wrap=True)
     for r in report.results:
         if r.error:
-            memory.add_row(escape(r.preset), f"[red]failed: {escape(_one_line(r.error))}[/red]")
+            memory.add_row(escape(r.preset), "[red]failed[/red]", *["—"] * 4)  # the error follows the tables
             continue
         memory.add_row(
             escape(r.preset),
@@ -487,5 +497,8 @@ def render_compare(report: CompareReport, out: Console) -> None:
         width = max(len(r.preset) for r in continuations)
         for r in continuations:
             out.print(f"  {escape(r.preset):<{width}}  {escape(_one_line(r.continuation or ''))}")
+    for r in report.results:
+        if r.error:
+            out.print(f"[red]{escape(r.preset)} failed[/red]: {escape(_one_line(r.error))}")
     for n in report.notes:
         out.print(f"note: {escape(n)}")

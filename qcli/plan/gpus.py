@@ -6,7 +6,6 @@ import difflib
 import re
 from functools import lru_cache
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from qcli.errors import UsageError
@@ -17,7 +16,7 @@ from qcli.units import MIB, parse_bytes
 class GPU(BaseModel):
     """One GPU model: the capacity the driver reports and what it can compute."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: see qcli.results.Model
 
     name: str
     memory_mib: int = Field(gt=0)
@@ -51,6 +50,8 @@ def _key(name: str) -> str:
 @lru_cache(maxsize=1)
 def catalog() -> tuple[GPU, ...]:
     """Return the GPUs of configs/gpus.yaml, validated."""
+    import yaml  # lazily: `qcli estimate --params` without --gpu reads no YAML
+
     raw = yaml.safe_load(config_file("gpus.yaml").read_text(encoding="utf-8"))
     return tuple(GPU.model_validate(item) for item in raw)
 

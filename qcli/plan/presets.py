@@ -8,7 +8,6 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qcli.errors import UsageError
@@ -26,7 +25,7 @@ def _dtype(value: Any) -> Any:
 class Quantization(BaseModel):
     """The BitsAndBytesConfig fields a preset may set (names as transformers spells them)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: see qcli.results.Model
 
     load_in_4bit: bool = False
     load_in_8bit: bool = False
@@ -58,7 +57,7 @@ class Quantization(BaseModel):
 class Preset(BaseModel):
     """A named loading recipe: the dtype of unquantized modules and the optional quantization."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: see qcli.results.Model
 
     name: str = Field(min_length=1)
     description: str = ""
@@ -149,6 +148,8 @@ def _read(name_or_path: str) -> tuple[str, str]:
 
 
 def _apply_set(data: dict[str, Any], assignment: str, source: str) -> None:
+    import yaml  # lazily: `qcli estimate --params` reads no YAML (docs/bench.md)
+
     key, sep, raw = assignment.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -187,6 +188,8 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
 
 def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Preset:
     """Return the validated Preset named (built-in) or found at a path, with --set overrides applied."""
+    import yaml  # lazily: `qcli estimate --params` reads no YAML (docs/bench.md)
+
     source, text = _read(name_or_path)
     try:
         data = yaml.safe_load(text)  # safe_load: a !!python tag never executes

@@ -20,7 +20,7 @@ from qcli.model.demo import DEMO_CONFIG, DEMO_VERSION, DEMO_VOCAB
 from qcli.resources import data_text
 
 TRAIN_STEPS = 120
-TRAIN_SEQ = 64
+TRAIN_SEQ = 32  # "The capital of France is Paris" needs a short context; 32 halves the cost of 64
 # progress(steps done, steps in all), called while the demo trains.
 Progress = Callable[[int, int], None]
 
@@ -95,10 +95,23 @@ def build_demo(out: Path, progress: Progress | None = None) -> None:
     `progress(done, total)` is called after each training step.
     """
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     text = data_text("sample.txt")
     tokenizer = _tokenizer(text)
+    threads = torch.get_num_threads()
+    # One thread: the matrices are tiny (hidden 256), so more threads add synchronisation, not speed,
+    # and on a busy machine OpenMP's spinning workers burn CPU time for nothing.
+    torch.set_num_threads(1)
+    try:
+        _train_and_save(tokenizer, text, out, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_and_save(tokenizer: Any, text: str, out: Path, progress: Progress | None) -> None:
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
     torch.manual_seed(0)
     config = LlamaConfig(**{k: v for k, v in DEMO_CONFIG.items() if k not in {"architectures", "model_type", "dtype"}})
     model = LlamaForCausalLM(config)
