@@ -155,3 +155,26 @@ def test_junit_is_what_ci_reporters_read(tmp_path):
     cases = {c.get("name"): c for c in suite.findall("testcase")}
     assert cases["load"].get("time") == "1.250" and cases["budget"].find("failure") is not None
     assert cases["reference"].find("skipped") is not None
+
+
+def test_plot_has_two_panels(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from qcli.output.files import compare_plot
+
+    seen = []
+    real = plt.Figure.savefig
+
+    def keep(fig, *a, **k):
+        seen.append([(ax.get_title(), ax.get_ylabel()) for ax in fig.axes])
+        return real(fig, *a, **k)
+
+    plt.Figure.savefig = keep
+    try:
+        compare_plot(_compare_report(), str(tmp_path / "p.png"))
+    finally:
+        plt.Figure.savefig = real
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    (mem_title, mem_unit), (q_title, _) = seen[0]
+    assert "memory" in mem_title and "MiB" in mem_unit and "lower is better" in q_title

@@ -11,6 +11,7 @@ from __future__ import annotations
 import email
 import importlib.metadata as md
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -24,6 +25,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "configs"
 HINT = "pip install 'qcli[load]'"
+# The fresh venv must see only itself: no PYTHONPATH pointing at this checkout.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "PYTHONHOME"}}
 
 
 def _core_requirements(wheel: Path) -> list[str]:
@@ -97,7 +100,7 @@ def installed(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     purelib = Path(subprocess.run(
         [venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
+        check=True, capture_output=True, text=True, env=CLEAN_ENV,
     ).stdout.strip())  # fmt: skip
     deps = tmp / "core-deps"
     _link_distributions(_closure(core), deps)
@@ -106,7 +109,9 @@ def installed(tmp_path_factory) -> Path:
         [*pip, "--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps", str(wheel)],
         check=True,
         capture_output=True,
+        env=CLEAN_ENV,
     )
+    assert (venv / "bin" / "qcli").is_file()
     return venv / "bin"
 
 
@@ -118,16 +123,19 @@ def _run(bin_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_the_fresh_venv_really_has_no_loading_stack(installed, tmp_path):
     heavy = ("torch", "transformers", "accelerate", "bitsandbytes")
     code = f"import importlib.util as u; print([m for m in {heavy!r} if u.find_spec(m)])"
-    out = subprocess.run([installed / "python", "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    out = subprocess.run(
+        [installed / "python", "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path, env=CLEAN_ENV
+    )
     assert out.stdout.strip() == "[]"
-    core = subprocess.run([installed / "python", "-c", "import typer, rich, pydantic, yaml"], cwd=tmp_path)
+    imports = "import typer, rich, pydantic, yaml"
+    core = subprocess.run([installed / "python", "-c", imports], cwd=tmp_path, env=CLEAN_ENV)
     assert core.returncode == 0
 
 
 def test_installed_wheel_reads_its_own_configs(installed, tmp_path):
     where = subprocess.run(
         [installed / "python", "-c", "import qcli, qcli.resources as r; print(qcli.__file__); print(r.configs_dir())"],
-        capture_output=True, text=True, check=True, cwd=tmp_path,
+        capture_output=True, text=True, check=True, cwd=tmp_path, env=CLEAN_ENV,
     ).stdout.split()  # fmt: skip
     assert all(str(installed.parent) in w for w in where), where
     r = _run(installed, "presets", "--json", cwd=tmp_path)
