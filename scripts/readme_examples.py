@@ -69,19 +69,20 @@ def normalize(text: str) -> str:
 
 
 def regenerate(names: list[str]) -> int:
-    text = README.read_text(encoding="utf-8")
-
-    def replace(m: re.Match[str]) -> str:
-        name = m["name"]
-        if name not in names:
-            return m.group(0)
-        print(f"running {name}: {EXAMPLES[name]}", file=sys.stderr)
-        return f"<!-- example: {name} -->\n```console\n{run_example(EXAMPLES[name])}```\n"
-
-    missing = set(names) - set(readme_blocks(text))
+    missing = set(names) - set(readme_blocks(README.read_text(encoding="utf-8")))
     if missing:
         print(f"README.md has no block for {sorted(missing)}", file=sys.stderr)
         return 1
+    outputs = {}
+    for name in names:
+        print(f"running {name}: {EXAMPLES[name]}", file=sys.stderr)
+        outputs[name] = run_example(EXAMPLES[name])
+
+    def replace(m: re.Match[str]) -> str:
+        body = outputs.get(m["name"])
+        return m.group(0) if body is None else f"<!-- example: {m['name']} -->\n```console\n{body}```\n"
+
+    text = README.read_text(encoding="utf-8")  # read again: the README may have been edited meanwhile
     README.write_text(BLOCK.sub(replace, text), encoding="utf-8")
     return 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from typing import Annotated
 
 import typer
@@ -82,30 +84,30 @@ def estimate(
     if model_arg is not None and model is not None and model_arg != model:
         raise typer.BadParameter("give the MODEL once: positionally or with --model")
     targets = [t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets is not None else None
-    report = run_estimate(
-        EstimateOptions.from_cli(
-            params=params,
-            model=model_arg or model,
-            bits=bits,
-            double_quant=double_quant,
-            preset=preset,
-            sets=set_,
-            dtype=dtype,
-            gpus=gpu,
-            gpu_count=gpus,
-            context=context,
-            batch=batch,
-            kv_dtype=kv_dtype,
-            train=train,
-            lora_rank=lora_rank,
-            lora_targets=targets,
-            optimizer=optimizer,
-            grad_checkpointing=grad_checkpointing,
-            cuda_context=cuda_context,
-            margin=margin,
-            revision=revision,
-        )
+    opts = EstimateOptions.from_cli(
+        params=params,
+        model=model_arg or model,
+        bits=bits,
+        double_quant=double_quant,
+        preset=preset,
+        sets=set_,
+        dtype=dtype,
+        gpus=gpu,
+        gpu_count=gpus,
+        context=context,
+        batch=batch,
+        kv_dtype=kv_dtype,
+        train=train,
+        lora_rank=lora_rank,
+        lora_targets=targets,
+        optimizer=optimizer,
+        grad_checkpointing=grad_checkpointing,
+        cuda_context=cuda_context,
+        margin=margin,
+        revision=revision,
     )
+    with contextlib.redirect_stdout(sys.stderr):  # the meta-device path runs transformers: stdout stays ours
+        report = run_estimate(opts)
     if json_:
         print_json(report)
     else:

@@ -138,8 +138,8 @@ def estimate_answer(report: EstimateReport) -> str:
     m = report.model
     name = escape(model_title(m))
     if len(report.plans) != 1 and any(p.devices for p in report.plans):
-        fit = [escape(_plan_name(p)) for p in report.plans if p.fits]
-        miss = [escape(_plan_name(p)) for p in report.plans if not p.fits]
+        fit = [escape(_short_name(p)) for p in report.plans if p.fits]
+        miss = [escape(_short_name(p)) for p in report.plans if not p.fits]
         where = _devices_phrase(report.plans[0])
         if not fit:
             return f"[bold]{name}[/bold] on {where}: [red]does not fit[/red] in any precision"
@@ -168,10 +168,18 @@ def estimate_answer(report: EstimateReport) -> str:
     return f"{head} {verb} {human_bytes(plan.required_bytes)} on {where}: [red]does not fit[/red]{short}"
 
 
+# Narrow names for the precision column (the glossary in the README explains "dq").
+SHORT_FORMAT_LABELS = {"nf4+dq": "nf4 + dq", "fp4+dq": "fp4 + dq"}
+
+
+def _short_name(p: Plan) -> str:
+    return p.preset or SHORT_FORMAT_LABELS.get(p.format, p.format)
+
+
 def comparison_table(report: EstimateReport, out: Console) -> Table:
     """Return one row per precision: bits/param, weights, total (and the fit when GPUs were given)."""
     table = Table(box=box.HORIZONTALS, pad_edge=False, show_edge=False)
-    table.add_column("precision", overflow="fold")
+    table.add_column("precision", no_wrap=True)
     table.add_column("bits/param", justify="right", no_wrap=True)
     table.add_column("weights", justify="right", no_wrap=True)
     table.add_column("GB (10^9)", justify="right", no_wrap=True)
@@ -183,7 +191,7 @@ def comparison_table(report: EstimateReport, out: Console) -> Table:
         table.add_column("required", justify="right", no_wrap=True)
         table.add_column("fits", no_wrap=True)
     for p in report.plans:
-        row = [escape(_plan_name(p)), f"{p.bits_per_param:.3f}"]
+        row = [escape(_short_name(p)), f"{p.bits_per_param:.3f}"]
         row += [human_bytes(p.weight_bytes), decimal_bytes(p.weight_bytes)]
         if extra:
             row.append(human_bytes(p.total_bytes))
