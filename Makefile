@@ -2,11 +2,12 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 QCLI := $(VENV)/bin/qcli
-# The CPU build of torch for machines without a GPU; on a CUDA box run `make install TORCH=torch`.
+# The pinned torch for machines without a GPU; on a CUDA box run `make install TORCH=torch` (or
+# `make demo TORCH=torch`) on a fresh checkout, or after `make clean`: the venv is built once.
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench sweep smoke gpu-truth clean
+.PHONY: install test lint demo readme bench sweep smoke gpu-truth clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,11 +22,15 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check qcli tests benchmarks sweep
+	$(VENV)/bin/ruff check qcli tests benchmarks sweep scripts
 
 demo: $(STAMP)
 	$(QCLI) estimate --model demo --preset qlora --context 512 --gpu T4
 	$(QCLI) load demo --preset qlora --prompt "The capital of France is"
+
+# Regenerates every example output in README.md (tests/test_readme.py checks them).
+readme: $(STAMP)
+	$(PY) scripts/readme_examples.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py

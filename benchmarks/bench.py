@@ -1,13 +1,18 @@
-"""`make bench`: startup of `qcli estimate` against `import torch`, and a compare run on the demo.
+"""`make bench`: start-up of qcli's quick commands against `import torch`, the demo build's CPU time, and
+a compare run on the demo. Writes docs/bench.md, and docs/bench-hub.md (bench_hub.py: the hub path
+against a local copy).
 
-Writes docs/bench.md, and docs/bench-hub.md (bench_hub.py: the hub path against a local copy).
-Timings are medians of several runs on this machine.
+Every command is a fresh process. The commands are run in interleaved rounds (torch, then each qcli
+command, then torch again…) so that a busy machine slows them alike, and the ratios are of medians
+taken in this one run. CPU time (user + sys of the child) is reported beside wall time: on a shared
+machine it is the steadier of the two.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -19,71 +24,122 @@ from bench_hub import bench_hub  # benchmarks/ is on sys.path: this file runs as
 
 ROOT = Path(__file__).resolve().parents[1]
 QCLI = [sys.executable, "-m", "qcli"]
-RUNS = 7
+ROUNDS = 7
+LLAMA = "tests/fixtures/configs/llama3-8b.json"
+JAMBA = "tests/fixtures/configs/jamba-v0.1.json"
+SPEC_CACHE = Path(tempfile.gettempdir()) / "qcli-bench-spec-cache"
+# (label, command, extra environment)
+STARTUP: list[tuple[str, list[str], dict[str, str]]] = [
+    ("`python -c 'import torch'`", [sys.executable, "-c", "import torch"], {}),
+    ("`qcli estimate --params 8b --bits 4`", [*QCLI, "estimate", "--params", "8b", "--bits", "4"], {}),
+    (
+        "`qcli estimate llama3-8b.json --preset qlora --context 8192 --gpu T4` (analytic family)",
+        [*QCLI, "estimate", LLAMA, "--preset", "qlora", "--context", "8192", "--gpu", "T4"],
+        {},
+    ),
+    # An architecture with no analytic builder (Jamba-v0.1, 52 B: attention + mamba + MoE), its spec cache
+    # warmed first in main(): later estimates read the cached meta-device description.
+    (
+        "`qcli estimate jamba-v0.1.json --preset qlora --context 8192 --gpu T4` (meta path, spec cache warm)",
+        [*QCLI, "estimate", JAMBA, "--preset", "qlora", "--context", "8192", "--gpu", "T4"],
+        {"QCLI_CACHE": str(SPEC_CACHE)},
+    ),
+    ("`qcli --help`", [*QCLI, "--help"], {}),
+    (
+        "completion of `qcli estimate --pr`",
+        [*QCLI],
+        {"_QCLI_COMPLETE": "complete_bash", "COMP_WORDS": "qcli estimate --pr", "COMP_CWORD": "2"},
+    ),
+]
+TARGETS = {1: 0.10, 2: 0.15, 4: 0.15}  # row index -> the wall-time ratio issue 15 asks for
 
 
-def wall(cmd: list[str], runs: int = RUNS, env: dict[str, str] | None = None) -> float:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, env=env)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Return (wall seconds, CPU seconds) of one run of `cmd`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, env={**os.environ, **env})
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def startup_rows() -> list[str]:
+    walls: list[list[float]] = [[] for _ in STARTUP]
+    cpus: list[list[float]] = [[] for _ in STARTUP]
+    for _ in range(ROUNDS):
+        for i, (_, cmd, env) in enumerate(STARTUP):
+            wall, cpu = timed(cmd, env)
+            walls[i].append(wall)
+            cpus[i].append(cpu)
+    wall_m = [statistics.median(w) for w in walls]
+    cpu_m = [statistics.median(c) for c in cpus]
+    rows = [
+        "| command | wall s | wall vs torch | CPU s | CPU vs torch | target (wall) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for i, (label, _, _) in enumerate(STARTUP):
+        target = f"≤ {TARGETS[i]:.2f}" if i in TARGETS else ("as quick" if i else "")
+        rows.append(
+            f"| {label} | {wall_m[i]:.3f} | {wall_m[i] / wall_m[0]:.3f} | {cpu_m[i]:.3f} | "
+            f"{cpu_m[i] / cpu_m[0]:.3f} | {target} |"
+        )
+    return rows
+
+
+def demo_build() -> tuple[float, float]:
+    """Return (wall s, CPU s) of building the demo into an empty cache on one core (one thread)."""
+    with tempfile.TemporaryDirectory(prefix="qcli-bench-") as cache:
+        env = {"QCLI_CACHE": cache, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        code = "import torch; torch.set_num_threads(1); from qcli.run.demo import ensure_demo; ensure_demo()"
+        return timed([sys.executable, "-c", code], env)
+
+
+def meta_cold() -> tuple[float, float]:
+    """Return (wall s, CPU s) of the first estimate of Jamba: built on the meta device, then cached."""
+    import shutil
+
+    shutil.rmtree(SPEC_CACHE, ignore_errors=True)
+    return timed([*QCLI, "estimate", JAMBA, "--preset", "qlora", "--context", "8192", "--gpu", "T4"],
+                 {"QCLI_CACHE": str(SPEC_CACHE)})  # fmt: skip
 
 
 def main() -> int:
-    torch_s = wall([sys.executable, "-c", "import torch"])
-    params_s = wall([*QCLI, "estimate", "--params", "8b", "--bits", "4"])
-    model_s = wall(
-        [
-            *QCLI,
-            "estimate",
-            "--model",
-            "tests/fixtures/configs/llama3-8b.json",
-            "--preset",
-            "qlora",
-            "--context",
-            "8192",
-            "--gpu",
-            "T4",
-        ]
-    )
-    # An architecture with no analytic builder (Jamba-v0.1, 52 B, hybrid attention + mamba + MoE): the first
-    # estimate builds it on the meta device; later ones read qcli's spec cache.
-    jamba = [*QCLI, "estimate", "--model", "tests/fixtures/configs/jamba-v0.1.json", "--preset", "qlora",
-             "--context", "8192", "--gpu", "T4"]  # fmt: skip
-    with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "QCLI_CACHE": cache}
-        meta_cold_s = wall(jamba, runs=1, env=env)
-        meta_warm_s = wall(jamba, env=env)
-    subprocess.run(
-        [*QCLI, "compare", "demo", "--presets", "bf16,int8,nf4,qlora", "--markdown", "/tmp/qcli-bench.md"],
-        check=True,
-        capture_output=True,
-        cwd=ROOT,
-    )
+    cold_wall, cold_cpu = meta_cold()
+    startup = startup_rows()
+    build_wall, build_cpu = demo_build()
+    md = Path(tempfile.gettempdir()) / "qcli-bench-compare.md"
+    subprocess.run([*QCLI, "compare", "demo", "--markdown", str(md)], check=True, capture_output=True, cwd=ROOT)
+    compare = md.read_text(encoding="utf-8").split("\n", 2)[2]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
         "# Benchmarks",
         "",
-        f"Machine: {platform.machine()}, {platform.python_version()}, CPU only. "
-        f"Medians of {RUNS} runs of a fresh process.",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, CPU only; "
+        f"load average {load:.1f} when the run ended. Medians of {ROUNDS} interleaved rounds of fresh "
+        "processes (`make bench`, benchmarks/bench.py); ratios are of medians from this one run.",
         "",
-        "| command | wall s | vs `import torch` |",
-        "|---|---:|---:|",
-        f"| `python -c 'import torch'` | {torch_s:.3f} | 1.00 |",
-        f"| `qcli estimate --params 8b --bits 4` | {params_s:.3f} | {params_s / torch_s:.2f} |",
-        f"| `qcli estimate --model llama3-8b.json --preset qlora --context 8192 --gpu T4` | {model_s:.3f} | "
-        f"{model_s / torch_s:.2f} |",
-        f"| `qcli estimate --model jamba-v0.1.json …` (meta path, first run) | {meta_cold_s:.3f} | "
-        f"{meta_cold_s / torch_s:.2f} |",
-        f"| `qcli estimate --model jamba-v0.1.json …` (meta path, spec cache warm) | {meta_warm_s:.3f} | "
-        f"{meta_warm_s / torch_s:.2f} |",
+        *startup,
+        "",
+        "Where qcli's start-up goes (`python -X importtime`, CPU ms on an idle core): pydantic ~45, the result",
+        "models ~30, typer ~20, rich ~20, Typer building the command and the estimate itself ~20. qcli",
+        "registers only the command being run (qcli/cli/app.py), the load/verify/compare command modules",
+        "import their loading side inside the command, pydantic models build their validators on first use",
+        "(`defer_build`), and PyYAML is imported only when a YAML file is read.",
+        "",
+        f"The meta-path row reads a warm spec cache; its first run (cold: transformers builds Jamba on the meta "
+        f"device) took {cold_wall:.2f} s wall, {cold_cpu:.2f} s CPU.",
+        "",
+        "## Building the demo model (first run only)",
+        "",
+        f"One thread (`OMP_NUM_THREADS=1`, `torch.set_num_threads(1)`), imports included: "
+        f"**{build_cpu:.1f} s of CPU**, {build_wall:.1f} s wall. Target: ≤ 30 s of CPU on one core.",
         "",
         "## compare on the demo model (CPU)",
         "",
-        Path("/tmp/qcli-bench.md").read_text().split("\n", 2)[2],
+        compare,
     ]
-    (ROOT / "docs" / "bench.md").write_text("\n".join(lines))
+    (ROOT / "docs" / "bench.md").write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
     print(bench_hub())
     return 0

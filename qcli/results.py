@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from qcli import __version__
 
@@ -40,14 +40,21 @@ ComponentKind = Literal[
 ]
 
 
-class Result(BaseModel):
+class Model(BaseModel):
+    """The base of every result: pydantic builds a model's validator on first use, not at import
+    (`defer_build`), so `qcli estimate` does not pay for the load, verify and compare models (docs/bench.md)."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class Result(Model):
     """The fields every `--json` object starts with."""
 
     schema_version: int = SCHEMA_VERSION
     qcli_version: str = __version__
 
 
-class Component(BaseModel):
+class Component(Model):
     """One line of a memory breakdown: a machine kind, the tensors it covers, and its exact bytes."""
 
     kind: ComponentKind
@@ -67,7 +74,7 @@ class Component(BaseModel):
     device: Literal["gpu", "cpu"] = Field(default="gpu", description="cpu: offloaded, not on the GPU")
 
 
-class DeviceFit(BaseModel):
+class DeviceFit(Model):
     """How much of a plan one device (or one offload target) holds, and whether it fits."""
 
     name: str
@@ -89,7 +96,7 @@ class DeviceFit(BaseModel):
     bf16: bool | None = None
 
 
-class LargestLayer(BaseModel):
+class LargestLayer(Model):
     """The biggest unit that must sit whole on one GPU (accelerate's 'largest layer')."""
 
     name: str
@@ -98,7 +105,7 @@ class LargestLayer(BaseModel):
     module_params: int = Field(description="largest single module's own parameters (DeepSpeed's largest_layer_params)")
 
 
-class Training(BaseModel):
+class Training(Model):
     """Training state on top of the weights."""
 
     mode: str
@@ -126,7 +133,7 @@ class Training(BaseModel):
     total_bytes: int
 
 
-class Option(BaseModel):
+class Option(Model):
     """One precision × strategy the recommendation tried."""
 
     preset: str
@@ -137,7 +144,7 @@ class Option(BaseModel):
     why_not: str | None = Field(default=None, description="why it does not fit")
 
 
-class Recommendation(BaseModel):
+class Recommendation(Model):
     preset: str | None
     strategy: str | None = None
     reason: str
@@ -147,7 +154,7 @@ class Recommendation(BaseModel):
     )
 
 
-class GpusNeeded(BaseModel):
+class GpusNeeded(Model):
     """`--gpus auto`: the fewest GPUs of the given type a strategy needs (null: none up to the search limit)."""
 
     strategy: str
@@ -155,7 +162,7 @@ class GpusNeeded(BaseModel):
     required_bytes: int | None = Field(description="per GPU at that count")
 
 
-class CudaPrediction(BaseModel):
+class CudaPrediction(Model):
     """A prediction, not a measurement: what torch.cuda's counters show after loading these weights on one GPU
     in a fresh process (PyTorch's caching-allocator rules, defaults; the CUDA context comes on top)."""
 
@@ -167,7 +174,7 @@ class CudaPrediction(BaseModel):
     rule: str = Field(description="the allocator rules the figures follow")
 
 
-class Plan(BaseModel):
+class Plan(Model):
     """The memory one precision needs: the components add up to total_bytes."""
 
     format: str = Field(description="storage format of the quantizable linears: fp32, bf16, int8, nf4, nf4+dq, …")
@@ -213,7 +220,7 @@ class Plan(BaseModel):
     )
 
 
-class SourceInfo(BaseModel):
+class SourceInfo(Model):
     """Where the model's config came from, and for a hub repo the commit it resolved to."""
 
     config_from: Literal["builtin", "local", "cache", "hub"]
@@ -222,7 +229,7 @@ class SourceInfo(BaseModel):
     commit_sha: str | None = Field(default=None, description="the commit the revision resolved to")
 
 
-class Prequantized(BaseModel):
+class Prequantized(Model):
     """A checkpoint saved already quantized (its config.json carries a quantization_config)."""
 
     quant_method: str = Field(description="the config's quant_method: bitsandbytes, gptq, awq, fp8, …")
@@ -230,7 +237,7 @@ class Prequantized(BaseModel):
     loadable: bool = Field(description="whether qcli load supports it (bitsandbytes checkpoints)")
 
 
-class ModelInfo(BaseModel):
+class ModelInfo(Model):
     """What was planned for: a real config, or a bare parameter count."""
 
     name: str | None = Field(default=None, description="the MODEL argument; null for --params")
@@ -261,7 +268,7 @@ class EstimateReport(Result):
     notes: list[str] = Field(default_factory=list)
 
 
-class PresetInfo(BaseModel):
+class PresetInfo(Model):
     """A preset as transformers receives it."""
 
     name: str
@@ -279,7 +286,7 @@ class PresetsReport(Result):
     presets: list[PresetInfo]
 
 
-class CudaMemory(BaseModel):
+class CudaMemory(Model):
     """torch.cuda figures of one device after the load; the context is total − free − reserved."""
 
     device: str
@@ -292,7 +299,7 @@ class CudaMemory(BaseModel):
     cuda_context_bytes: int = Field(description="total − free − reserved: context plus other processes")
 
 
-class QuantGroup(BaseModel):
+class QuantGroup(Model):
     """Modules that carry the same quantization, read back from the loaded modules themselves."""
 
     layer: str = Field(description="the module class: Linear4bit or Linear8bitLt")
@@ -310,7 +317,7 @@ class QuantGroup(BaseModel):
     modules: list[str]
 
 
-class Census(BaseModel):
+class Census(Model):
     """What the loaded model is made of and where it went."""
 
     linear4bit: int
@@ -336,7 +343,7 @@ class Census(BaseModel):
     )
 
 
-class Generation(BaseModel):
+class Generation(Model):
     prompt: str
     text: str
     new_tokens: int
@@ -387,7 +394,7 @@ class LoadReport(Result):
     notes: list[str] = Field(default_factory=list)
 
 
-class CompareRow(BaseModel):
+class CompareRow(Model):
     preset: str
     memory_bytes: int | None = None
     allocated_bytes: int | None = None
@@ -423,6 +430,9 @@ class CompareReport(Result):
     prompt: str
     speed_method: str | None = None
     results: list[CompareRow]
+    created_at: str | None = Field(default=None, description="when the comparison ran, ISO 8601 UTC")
+    model_commit: str | None = Field(default=None, description="the hub commit of the model, when known")
+    environment: Environment | None = None
     notes: list[str] = Field(default_factory=list)
 
     @property
@@ -430,10 +440,37 @@ class CompareReport(Result):
         return any(r.error for r in self.results)
 
 
+class GPUInfo(Model):
+    """One GPU as torch (or, without torch, nvidia-smi) sees it."""
+
+    device: str = Field(description="cuda:N as torch numbers it (nvidia-smi's index without torch)")
+    name: str
+    memory_bytes: int | None = None
+    compute_capability: str | None = None
+
+
+class Environment(Model):
+    """The software and hardware a result was made on: what a bug report or a pasted table needs."""
+
+    python_version: str
+    platform: str
+    packages: dict[str, str | None] = Field(description="distribution -> version; null when not installed")
+    torch_cuda_version: str | None = Field(default=None, description="the CUDA torch was built with; null: CPU build")
+    cuda_available: bool | None = Field(default=None, description="torch.cuda.is_available(); null: not probed")
+    gpus: list[GPUInfo] = Field(default_factory=list)
+    gpu_source: str | None = Field(default=None, description="torch, nvidia-smi, or null when none was asked")
+
+
+class EnvReport(Environment, Result):
+    """`qcli env`: versions and GPUs, for bug reports."""
+
+    command: Literal["env"] = "env"
+
+
 CheckOutcome = Literal["passed", "failed", "warning", "skipped", "error"]
 
 
-class CheckResult(BaseModel):
+class CheckResult(Model):
     """One verify check: its name, its outcome, one line of detail and how long it took."""
 
     name: str

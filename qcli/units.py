@@ -100,25 +100,43 @@ def gib(n_bytes: float) -> str:
 
 
 def gb(n_bytes: float) -> str:
-    """Return bytes as GB (10^9) with three decimals and the unit, e.g. '4.500 GB'."""
-    return f"{n_bytes / GB:,.3f} GB"
+    """Return bytes as GB (10^9) with two decimals and the unit, e.g. '4.50 GB'."""
+    return f"{n_bytes / GB:,.2f} GB"
 
 
-def human_bytes(n_bytes: float) -> str:
-    """Return a compact binary-unit figure (B, KiB, MiB, GiB, TiB) for small and large sizes."""
+def _with_unit(n_bytes: float, base: int, units: tuple[str, ...]) -> str:
     value = float(n_bytes)
     sign = "-" if value < 0 else ""
     value = abs(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{sign}{value:,.0f} {unit}" if unit == "B" else f"{sign}{value:,.2f} {unit}"
-        value /= 1024
-    return f"{sign}{value:,.2f} TiB"
+    if value < 1000:
+        return f"{sign}{value:,.0f} B"
+    for unit in units:
+        value /= base
+        # Move to the next unit from 1000 on, so a figure never needs more than three integer digits
+        # ('0.98 GiB', not '1,002.00 MiB').
+        if value < 1000 or unit == units[-1]:
+            return f"{sign}{value:,.2f} {unit}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def human_bytes(n_bytes: float) -> str:
+    """Return bytes in the binary unit that suits its size: '64 B', '1.07 KiB', '476.84 MiB', '7.13 GiB'."""
+    return _with_unit(n_bytes, 1024, ("KiB", "MiB", "GiB", "TiB", "PiB"))
+
+
+def decimal_bytes(n_bytes: float) -> str:
+    """Return bytes in the decimal (SI) unit that suits its size: '64 B', '1.09 kB', '500.00 MB', '7.65 GB'."""
+    return _with_unit(n_bytes, 1000, ("kB", "MB", "GB", "TB", "PB"))
 
 
 def human_params(n_params: float) -> str:
-    """Return a parameter count as 8.03 B, 125.0 M, 1.05 K."""
+    """Return a parameter count as 8.03 B, 125.00 M, 1.05 K."""
     for div, unit in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
         if abs(n_params) >= div:
             return f"{n_params / div:,.2f} {unit}"
     return f"{n_params:,.0f}"
+
+
+def signed_percent(value: float | None, decimals: int = 2) -> str:
+    """Return '+0.12%' (or '—' for None): the sign always shown, so 0 reads as exact."""
+    return "—" if value is None else f"{value:+.{decimals}f}%"

@@ -37,7 +37,10 @@ def test_parse_format():
     assert parse_format("4", double_quant=True) == NF4_DQ
     assert parse_format("fp4", True).double_quant
     assert parse_format("16") == FP16 and parse_format("bf16") == BF16 and parse_format("int8") == INT8
-    for bad in ("3", "2", "int4", "", "64"):
+    # The ecosystem's other spellings (accelerate's int4, BitsAndBytesConfig's 4bit) mean the same formats.
+    assert parse_format("int4") == parse_format("4bit") == parse_format("INT4") == NF4
+    assert parse_format("8bit") == INT8 and parse_format("torch.bfloat16") == BF16
+    for bad in ("3", "2", "int3", "", "64", "4bits"):
         with pytest.raises(UsageError):
             parse_format(bad)
     with pytest.raises(UsageError):

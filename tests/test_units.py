@@ -56,7 +56,7 @@ def test_parse_bytes_rejects(text):
 
 def test_formatting_names_its_unit():
     assert gib(4.5e9) == "4.19 GiB"
-    assert gb(4.5e9) == "4.500 GB"
+    assert gb(4.5e9) == "4.50 GB"
     assert human_bytes(1536) == "1.50 KiB"
 
 

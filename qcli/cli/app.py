@@ -6,6 +6,7 @@ typer.TyperException / Exit / Abort); pyproject bounds the Typer version so that
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
@@ -14,43 +15,73 @@ from typing import Annotated, Any
 
 import typer
 
-from qcli import __version__
-from qcli.cli import compare, estimate, load, presets, verify
 from qcli.cli._errors import outcome_of
 from qcli.errors import ExitCode, Terminated
 
-app = typer.Typer(
-    name="qcli",
-    help="Will this model fit, at which precision, and does it really work once loaded?",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+# command name -> the module that defines it, in the order `qcli --help` lists them. Each module has a
+# function of the same name (or, for a group, a Typer app named `app`) and an EPILOG of examples.
+COMMANDS: dict[str, str] = {
+    "estimate": "qcli.cli.estimate",
+    "load": "qcli.cli.load",
+    "verify": "qcli.cli.verify",
+    "compare": "qcli.cli.compare",
+    "presets": "qcli.cli.presets",
+    "env": "qcli.cli.env",
+}
+HELP = "Will this model fit, at which precision, and does it really work once loaded?"
 
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"qcli {__version__}")
+        from qcli.environment import environment
+        from qcli.output.console import console, env_text
+
+        # Versions from package metadata and GPUs from nvidia-smi: no torch import, so this stays quick
+        # and works without the `load` extra. `qcli env` asks torch itself.
+        console().print(env_text(environment(probe_torch=False)), markup=False)
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the versions qcli runs with and exit."),
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
 ) -> None:
     """qcli: exact VRAM planning, real quantized loads, CI gates."""
 
 
-app.command(epilog=estimate.EPILOG)(estimate.estimate)
-app.command(epilog=load.EPILOG)(load.load)
-app.command(epilog=verify.EPILOG)(verify.verify)
-app.command(epilog=compare.EPILOG)(compare.compare)
-app.add_typer(presets.app, name="presets")
+def build_app(names: list[str] | None = None) -> typer.Typer:
+    """Return the Typer app with the named commands (default: all).
+
+    `main` registers only the command being run: Typer builds the Click parameters of every registered
+    command on each call, and the command modules of load/verify/compare import their heavy halves, so
+    `qcli estimate` would pay for all of them (about a third of its start-up; docs/bench.md).
+    """
+    app = typer.Typer(
+        name="qcli",
+        help=HELP,
+        no_args_is_help=True,
+        add_completion=True,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(_root)
+    for name in names or list(COMMANDS):
+        module = importlib.import_module(COMMANDS[name])
+        if isinstance(getattr(module, "app", None), typer.Typer):
+            app.add_typer(module.app, name=name)
+        else:
+            app.command(name, epilog=module.EPILOG)(getattr(module, name))
+    return app
+
+
+def _commands_for(args: list[str]) -> list[str] | None:
+    """Return the one command `args` runs, or None (all) for root help, --version and completion."""
+    completing = any(k.startswith("_") and k.endswith("_COMPLETE") for k in os.environ)
+    return [args[0]] if args and args[0] in COMMANDS and not completing else None
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -63,12 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args or os.environ.get("QCLI_DEBUG", "") not in {"", "0"}
     args = [a for a in args if a != "--debug"]  # accepted anywhere, not only before the command
     if debug:
-        os.environ["QCLI_DEBUG"] = "1"  # worker processes report their tracebacks too
+        os.environ["QCLI_DEBUG"] = "1"  # workers report their tracebacks; the progress line keeps warnings
     if not args:
         args = ["--help"]  # bare `qcli` prints help and succeeds
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
-        result = app(args=args, prog_name="qcli", standalone_mode=False)
+        result = build_app(_commands_for(args))(args=args, prog_name="qcli", standalone_mode=False)
         return int(result) if isinstance(result, int) else int(ExitCode.OK)
     except (Exception, KeyboardInterrupt, Terminated) as exc:
         outcome = outcome_of(exc)

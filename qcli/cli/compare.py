@@ -8,11 +8,9 @@ from typing import Annotated
 
 import typer
 
-from qcli.cli._options import DeviceOpt, JsonOpt, MaxNewTokensOpt, ModelArg, PromptOpt, RevisionOpt, TokenOpt
+from qcli.cli._options import DeviceOpt, JsonOpt, MaxNewTokensOpt, ModelArg, PromptOpt, QuietOpt, RevisionOpt, TokenOpt
 from qcli.errors import ExitCode, UsageError
-from qcli.output.console import console, print_json, render_compare, stderr_is_terminal
-from qcli.output.files import check_output_path, compare_csv, compare_markdown, compare_plot
-from qcli.run.compare import CompareOptions, run_compare
+from qcli.extras import require_load_extra
 
 EPILOG = """Example:
 
@@ -24,24 +22,47 @@ EPILOG = """Example:
 def compare(
     model: ModelArg,
     presets: Annotated[
-        str | None, typer.Option("--presets", help="Comma-separated presets (default bf16,int8,nf4,qlora).")
+        str | None,
+        typer.Option("--presets", metavar="TEXT", help="Comma-separated presets (default bf16,int8,nf4,qlora)."),
     ] = None,
-    reference: Annotated[str | None, typer.Option("--reference", help="Reference preset (default: the first).")] = None,
+    reference: Annotated[
+        str | None, typer.Option("--reference", metavar="TEXT", help="Reference preset (default: the first).")
+    ] = None,
     device: DeviceOpt = None,
-    text: Annotated[str | None, typer.Option("--text", help="Text file for perplexity (default: built-in).")] = None,
+    text: Annotated[
+        str | None, typer.Option("--text", metavar="TEXT", help="Text file for perplexity (default: built-in).")
+    ] = None,
     prompt: PromptOpt = None,
     max_new_tokens: MaxNewTokensOpt = None,
     timeout: Annotated[
-        float | None, typer.Option("--timeout", help="Seconds per preset before it is stopped (default 1800).")
+        float | None,
+        typer.Option("--timeout", metavar="FLOAT", help="Seconds per preset before it is stopped (default 1800)."),
     ] = None,
-    csv: Annotated[str | None, typer.Option("--csv", help="Write CSV here.")] = None,
-    markdown: Annotated[str | None, typer.Option("--markdown", help="Write a Markdown report here.")] = None,
-    plot: Annotated[str | None, typer.Option("--plot", help="Write memory-vs-quality PNG (needs matplotlib).")] = None,
+    csv: Annotated[str | None, typer.Option("--csv", metavar="TEXT", help="Write CSV here.")] = None,
+    markdown: Annotated[
+        str | None, typer.Option("--markdown", metavar="TEXT", help="Write a Markdown report here.")
+    ] = None,
+    plot: Annotated[
+        str | None, typer.Option("--plot", metavar="TEXT", help="Write memory-vs-quality PNG (needs matplotlib).")
+    ] = None,
     revision: RevisionOpt = None,
     token: TokenOpt = None,
     json_: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> int:
-    """Memory, speed and quality of several presets side by side, each in its own process."""
+    """Memory, speed and quality of several presets side by side, each in its own process.
+
+    MODEL is a model directory, a config.json, a hub id (org/name) or URL, or demo (a tiny built-in model).
+    """
+    # Imported here, not at module level: `qcli --help` and `qcli estimate` never pay for the loading side.
+    from qcli.model.demo import DEMO_NAME
+    from qcli.output.console import console, print_json, render_compare
+    from qcli.output.files import check_output_path, compare_csv, compare_markdown, compare_plot
+    from qcli.output.progress import progress_line, progress_wanted
+    from qcli.run.compare import CompareOptions, run_compare, validate
+    from qcli.run.demo import ensure_demo
+
+    require_load_extra("qcli compare")
     for flag, path in (("--csv", csv), ("--markdown", markdown), ("--plot", plot)):
         if path:
             check_output_path(path, flag)  # before any work: not after a long compare
@@ -59,9 +80,11 @@ def compare(
     )
     if plot and importlib.util.find_spec("matplotlib") is None:
         raise UsageError("--plot needs matplotlib", "pip install 'qcli[plot]'")
-    err = console(stderr=True)
-    interactive = stderr_is_terminal() and not json_
-    report = run_compare(opts, progress=(lambda m: err.print(m, markup=False)) if interactive else None)
+    validate(opts)  # bad flags, presets and paths: exit 2 before anything is built or loaded
+    with progress_line(progress_wanted(json_, quiet)) as line:
+        if opts.model == DEMO_NAME:
+            ensure_demo(line.demo_step)  # once, here, rather than racing in the first worker
+        report = run_compare(opts, progress=line.step)
     if csv:
         compare_csv(report, csv)
     if markdown:

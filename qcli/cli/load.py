@@ -12,13 +12,13 @@ from qcli.cli._options import (
     ModelArg,
     PresetOpt,
     PromptOpt,
+    QuietOpt,
     RevisionOpt,
     SetOpt,
     TokenOpt,
     TrustOpt,
 )
-from qcli.output.console import console, print_json, render_load, status, stderr_is_terminal
-from qcli.run.loader import LoadOptions, load_report
+from qcli.extras import require_load_extra
 
 EPILOG = """Examples:
 
@@ -42,9 +42,21 @@ def load(
     prompt: PromptOpt = None,
     max_new_tokens: MaxNewTokensOpt = None,
     json_: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Load a model with a preset and report the memory it really takes."""
-    interactive = stderr_is_terminal() and not json_
+    """Load a model with a preset and report the memory it really takes.
+
+    MODEL is a model directory, a config.json, a hub id (org/name), or demo (a tiny built-in model).
+    """
+    # Imported here, not at module level: `qcli --help` and `qcli estimate` never pay for the loading side.
+    from qcli.model.demo import DEMO_NAME
+    from qcli.output.console import console, print_json, render_load
+    from qcli.output.progress import progress_line, progress_wanted
+    from qcli.run.demo import ensure_demo
+    from qcli.run.loader import LoadOptions, load_report, prepare
+
+    require_load_extra("qcli load")
+    interactive = progress_wanted(json_, quiet)
     opts = LoadOptions.from_cli(
         model=model,
         preset=preset,
@@ -60,7 +72,11 @@ def load(
         max_new_tokens=max_new_tokens,
         progress=interactive,
     )
-    with status(f"loading {opts.model} with preset {opts.preset}", enabled=interactive):
+    prepare(opts)  # bad flags, presets and paths: exit 2 before anything is built or loaded
+    with progress_line(interactive) as line:
+        if opts.model == DEMO_NAME:
+            ensure_demo(line.demo_step)
+        line.step(f"loading {opts.model} with preset {opts.preset}")
         report, _ = load_report(opts)
     if json_:
         print_json(report)

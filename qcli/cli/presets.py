@@ -31,11 +31,14 @@ def presets_list(ctx: typer.Context, json_: JsonOpt = False) -> None:
 @app.command("show")
 def presets_show(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Preset name or YAML file.", show_default=False)],
+    name: Annotated[str, typer.Argument(metavar="NAME", hidden=True, show_default=False)],
     set_: SetOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Print a preset resolved as the BitsAndBytesConfig qcli passes to transformers."""
+    """Print a preset resolved as the BitsAndBytesConfig qcli passes to transformers.
+
+    NAME is a built-in preset (see `qcli presets`) or a YAML file.
+    """
     report = presets_report([name], set_)
     if json_ or (ctx.obj or {}).get("json"):
         print_json(report)

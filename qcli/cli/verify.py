@@ -15,16 +15,14 @@ from qcli.cli._options import (
     ModelArg,
     PresetOpt,
     PromptOpt,
+    QuietOpt,
     RevisionOpt,
     SetOpt,
     TokenOpt,
     TrustOpt,
 )
 from qcli.errors import ExitCode, Terminated
-from qcli.output.console import console, print_json, render_verify, status, stderr_is_terminal
-from qcli.output.files import check_output_path, write_junit
-from qcli.run.loader import DEFAULT_PRESET, LoadOptions
-from qcli.run.verify import VerifyOptions, run_verify
+from qcli.extras import require_load_extra
 
 EPILOG = """Example:
 
@@ -44,30 +42,51 @@ def verify(
     token: TokenOpt = None,
     trust_remote_code: TrustOpt = False,
     prompt: PromptOpt = None,
-    expect: Annotated[str | None, typer.Option("--expect", help="Substring the generation must contain.")] = None,
-    budget: Annotated[str | None, typer.Option("--budget", help="Memory budget, e.g. 5GiB.")] = None,
+    expect: Annotated[
+        str | None, typer.Option("--expect", metavar="TEXT", help="Substring the generation must contain.")
+    ] = None,
+    budget: Annotated[str | None, typer.Option("--budget", metavar="TEXT", help="Memory budget, e.g. 5GiB.")] = None,
     tolerance: Annotated[
-        str | None, typer.Option("--tolerance", help="Allowed measured-vs-estimate gap (default 5%).")
+        str | None, typer.Option("--tolerance", metavar="TEXT", help="Allowed measured-vs-estimate gap (default 5%).")
     ] = None,
-    reference: Annotated[str | None, typer.Option("--reference", help="Reference preset for agreement/KL.")] = None,
+    reference: Annotated[
+        str | None, typer.Option("--reference", metavar="TEXT", help="Reference preset for agreement/KL.")
+    ] = None,
     min_agreement: Annotated[
-        float | None, typer.Option("--min-agreement", help="Top-1 agreement threshold (default 0.9).")
+        float | None, typer.Option("--min-agreement", metavar="FLOAT", help="Top-1 agreement threshold (default 0.9).")
     ] = None,
-    max_kl: Annotated[float | None, typer.Option("--max-kl", help="KL divergence threshold (default 0.1).")] = None,
+    max_kl: Annotated[
+        float | None, typer.Option("--max-kl", metavar="FLOAT", help="KL divergence threshold (default 0.1).")
+    ] = None,
     allow_offload: Annotated[
         bool, typer.Option("--allow-offload", help="Pass even if modules are on CPU/disk.")
     ] = False,
     timeout: Annotated[
-        float | None, typer.Option("--timeout", help="Seconds the --reference run may take (default 1800).")
+        float | None,
+        typer.Option("--timeout", metavar="FLOAT", help="Seconds the --reference run may take (default 1800)."),
     ] = None,
-    junit: Annotated[str | None, typer.Option("--junit", help="Write JUnit XML here.")] = None,
+    junit: Annotated[str | None, typer.Option("--junit", metavar="TEXT", help="Write JUnit XML here.")] = None,
     json_: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> int:
-    """Pass/fail gate for a quantized model: exit 0 when every check passes, 1 otherwise."""
+    """Pass/fail gate for a quantized model: exit 0 when every check passes, 1 otherwise.
+
+    MODEL is a model directory, a config.json, a hub id (org/name) or URL, or demo (a tiny built-in model).
+    """
+    # Imported here, not at module level: `qcli --help` and `qcli estimate` never pay for the loading side.
+    from qcli.model.demo import DEMO_NAME
+    from qcli.output.console import console, print_json, render_verify
+    from qcli.output.files import check_output_path, write_junit
+    from qcli.output.progress import progress_line, progress_wanted
+    from qcli.run.demo import ensure_demo
+    from qcli.run.loader import DEFAULT_PRESET, LoadOptions, prepare
+    from qcli.run.verify import VerifyOptions, run_verify
+
     if junit:
         check_output_path(junit, "--junit")  # before any work: a bad path is exit 2 at once
-    interactive = stderr_is_terminal() and not json_
+    interactive = progress_wanted(json_, quiet)
     try:
+        require_load_extra("qcli verify")
         opts = VerifyOptions.from_cli(
             load=LoadOptions.from_cli(
                 model=model,
@@ -91,7 +110,11 @@ def verify(
             allow_offload=allow_offload,
             timeout_seconds=timeout,
         )
-        with status(f"verifying {opts.load.model} with preset {opts.load.preset}", enabled=interactive):
+        prepare(opts.load)  # bad flags, presets and paths: exit 2 before anything is built or loaded
+        with progress_line(interactive) as line:
+            if opts.load.model == DEMO_NAME:
+                ensure_demo(line.demo_step)
+            line.step(f"verifying {opts.load.model} with preset {opts.load.preset}")
             report = run_verify(opts)
     except (Exception, KeyboardInterrupt, Terminated) as exc:
         if junit:  # a CI reporter still gets a result: one errored testcase naming the cause

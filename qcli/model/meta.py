@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qcli.errors import UsageError
+from qcli.extras import require_load_extra
 from qcli.model.architectures import attention_shape, config_dtype
 from qcli.model.spec import AttentionShape, CacheLayer, ModelSpec, Role, TensorSpec
 from qcli.resources import cache_root
@@ -193,10 +194,10 @@ def _instantiate(cls: type, config: Any, dtype: Any) -> Any:
 
 
 def _build(cfg: dict[str, Any], trust_remote_code: bool) -> ModelSpec:
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - transformers is a dependency
-        raise UsageError(f"model_type {cfg.get('model_type')!r} needs torch and transformers to count") from exc
+    what = f"model_type {cfg.get('model_type')!r} has no analytic description; counting it on the meta device"
+    require_load_extra(what, ("torch", "transformers"))
+    import torch
+
     config = load_config(cfg, trust_remote_code)
     cls, auto = model_class(config)
     dtype = getattr(torch, PROBE_DTYPE)

@@ -3,11 +3,12 @@ string a user or a model supplied (paths, preset names, prompts, generated text)
 
 from __future__ import annotations
 
-import contextlib
+import os
 import sys
-from typing import Any
+from pathlib import Path
 
 from pydantic import BaseModel
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -15,28 +16,30 @@ from rich.table import Table
 from qcli.output.labels import GROUP_LABELS, STRATEGY_LABELS, component_label, format_label
 from qcli.results import (
     CompareReport,
+    Component,
     CudaPrediction,
     DeviceFit,
+    Environment,
     EstimateReport,
     LoadReport,
+    ModelInfo,
     Option,
     Plan,
     PresetInfo,
     PresetsReport,
     VerifyReport,
 )
-from qcli.units import gb, gib, human_bytes, human_params
+from qcli.units import decimal_bytes, human_bytes, human_params, signed_percent
+
+PIPE_WIDTH = 120
 
 
 def console(stderr: bool = False) -> Console:
     """Return the console the views print to (120 columns when not a terminal)."""
     stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=None if stream.isatty() else 120)
-
-
-def stderr_is_terminal() -> bool:
-    """Return whether stderr is a terminal (progress and spinners go there, and only then)."""
-    return sys.stderr.isatty()
+    # A pipe or a file gets 120 columns (logs read better unwrapped) unless COLUMNS says otherwise.
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else PIPE_WIDTH
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
 
 
 def print_json(obj: BaseModel) -> None:
@@ -45,41 +48,56 @@ def print_json(obj: BaseModel) -> None:
     sys.stdout.flush()
 
 
-def status(message: str, enabled: bool) -> Any:
-    """Return a spinner on stderr while work runs (a no-op when piped or with --json)."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return Console(stderr=True).status(escape(message))
+WEIGHT_KINDS = frozenset(
+    {"weights", "quant_packed_weights", "quant_absmax", "quant_nested_absmax", "quant_nested_code", "quant_code",
+     "int8_weights", "int8_row_scales"}
+)  # fmt: skip
+# Below this width the exact-bytes column is dropped (the JSON keeps every byte); numbers never wrap.
+EXACT_BYTES_MIN_WIDTH = 100
 
 
-def _size_cells(n_bytes: int | None) -> tuple[str, str]:
-    if n_bytes is None:
-        return ("—", "—")
-    return (gib(n_bytes), gb(n_bytes))
+def _size_table(title: str | None, out: Console) -> Table:
+    table = Table(title=title, title_justify="left", box=box.HORIZONTALS, pad_edge=False, show_edge=False)
+    table.add_column("component", overflow="fold", ratio=1)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("GB (10^9)", justify="right", no_wrap=True)
+    if out.width >= EXACT_BYTES_MIN_WIDTH:
+        table.add_column("bytes", justify="right", no_wrap=True)
+    return table
 
 
-def components_table(plan: Plan, title: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    table.add_column("component")
-    table.add_column("bytes", justify="right")
-    table.add_column("GiB (2^30)", justify="right")
-    table.add_column("GB (10^9)", justify="right")
-    formulas = any(c.formula for c in plan.components)
-    if formulas:
-        table.add_column("formula")
-    for c in plan.components:
-        label = component_label(c) + (" [on CPU]" if c.device == "cpu" else "")
-        row = [escape(label), f"{c.size_bytes:,}", *_size_cells(c.size_bytes)]
-        table.add_row(*row, *([escape(c.formula or "")] if formulas else []))
+def _size_row(table: Table, label: str, n_bytes: int, bold: bool = False) -> None:
+    cells = [human_bytes(n_bytes), decimal_bytes(n_bytes), f"{n_bytes:,}"][: len(table.columns) - 1]
+    if bold:
+        label, cells = f"[bold]{label}[/bold]", [f"[bold]{c}[/bold]" for c in cells]
+    table.add_row(label, *cells)
+
+
+def _component_row(table: Table, c: Component) -> None:
+    _size_row(table, escape(component_label(c) + (" [on CPU]" if c.device == "cpu" else "")), c.size_bytes)
+
+
+def components_table(plan: Plan, out: Console, title: str | None = None) -> Table:
+    """Return the memory table of one plan: weights and their subtotal, then the rest, then overheads."""
+    table = _size_table(title, out)
+    weights = [c for c in plan.components if c.kind in WEIGHT_KINDS]
+    rest = [c for c in plan.components if c.kind not in WEIGHT_KINDS]
+    for c in weights:
+        _component_row(table, c)
+    if rest:
+        _size_row(table, f"weights ({plan.bits_per_param:.3f} bits/param)", plan.weight_bytes, bold=True)
+        table.add_section()
+    for c in rest:
+        _component_row(table, c)
     table.add_section()
-    what = "total on each GPU (tensors)" if plan.training else "total (tensors)"
-    table.add_row(f"[bold]{what}[/bold]", f"{plan.total_bytes:,}", *_size_cells(plan.total_bytes))
+    label = "total (tensors)" if rest else f"weights ({plan.bits_per_param:.3f} bits/param)"
+    if plan.per_gpu:
+        label = "total on each GPU (tensors)"
+    _size_row(table, label, plan.total_bytes, bold=True)
     if plan.devices:
         for c in plan.overheads:
-            table.add_row(escape(component_label(c)), f"{c.size_bytes:,}", *_size_cells(c.size_bytes))
-        table.add_row(
-            "[bold]required (total + overheads)[/bold]", f"{plan.required_bytes:,}", *_size_cells(plan.required_bytes)
-        )
+            _size_row(table, escape(component_label(c)), c.size_bytes)
+        _size_row(table, "required (total + overheads)", plan.required_bytes, bold=True)
     return table
 
 
@@ -92,18 +110,22 @@ def _fits_cell(d: DeviceFit) -> str:
 
 
 def devices_table(plan: Plan) -> Table:
-    table = Table(title="fit (every row must fit)", title_justify="left")
-    for col in ("device", "capacity", "required", "headroom", "fits", "holds"):
-        table.add_column(col, justify="left" if col in {"device", "holds", "fits"} else "right")
+    """Return the fit table: one row per device (every row must fit)."""
+    table = Table(box=box.HORIZONTALS, pad_edge=False, show_edge=False)
+    table.add_column("device", overflow="fold")
+    for col in ("capacity", "required", "free"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("fits", no_wrap=True)
+    table.add_column("holds", overflow="fold")
     for d in plan.devices:
         name = escape(d.name) + (f" ×{d.identical_gpus} (each)" if d.identical_gpus > 1 else "")
         table.add_row(
             name,
-            "—" if d.capacity_bytes is None else gib(d.capacity_bytes),
-            gib(d.required_bytes),
-            "—" if d.headroom_bytes is None else gib(d.headroom_bytes),
+            "—" if d.capacity_bytes is None else human_bytes(d.capacity_bytes),
+            human_bytes(d.required_bytes),
+            "—" if d.headroom_bytes is None else human_bytes(d.headroom_bytes),
             _fits_cell(d),
-            escape(" … ".join(d.blocks)),
+            escape(" to ".join(d.blocks)) or "—",
         )
     return table
 
@@ -117,7 +139,7 @@ def verdict_line(plan: Plan) -> str:
     if plan.verdict == "offload":
         text += f" on the GPUs: {human_bytes(plan.offloaded_bytes or 0)} would be offloaded to CPU (slow)"
     elif bad:
-        text += ": " + ", ".join(f"{escape(r.name)} needs {gib(r.required_bytes)}" for r in bad)
+        text += ": " + ", ".join(f"{escape(r.name)} needs {human_bytes(r.required_bytes)}" for r in bad)
     return text
 
 
@@ -125,26 +147,94 @@ def _plan_name(p: Plan) -> str:
     return p.preset or format_label(p.format)
 
 
-def comparison_table(report: EstimateReport) -> Table:
-    params = report.model.total_params
-    table = Table(title=f"{human_params(params)} parameters ({params:,})", title_justify="left")
-    for col in ("precision", "bits/param", "weights GiB", "weights GB", "total GiB", "total GB"):
-        table.add_column(col, justify="left" if col == "precision" else "right")
+def model_title(m: ModelInfo) -> str:
+    """Return the name a person calls the model: a hub id, a directory, or a config file's folder."""
+    if not m.name:
+        return f"{human_params(m.total_params)} parameters"
+    path = Path(m.name)
+    if path.suffix == ".json":
+        return path.parent.name if path.stem == "config" and path.parent.name else path.stem
+    return path.resolve().name if path.is_dir() else m.name  # a local directory: its name; a hub id as given
+
+
+def _gpu_names(plan: Plan) -> list[str]:
+    """Return one name per GPU of the plan (a training row stands for identical_gpus of them)."""
+    return [d.name.split(" #")[0] for d in plan.devices if d.kind == "gpu" for _ in range(d.identical_gpus)]
+
+
+def _devices_phrase(plan: Plan) -> str:
+    names = _gpu_names(plan)
+    names = [f"{n} GPU" if n[:1].isdigit() else n for n in names]  # a bare size: "a 24GB GPU"
+    if len(set(names)) == 1:
+        return f"one {names[0]}" if len(names) == 1 else f"{len(names)} × {names[0]}"
+    return " + ".join(names)
+
+
+def estimate_answer(report: EstimateReport) -> str:
+    """Return the one-line answer an estimate starts with (rich markup, user strings escaped)."""
+    m = report.model
+    name = escape(model_title(m))
+    if len(report.plans) != 1 and any(p.devices for p in report.plans):
+        fit = [escape(_short_name(p)) for p in report.plans if p.fits]
+        miss = [escape(_short_name(p)) for p in report.plans if not p.fits]
+        where = _devices_phrase(report.plans[0])
+        if not fit:
+            return f"[bold]{name}[/bold] on {where}: [red]does not fit[/red] in any precision"
+        tail = f"; not in {', '.join(miss)}" if miss else ""
+        return f"[bold]{name}[/bold] on {where}: [green]fits[/green] in {', '.join(fit)}{tail}"
+    if len(report.plans) != 1:
+        lo = min(report.plans, key=lambda p: p.total_bytes)
+        hi = max(report.plans, key=lambda p: p.total_bytes)
+        what = "tensors" if any(p.kv_cache_bytes or p.training for p in report.plans) else "weights"
+        return (
+            f"[bold]{name}[/bold] needs {human_bytes(hi.total_bytes)} of {what} in {escape(_plan_name(hi))}, "
+            f"down to {human_bytes(lo.total_bytes)} in {escape(_plan_name(lo))}"
+        )
+    plan = report.plans[0]
+    verb = "need" if not m.name else "needs"
+    head = f"[bold]{name}[/bold] in [bold]{escape(_plan_name(plan))}[/bold]"
+    if not plan.devices:
+        what = "of weights" if plan.total_bytes == plan.weight_bytes else "of tensors"
+        return f"{head} {verb} {human_bytes(plan.total_bytes)} {what} ({decimal_bytes(plan.total_bytes)})"
+    where = _devices_phrase(plan)
+    gpus = [d for d in plan.devices if d.kind == "gpu"]
+    need = human_bytes(max(d.required_bytes for d in gpus)) + (" per GPU" if len(_gpu_names(plan)) > 1 else "")
+    if plan.fits:
+        free = sum((d.headroom_bytes or 0) * d.identical_gpus for d in gpus)
+        return f"{head} {verb} {need} on {where}: [green]fits[/green], {human_bytes(free)} free"
+    short = f", {human_bytes(plan.offloaded_bytes)} would go to the CPU" if plan.offloaded_bytes else ""
+    return f"{head} {verb} {need} on {where}: [red]does not fit[/red]{short}"
+
+
+# Narrow names for the precision column (the glossary in the README explains "dq").
+SHORT_FORMAT_LABELS = {"nf4+dq": "nf4 + dq", "fp4+dq": "fp4 + dq"}
+
+
+def _short_name(p: Plan) -> str:
+    return p.preset or SHORT_FORMAT_LABELS.get(p.format, p.format)
+
+
+def comparison_table(report: EstimateReport, out: Console) -> Table:
+    """Return one row per precision: bits/param, weights, total (and the fit when GPUs were given)."""
+    table = Table(box=box.HORIZONTALS, pad_edge=False, show_edge=False)
+    table.add_column("precision", no_wrap=True)
+    table.add_column("bits/param", justify="right", no_wrap=True)
+    table.add_column("weights", justify="right", no_wrap=True)
+    table.add_column("GB (10^9)", justify="right", no_wrap=True)
+    extra = any(p.total_bytes != p.weight_bytes for p in report.plans)
+    if extra:
+        table.add_column("total", justify="right", no_wrap=True)
     with_fit = any(p.devices for p in report.plans)
     if with_fit:
-        table.add_column("required GiB", justify="right")
-        table.add_column("fits", justify="left")
+        table.add_column("required", justify="right", no_wrap=True)
+        table.add_column("fits", no_wrap=True)
     for p in report.plans:
-        row = [
-            escape(_plan_name(p)),
-            f"{p.bits_per_param:.3f}",
-            f"{p.weight_bytes / 2**30:,.2f}",
-            f"{p.weight_bytes / 1e9:,.3f}",
-            f"{p.total_bytes / 2**30:,.2f}",
-            f"{p.total_bytes / 1e9:,.3f}",
-        ]
+        row = [escape(_short_name(p)), f"{p.bits_per_param:.3f}"]
+        row += [human_bytes(p.weight_bytes), decimal_bytes(p.weight_bytes)]
+        if extra:
+            row.append(human_bytes(p.total_bytes))
         if with_fit:
-            row += [f"{p.required_bytes / 2**30:,.2f}", "[green]yes[/green]" if p.fits else "[red]no[/red]"]
+            row += [human_bytes(p.required_bytes), "[green]yes[/green]" if p.fits else "[red]no[/red]"]
         table.add_row(*row)
     return table
 
@@ -159,35 +249,41 @@ def cuda_prediction_line(p: CudaPrediction) -> str:
     )
 
 
+COUNT_METHODS = {"analytic": "counted from the config", "meta": "counted on the meta device", "params": "given"}
+
+
+def groups_heading(m: ModelInfo) -> str:
+    """Return the line above the parameter groups: the count, the family and how it was counted."""
+    kind = f"{escape(m.model_type)}, " if m.model_type else ""
+    how = COUNT_METHODS[m.count_method] + (f" as {escape(m.model_class)}" if m.model_class else "")
+    return f"{human_params(m.total_params)} parameters ({m.total_params:,}; {kind}{how})"
+
+
+def groups_table(m: ModelInfo) -> Table:
+    """Return the parameter groups of a model: what stays unquantized is visible here."""
+    table = Table(box=box.HORIZONTALS, pad_edge=False, show_edge=False)
+    table.add_column("parameter group", overflow="fold")
+    table.add_column("params", justify="right", no_wrap=True)
+    table.add_column("share", justify="right", no_wrap=True)
+    for name, count in (m.params_by_group or {}).items():
+        share = f"{count / m.total_params:.1%}" if m.total_params else "—"
+        table.add_row(GROUP_LABELS.get(name, name), human_params(count), share)
+    return table
+
+
 def render_estimate(report: EstimateReport, out: Console) -> None:
-    m = report.model
-    head = escape(m.name) if m.name else "bare parameter count"
-    if m.params_by_group:
-        groups = Table(
-            title=f"{head}: {escape(m.model_type or '?')}, {human_params(m.total_params)} parameters "
-            f"({m.total_params:,}; counted {m.count_method}"
-            f"{' as ' + escape(m.model_class) if m.model_class else ''})",
-            title_justify="left",
-        )
-        groups.add_column("group")
-        groups.add_column("params", justify="right")
-        groups.add_column("share", justify="right")
-        for name, count in m.params_by_group.items():
-            share = f"{count / m.total_params:.1%}" if m.total_params else "—"
-            groups.add_row(GROUP_LABELS.get(name, name), f"{count:,}", share)
-        out.print(groups)
+    """Print the answer and the verdict first, then the memory table, the fit, the parameter groups, notes."""
+    out.print(estimate_answer(report))
+    rec = report.recommendation
+    if rec:
+        out.print(f"recommendation: [bold]{escape(rec.preset or 'none')}[/bold] — {escape(rec.reason)}")
     if len(report.plans) != 1:
-        out.print(comparison_table(report))
+        out.print()
+        out.print(comparison_table(report, out))
     else:
         plan = report.plans[0]
-        title = f"{escape(_plan_name(plan))}: {human_params(plan.total_params)} parameters, "
-        title += f"{plan.bits_per_param:.3f} bits/param"
-        if m.params_by_group:
-            kept = plan.load_dtype
-            if plan.training and plan.training.kbit_prepared:
-                kept = "float32: PEFT's k-bit preparation upcasts them"
-            title += f" for the weights (unquantized modules in {kept})"
-        out.print(components_table(plan, title))
+        out.print()
+        out.print(components_table(plan, out))
         if plan.cuda_prediction:
             out.print(cuda_prediction_line(plan.cuda_prediction))
         if plan.training:
@@ -202,6 +298,7 @@ def render_estimate(report: EstimateReport, out: Console) -> None:
                 f"gradient checkpointing {'on' if t.gradient_checkpointing else 'off'}"
             )
         if plan.devices:
+            out.print()
             out.print(devices_table(plan))
             out.print(f"verdict: {verdict_line(plan)}")
             if plan.largest_layer:
@@ -216,25 +313,28 @@ def render_estimate(report: EstimateReport, out: Console) -> None:
                 ctx = plan.training.sequence_tokens if plan.training else report.context_tokens
                 out.print(f"max batch that fits: {plan.max_batch_size:,} at {ctx:,} tokens")
     if report.gpus_needed:
-        table = Table(title="GPUs needed (--gpus auto)", title_justify="left")
+        table = Table(title="GPUs needed (--gpus auto)", title_justify="left", box=box.HORIZONTALS, show_edge=False)
         for col in ("strategy", "GPUs", "per GPU"):
             table.add_column(col, justify="left" if col == "strategy" else "right")
         for g in report.gpus_needed:
             table.add_row(
                 escape(STRATEGY_LABELS.get(g.strategy, g.strategy)),
                 "—" if g.total_gpus is None else str(g.total_gpus),
-                "does not fit" if g.required_bytes is None else gib(g.required_bytes),
+                "does not fit" if g.required_bytes is None else human_bytes(g.required_bytes),
             )
+        out.print()
         out.print(table)
+    if rec and rec.options:
+        out.print()
+        out.print(options_table(rec.options))
     for line in _checkpoint_lines(report):
         out.print(line)
-    if report.recommendation:
-        rec = report.recommendation
-        out.print(f"recommendation: [bold]{escape(rec.preset or 'none')}[/bold] — {escape(rec.reason)}")
-        for n in rec.notes:
-            out.print(f"  note: {escape(n)}")
-        if rec.options:
-            out.print(options_table(rec.options))
+    if report.model.params_by_group:
+        out.print()
+        out.print(groups_heading(report.model))
+        out.print(groups_table(report.model))
+    for n in rec.notes if rec else []:
+        out.print(f"note: {escape(n)}")
     for n in report.notes:
         out.print(f"note: {escape(n)}")
 
@@ -269,7 +369,12 @@ def _context_line(plan: Plan, batch: int) -> str:
 
 
 def options_table(options: list[Option]) -> Table:
-    table = Table(title="options (those that fit, least memory per GPU first)", title_justify="left")
+    table = Table(
+        title="options (those that fit, least memory per GPU first)",
+        title_justify="left",
+        box=box.HORIZONTALS,
+        show_edge=False,
+    )
     for col in ("preset", "train", "strategy", "per GPU", "fits", "why not"):
         table.add_column(col, justify="right" if col == "per GPU" else "left")
     for o in options:
@@ -277,17 +382,54 @@ def options_table(options: list[Option]) -> Table:
             escape(o.preset),
             o.train or "—",
             escape(STRATEGY_LABELS.get(o.strategy or "", o.strategy or "—")),
-            gib(o.required_bytes),
+            human_bytes(o.required_bytes),
             "[green]yes[/green]" if o.fits else "[red]no[/red]",
             escape(o.why_not or ""),
         )
     return table
 
 
+def env_text(env: Environment) -> str:
+    """Return the environment as aligned 'name  version' lines (plain text, for pasting)."""
+    pk = env.packages
+    rows: list[tuple[str, str]] = [("qcli", pk.get("qcli") or "?")]
+    rows.append(("Python", f"{env.python_version} ({env.platform})"))
+    for name, ver in pk.items():
+        if name == "qcli":
+            continue
+        text = ver or "not installed"
+        if name == "torch" and ver:
+            if env.cuda_available is not None:
+                cuda = f"CUDA {env.torch_cuda_version}" if env.torch_cuda_version else "CPU-only build"
+                text += f" ({cuda}{', GPU available' if env.cuda_available else ', no GPU available'})"
+            elif "+cpu" in ver:
+                text += " (CPU-only build)"
+        rows.append((name, text))
+    if env.gpus:
+        for g in env.gpus:
+            mem = f", {human_bytes(g.memory_bytes)}" if g.memory_bytes else ""
+            cap = f", compute capability {g.compute_capability}" if g.compute_capability else ""
+            rows.append((g.device, f"{g.name}{mem}{cap}"))
+    elif env.gpu_source:
+        rows.append(("GPUs", f"none seen by {env.gpu_source}"))
+    else:
+        rows.append(("GPUs", "not probed (no nvidia-smi; `qcli env` asks torch)" if pk.get("torch") else "none seen"))
+    if "torch" in pk and pk["torch"] is None:
+        rows.append(("hint", "load, verify and compare need pip install 'qcli[load]'"))
+    width = max(len(k) for k, _ in rows) + 2
+    return "\n".join(f"{k:<{width}}{v}" for k, v in rows)
+
+
+def render_env(env: Environment, out: Console) -> None:
+    out.print(env_text(env), markup=False, highlight=False)
+
+
 def render_presets(report: PresetsReport, out: Console) -> None:
-    table = Table(title="presets (configs/; a YAML file path works wherever a name does)", title_justify="left")
-    for col in ("name", "weights", "dtype", "description"):
-        table.add_column(col)
+    out.print("presets (configs/; a YAML file path works wherever a name does)")
+    table = Table(box=box.HORIZONTALS, pad_edge=False, show_edge=False)
+    for col in ("name", "weights", "dtype"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("description", ratio=1)
     for p in report.presets:
         table.add_row(escape(p.name), format_label(p.format), p.dtype, escape(p.description))
     out.print(table)
@@ -482,53 +624,102 @@ def render_verify(report: VerifyReport, out: Console) -> None:
         out.print("[bold red]the checkpoint's own quantization_config overrode the preset[/bold red]")
 
 
-def render_compare(report: CompareReport, out: Console) -> None:
-    table = Table(
-        title=f"qcli compare {escape(report.model)} on {report.device} (reference {escape(report.reference)})",
-        title_justify="left",
-    )
-    for col in (
-        "preset",
-        "memory",
-        "saved ×",
-        "est. err",
-        "load s",
-        "prefill s",
-        "decode tok/s",
-        "perplexity",
-        "Δ ppl",
-        "top-1 agree",
-        "KL",
-    ):
-        table.add_column(col, justify="left" if col == "preset" else "right")
+def _f(value: float | None, spec: str, suffix: str = "") -> str:
+    return "—" if value is None else format(value, spec) + suffix
 
-    def f(v: Any, spec: str) -> str:
-        return "—" if v is None else format(v, spec)
 
+def _spread(median: float | None, lo: float | None, hi: float | None, spec: str) -> str:
+    """Return 'median (min–max)', or the median alone when the spread is unknown."""
+    if median is None:
+        return "—"
+    if lo is None or hi is None:
+        return format(median, spec)
+    return f"{median:{spec}} ({lo:{spec}}–{hi:{spec}})"
+
+
+def _one_line(text: str) -> str:
+    """Return generated text on one line: newlines shown as ⏎, so a continuation cannot break the layout."""
+    return text.replace("\r\n", "\n").replace("\n", "⏎").replace("\t", " ")
+
+
+def _small_table() -> Table:
+    return Table(box=box.HORIZONTALS, pad_edge=False, show_edge=False, title_justify="left")
+
+
+def compare_tables(report: CompareReport) -> list[tuple[str, Table]]:
+    """Return compare's three tables (memory, speed, quality), each narrow enough for 80 columns."""
+    ok = [r for r in report.results if not r.error]
+    memory = _small_table()
+    for col in ("preset", "memory", "GB (10^9)", "saved", "vs estimate", "load"):
+        memory.add_column(col, justify="left" if col == "preset" else "right", no_wrap=True)
     for r in report.results:
         if r.error:
-            table.add_row(escape(r.preset), f"[red]error: {escape(r.error)}[/red]", *[""] * 9)
+            memory.add_row(escape(r.preset), "[red]failed[/red]", *["—"] * 4)  # the error follows the tables
             continue
-        table.add_row(
+        memory.add_row(
             escape(r.preset),
-            human_bytes(r.memory_bytes),
-            f(r.memory_saved_ratio, ".2f"),
-            f(r.estimate_error_percent, "+.2f") + "%",
-            f(r.load_seconds, ".2f"),
-            f(r.prefill_seconds, ".4f"),
-            f(r.tokens_per_second, ".1f"),
-            f(r.perplexity, ".3f"),
-            f(r.delta_perplexity, "+.3f"),
-            f(r.top1_agreement, ".3f"),
-            f(r.kl_divergence, ".4f"),
+            "—" if r.memory_bytes is None else human_bytes(r.memory_bytes),
+            "—" if r.memory_bytes is None else decimal_bytes(r.memory_bytes),
+            _f(r.memory_saved_ratio, ".2f", "×"),
+            signed_percent(r.estimate_error_percent),
+            _f(r.load_seconds, ".2f", " s"),
         )
-    out.print(table)
-    out.print(f"speed: {report.speed_method}; quality on {escape(report.text)} ({report.scored_tokens} scored tokens)")
+    speed = _small_table()
+    speed.add_column("preset", no_wrap=True)
+    speed.add_column("prefill (ms)", justify="right", no_wrap=True)
+    speed.add_column("decode (tokens/s)", justify="right", no_wrap=True)
+    for r in ok:
+        ms = [
+            None if v is None else v * 1000 for v in (r.prefill_seconds, r.prefill_min_seconds, r.prefill_max_seconds)
+        ]
+        speed.add_row(
+            escape(r.preset),
+            _spread(ms[0], ms[1], ms[2], ".1f"),
+            _spread(r.tokens_per_second, r.min_tokens_per_second, r.max_tokens_per_second, ".0f"),
+        )
+    quality = _small_table()
+    for col in ("preset", "perplexity", "Δ perplexity", "top-1 agreement", "KL"):
+        quality.add_column(col, justify="left" if col == "preset" else "right", no_wrap=True)
+    for r in ok:
+        quality.add_row(
+            escape(r.preset),
+            _f(r.perplexity, ".3f"),
+            _f(r.delta_perplexity, "+.3f"),
+            _f(r.top1_agreement, ".1%"),
+            _f(r.kl_divergence, ".4f"),
+        )
+    where = f"{escape(report.text)}, {report.scored_tokens or '?'} tokens"
+    return [
+        ("memory: every tensor of the loaded model", memory),
+        (f"speed: {escape(report.speed_method or 'not measured')}", speed),
+        (f"quality vs {escape(report.reference)} ({where}): lower perplexity and KL are better", quality),
+    ]
+
+
+def render_compare(report: CompareReport, out: Console) -> None:
+    """Print the comparison: one line of context, then memory, speed and quality, then the generations."""
+    failed = [r.preset for r in report.results if r.error]
+    head = f"[bold]{escape(report.model)}[/bold] on {escape(report.device)}, {len(report.results)} presets"
+    head += f" against {escape(report.reference)}"
+    if failed:
+        head += f"; [red]failed: {escape(', '.join(failed))}[/red]"
+    out.print(head)
+    for title, table in compare_tables(report):
+        out.print()
+        out.print(title)
+        out.print(table)
+    continuations = [r for r in report.results if r.continuation is not None]
+    if continuations:
+        out.print()
+        out.print(f"greedy continuations of {escape(repr(report.prompt))}:")
+        width = max(len(r.preset) for r in continuations)
+        for r in continuations:
+            out.print(f"  {escape(r.preset):<{width}}  {escape(_one_line(r.continuation or ''))}")
     for r in report.results:
         if r.traceback:
             out.print(f"--- {escape(r.preset)} worker traceback ---\n{escape(r.traceback)}")
     for r in report.results:
-        if r.continuation is not None:
-            out.print(f"  {escape(r.preset):>9}: {escape(report.prompt)}[bold]{escape(r.continuation)}[/bold]")
+        if r.error:
+            out.print(f"[red]{escape(r.preset)} failed[/red]: {escape(_one_line(r.error))}")
     for n in report.notes:
         out.print(f"note: {escape(n)}")

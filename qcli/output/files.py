@@ -3,51 +3,95 @@ objects only; nothing is measured here."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from qcli.errors import UsageError
 from qcli.results import CompareReport, CompareRow, VerifyReport
 
+# The environment columns every CSV row carries (so a row stands alone when rows are concatenated).
+ENV_PACKAGES = ("torch", "transformers", "accelerate", "bitsandbytes", "huggingface_hub")
+
+
+def environment_fields(report: CompareReport) -> dict[str, str | int | None]:
+    """Return the environment of a comparison as flat fields: schema, versions, device, date, model, commit."""
+    env = report.environment
+    fields: dict[str, str | int | None] = {
+        "schema_version": report.schema_version,
+        "qcli_version": report.qcli_version,
+        "created_at": report.created_at,
+        "model": report.model,
+        "model_commit": report.model_commit,
+        "device": report.device,
+        "gpu": ", ".join(g.name for g in env.gpus) if env and env.gpus else None,
+        "python_version": env.python_version if env else None,
+    }
+    for name in ENV_PACKAGES:
+        fields[f"{name}_version"] = env.packages.get(name) if env else None
+    fields["cuda_version"] = env.torch_cuda_version if env else None
+    return fields
+
 
 def compare_csv(report: CompareReport, path: str) -> None:
+    """Write one row per preset: the measured fields, then the environment columns (the same on every row)."""
     import csv
 
-    fields = [f for f in CompareRow.model_fields if f != "continuation"]
+    measured = [f for f in CompareRow.model_fields if f != "continuation"]
+    env = environment_fields(report)
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer = csv.DictWriter(fh, fieldnames=[*measured, *env])
         writer.writeheader()
         for row in report.results:
-            writer.writerow({f: getattr(row, f) for f in fields})
+            writer.writerow({**{f: getattr(row, f) for f in measured}, **env})
+
+
+def _md(text: object) -> str:
+    """Return text safe inside a Markdown table cell (pipes escaped, one line)."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def compare_markdown(report: CompareReport) -> str:
+    """Return the comparison as Markdown: the table, then the environment block people paste into issues."""
+
     def fmt(v: object, spec: str = "") -> str:
         return "—" if v is None else format(v, spec)
 
+    def spread(median: float | None, lo: float | None, hi: float | None, spec: str, scale: float = 1) -> str:
+        if median is None:
+            return "—"
+        if lo is None or hi is None:
+            return format(median * scale, spec)
+        return f"{median * scale:{spec}} ({lo * scale:{spec}}–{hi * scale:{spec}})"
+
     lines = [
-        f"# qcli compare: {report.model} on {report.device}",
+        f"# qcli compare: {_md(report.model)} on {_md(report.device)}",
         "",
-        f"Reference: {report.reference}. Text: {report.text} ({report.scored_tokens} scored tokens). "
-        f"Speed: {report.speed_method}.",
+        f"Reference: {_md(report.reference)}. Text: {_md(report.text)} ({report.scored_tokens} scored tokens). "
+        f"Speed: {_md(report.speed_method)}. Lower perplexity, Δ perplexity and KL are better.",
         "",
-        "| preset | memory (MiB) | saved × | estimate error % | load s | prefill s | decode tok/s | perplexity "
-        "| Δ ppl | top-1 agreement | KL | error |",
+        "| preset | memory (MiB) | saved × | estimate error % | load s | prefill ms, median (min–max) "
+        "| decode tok/s, median (min–max) | perplexity | Δ ppl | top-1 agreement | KL | error |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report.results:
         mem = None if r.memory_bytes is None else r.memory_bytes / 2**20
         lines.append(
-            f"| {r.preset} | {fmt(mem, ',.2f')} | {fmt(r.memory_saved_ratio, '.2f')} | "
+            f"| {_md(r.preset)} | {fmt(mem, ',.2f')} | {fmt(r.memory_saved_ratio, '.2f')} | "
             f"{fmt(r.estimate_error_percent, '+.3f')} | {fmt(r.load_seconds, '.2f')} | "
-            f"{fmt(r.prefill_seconds, '.4f')} | {fmt(r.tokens_per_second, '.1f')} | {fmt(r.perplexity, '.3f')}"
-            f" | {fmt(r.delta_perplexity, '+.3f')} | {fmt(r.top1_agreement, '.3f')} | "
-            f"{fmt(r.kl_divergence, '.4f')} | {r.error or ''} |"
+            f"{spread(r.prefill_seconds, r.prefill_min_seconds, r.prefill_max_seconds, '.2f', 1000)} | "
+            f"{spread(r.tokens_per_second, r.min_tokens_per_second, r.max_tokens_per_second, '.1f')} | "
+            f"{fmt(r.perplexity, '.3f')} | {fmt(r.delta_perplexity, '+.3f')} | {fmt(r.top1_agreement, '.3f')} | "
+            f"{fmt(r.kl_divergence, '.4f')} | {_md(r.error or '')} |"
         )
+    lines += ["", "## Environment", "", "| | |", "|---|---|"]
+    for key, value in environment_fields(report).items():
+        lines.append(f"| {key} | {_md('—' if value is None else value)} |")
     return "\n".join(lines) + "\n"
 
 
 def compare_plot(report: CompareReport, path: str) -> None:
+    """Write a two-panel PNG: memory per preset (bars), and perplexity Δ vs the reference (lower is better)."""
     try:
         import matplotlib
 
@@ -55,14 +99,26 @@ def compare_plot(report: CompareReport, path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise UsageError("--plot needs matplotlib", "pip install 'qcli[plot]'") from None
-    rows = [r for r in report.results if r.memory_bytes and r.perplexity is not None]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter([r.memory_bytes / 2**20 for r in rows], [r.perplexity for r in rows])
-    for r in rows:
-        ax.annotate(r.preset, (r.memory_bytes / 2**20, r.perplexity))
-    ax.set_xlabel("memory (MiB, all tensors)")
-    ax.set_ylabel("perplexity")
-    ax.set_title(f"{report.model}: memory vs quality")
+    rows = [r for r in report.results if r.memory_bytes]
+    names = [r.preset for r in rows]
+    fig, (mem_ax, q_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    mib = [r.memory_bytes / 2**20 for r in rows if r.memory_bytes]
+    bars = mem_ax.bar(names, mib, color="#4c72b0")
+    mem_ax.bar_label(bars, labels=[f"{m:,.2f}" for m in mib], padding=2, fontsize=9)
+    mem_ax.set_ylabel("memory (MiB = 2^20 bytes, every tensor)")
+    mem_ax.set_title("memory by preset")
+    mem_ax.margins(y=0.15)
+    deltas = [r.delta_perplexity if r.delta_perplexity is not None else float("nan") for r in rows]
+    q_bars = q_ax.bar(names, deltas, color="#dd8452")
+    q_ax.bar_label(q_bars, labels=[f"{d:+.3f}" for d in deltas], padding=2, fontsize=9)
+    q_ax.axhline(0, color="black", linewidth=0.8)
+    q_ax.set_ylabel(f"perplexity − {report.reference}'s perplexity")
+    q_ax.set_title(f"quality Δ vs {report.reference} (lower is better)")
+    q_ax.margins(y=0.2)
+    for ax in (mem_ax, q_ax):
+        ax.set_xlabel("preset")
+        ax.tick_params(axis="x", labelrotation=0)
+    fig.suptitle(f"qcli compare: {report.model} on {report.device}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -128,8 +184,11 @@ def write_junit(report: VerifyReport | None, path: str, model: str, preset: str,
         counts["errors"] += 1
         case = ET.SubElement(suite, "testcase", classname=classname, name="verify", time="0.000")
         ET.SubElement(case, "error", message=cause, type="qcli").text = cause
+    # The counts and times on <testsuites> and <testsuite> are what CI reporters read (GitHub's
+    # test-reporter actions, GitLab's `artifacts:reports:junit`, Jenkins' junit step).
     n = len(suite.findall("testcase"))
-    suite.attrib.update(tests=str(n), time=f"{total:.3f}", **{k: str(v) for k, v in counts.items()})
-    root = ET.Element("testsuites")
+    attrs = {"tests": str(n), "time": f"{total:.3f}", **{k: str(v) for k, v in counts.items()}}
+    suite.attrib.update(timestamp=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), **attrs)
+    root = ET.Element("testsuites", name="qcli verify", **attrs)
     root.append(suite)
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)

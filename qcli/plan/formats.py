@@ -85,15 +85,20 @@ COMPARISON_FORMATS: tuple[Format, ...] = (FP32, BF16, INT8, NF4, NF4_DQ)
 
 _BY_BITS = {"32": FP32, "fp32": FP32, "16": FP16, "fp16": FP16, "bf16": BF16, "8": INT8, "int8": INT8,
             "4": NF4, "nf4": NF4, "fp4": FP4}  # fmt: skip
+# Other spellings people bring from the ecosystem: accelerate's `--dtypes int4 int8`, "4bit"/"8bit" from
+# BitsAndBytesConfig's load_in_4bit, torch names. int4 is bitsandbytes' default 4-bit type here: nf4.
+_BITS_ALIASES = {"int4": "4", "4bit": "4", "4-bit": "4", "8bit": "8", "8-bit": "8", "float32": "fp32",
+                 "float16": "fp16", "half": "fp16", "bfloat16": "bf16", "16bit": "16", "32bit": "32"}  # fmt: skip
 
 
 def parse_format(bits: str, double_quant: bool = False) -> Format:
-    """Return the Format that --bits names (32, 16, 8, 4, fp32, fp16, bf16, int8, nf4, fp4)."""
-    fmt = _BY_BITS.get(bits.strip().lower())
+    """Return the Format that --bits names (32, 16, 8, 4, fp32, fp16, bf16, int8, int4/4bit, nf4, fp4)."""
+    key = bits.strip().lower().removeprefix("torch.")
+    fmt = _BY_BITS.get(_BITS_ALIASES.get(key, key))
     if fmt is None:
         raise UsageError(
             f"--bits {bits!r} is not a supported precision",
-            "use 32, 16, 8, 4 or one of fp32, fp16, bf16, int8, nf4, fp4",
+            "use 32, 16, 8, 4 or one of fp32, fp16, bf16, int8, int4, nf4, fp4",
         )
     if double_quant:
         if fmt.kind != "4bit":

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from functools import lru_cache
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from qcli.errors import UsageError
@@ -16,7 +16,7 @@ from qcli.units import MIB, parse_bytes
 class GPU(BaseModel):
     """One GPU model: the capacity the driver reports and what it can compute."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: see qcli.results.Model
 
     name: str
     memory_mib: int = Field(gt=0)
@@ -50,6 +50,8 @@ def _key(name: str) -> str:
 @lru_cache(maxsize=1)
 def catalog() -> tuple[GPU, ...]:
     """Return the GPUs of configs/gpus.yaml, validated."""
+    import yaml  # lazily: `qcli estimate --params` without --gpu reads no YAML
+
     raw = yaml.safe_load(config_file("gpus.yaml").read_text(encoding="utf-8"))
     return tuple(GPU.model_validate(item) for item in raw)
 
@@ -60,9 +62,28 @@ def resolve_gpu(text: str) -> Device:
     for gpu in catalog():
         if wanted in {_key(gpu.name), *(_key(a) for a in gpu.aliases)}:
             return gpu.device()
-    if re.match(r"^\s*[0-9.]", text):
+    if re.match(r"^\s*[0-9.]", text) and not _containing(wanted):
         size = parse_bytes(text, flag="--gpu")
         # A bare size: capacity only; the GPU's compute features are unknown.
         return Device(name=text.strip(), capacity_bytes=size)
-    names = ", ".join(g.name for g in catalog())
-    raise UsageError(f"--gpu {text!r} is neither a known GPU nor a size", f"use one of {names}, or e.g. 24GB")
+    raise UsageError(f"--gpu {text!r} is neither a known GPU nor a size", _suggestion(text))
+
+
+def _containing(wanted: str) -> list[str]:
+    """Return the catalog names whose name or alias contains `wanted` (a model number such as 4090)."""
+    return [g.name for g in catalog() if wanted and any(wanted in _key(n) for n in (g.name, *g.aliases))]
+
+
+def _suggestion(text: str) -> str:
+    """Return 'did you mean RTX 4090?' for the closest catalog names (difflib), else the whole list."""
+    keys: dict[str, str] = {}
+    for gpu in catalog():
+        for name in (gpu.name, *gpu.aliases):
+            keys.setdefault(_key(name), gpu.name)
+    wanted = _key(text)
+    # A bare model number ("4090") is part of its catalog key ("rtx4090"); difflib catches typos.
+    close = _containing(wanted) + [keys[k] for k in difflib.get_close_matches(wanted, list(keys), n=3, cutoff=0.6)]
+    close = list(dict.fromkeys(close))[:3]
+    if close:
+        return f"did you mean {' or '.join(close)}? A size such as 24GB works too"
+    return f"use one of {', '.join(g.name for g in catalog())}, or a size such as 24GB"

@@ -4,17 +4,16 @@ overridden with `--set key=value`, converted to a BitsAndBytesConfig (transforme
 
 from __future__ import annotations
 
+import difflib
 import re
 import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qcli.errors import UsageError
 from qcli.plan.formats import DENSE_FORMATS, Format, LoadDtype, normalize_dtype
-from qcli.plan.safe_yaml import load_yaml
 from qcli.resources import config_file, config_files
 from qcli.results import PresetInfo, PresetsReport
 
@@ -32,7 +31,7 @@ def _dtype(value: Any) -> Any:
 class Quantization(BaseModel):
     """The BitsAndBytesConfig fields a preset may set (names as transformers spells them)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: see qcli.results.Model
 
     load_in_4bit: bool = False
     load_in_8bit: bool = False
@@ -75,7 +74,7 @@ class Quantization(BaseModel):
 class Preset(BaseModel):
     """A named loading recipe: the dtype of unquantized modules and the optional quantization."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: see qcli.results.Model
 
     name: str = Field(min_length=1)
     description: str = ""
@@ -156,15 +155,23 @@ def _read(name_or_path: str) -> tuple[str, str]:
             return str(path), path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"preset file {name_or_path!r} cannot be read: {exc}") from exc
-    if name_or_path not in builtin_names():
+    names = {n.lower(): n for n in builtin_names()}  # preset names are case-insensitive: QLoRA is qlora
+    name = names.get(name_or_path.strip().lower())
+    if name is None:
+        close = difflib.get_close_matches(name_or_path.strip().lower(), list(names), n=2, cutoff=0.6)
+        maybe = f"did you mean {' or '.join(names[c] for c in close)}? " if close else ""
         raise UsageError(
             f"unknown preset {name_or_path!r}",
-            f"built-in presets: {', '.join(builtin_names())}; or give a path to a YAML file",
+            f"{maybe}built-in presets: {', '.join(builtin_names())}; or give a path to a YAML file",
         )
-    return f"configs/{name_or_path}.yaml", config_file(f"{name_or_path}.yaml").read_text(encoding="utf-8")
+    return f"configs/{name}.yaml", config_file(f"{name}.yaml").read_text(encoding="utf-8")
 
 
 def _apply_set(data: dict[str, Any], assignment: str, source: str) -> None:
+    import yaml  # lazily: `qcli estimate --params` reads no YAML (docs/bench.md)
+
+    from qcli.plan.safe_yaml import load_yaml
+
     key, sep, raw = assignment.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -206,6 +213,10 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
 
 def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Preset:
     """Return the validated Preset named (built-in) or found at a path, with --set overrides applied."""
+    import yaml  # lazily: `qcli estimate --params` reads no YAML (docs/bench.md)
+
+    from qcli.plan.safe_yaml import load_yaml
+
     source, text = _read(name_or_path)
     try:
         data = load_yaml(text, source)

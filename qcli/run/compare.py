@@ -6,14 +6,16 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
+from qcli.environment import environment
 from qcli.errors import RunError, UsageError
 from qcli.model.config_schema import validate_config
 from qcli.model.demo import DEMO_NAME
 from qcli.model.describe import from_config
 from qcli.model.meta import UnknownModelType
-from qcli.model.resolve import resolve
+from qcli.model.resolve import ModelSource, resolve
 from qcli.options import FromCli
 from qcli.plan.limits import MAX_TIMEOUT_SECONDS, check_float
 from qcli.plan.presets import load_preset
@@ -44,8 +46,8 @@ class CompareOptions(FromCli):
     inject_failure: dict[str, str] = field(default_factory=dict)  # tests: preset -> raise | crash | hang
 
 
-def validate(opts: CompareOptions) -> tuple[list[str], str, str, str | None]:
-    """Check everything before anything loads; return (presets, reference, text, commit sha for a hub repo)."""
+def validate(opts: CompareOptions) -> tuple[list[str], str, str, ModelSource]:
+    """Check everything before anything loads; return (presets, reference, text, the resolved model)."""
     presets = [p.strip() for p in opts.presets if p.strip()]
     if not presets:
         raise UsageError("--presets is empty", "e.g. --presets bf16,int8,nf4,qlora")
@@ -75,7 +77,7 @@ def validate(opts: CompareOptions) -> tuple[list[str], str, str, str | None]:
     resolve_device(opts.device)
     if opts.model == DEMO_NAME:
         writable_cache()  # each worker builds or reads the demo there
-    return presets, reference, text, source.commit_sha or opts.revision
+    return presets, reference, text, source
 
 
 def run_compare(opts: CompareOptions, progress: Callable[[str], None] | None = None) -> CompareReport:
@@ -86,7 +88,8 @@ def run_compare(opts: CompareOptions, progress: Callable[[str], None] | None = N
     """
     import torch
 
-    presets, reference, text, revision = validate(opts)
+    presets, reference, text, source = validate(opts)
+    revision = source.commit_sha or opts.revision  # every worker loads the commit this run resolved
     env = {"HF_TOKEN": opts.token} if opts.token else None  # never in the spec file
     run_order = [reference, *[p for p in presets if p != reference]]  # the reference first
     rows: dict[str, CompareRow] = {}
@@ -136,6 +139,9 @@ def run_compare(opts: CompareOptions, progress: Callable[[str], None] | None = N
         text=opts.text or "built-in sample",
         prompt=opts.prompt,
         results=[rows[p] for p in presets],
+        created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        model_commit=source.commit_sha,  # the hub snapshot's commit (None for a local model)
+        environment=environment(probe_torch=True),
     )
     report.speed_method, report.scored_tokens = speed_method, scored
     if rows[reference].error:

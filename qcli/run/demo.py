@@ -10,20 +10,26 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from qcli.errors import UsageError
 from qcli.model.demo import DEMO_CONFIG, DEMO_VERSION, DEMO_VOCAB
 from qcli.resources import cache_root, data_text
 
+# Not `.demo-*`: those are build folders, and one left by a killed build is removed under this lock.
+LOCK_NAME = f"demo-v{DEMO_VERSION}.lock"
 TRAIN_STEPS = 120
-TRAIN_SEQ = 64
+TRAIN_SEQ = 32  # "The capital of France is Paris" needs a short context; 32 halves the cost of 64
+# progress(steps done, steps in all), called while the demo trains.
+Progress = Callable[[int, int], None]
 
 
 def demo_dir() -> Path:
+    """Return where the demo checkpoint lives in the cache (versioned: a new recipe builds anew)."""
     return cache_root() / f"demo-v{DEMO_VERSION}"
 
 
@@ -42,46 +48,35 @@ def writable_cache() -> Path:
     return root
 
 
-def _complete(target: Path) -> bool:
+def demo_ready() -> bool:
+    """Return whether the demo checkpoint is already built (it appears only complete: see ensure_demo)."""
+    target = demo_dir()
     return (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file()
 
 
-@contextmanager
-def _build_lock(root: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the cache while the demo is built: a second `qcli load demo` started
-    meanwhile waits and then uses the finished build (fcntl.flock; released when the process dies)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: builds may race, each into its own temp dir
-        yield
-        return
-    with open(root / f"demo-v{DEMO_VERSION}.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def ensure_demo(progress: Progress | None = None) -> Path:
+    """Return the demo checkpoint directory, building it on first use (seconds of CPU on one core).
 
-
-def ensure_demo() -> Path:
-    """Return the demo checkpoint directory, building it on first use (a few seconds on a CPU).
-
-    Built into a temporary `.demo-*` directory and renamed into place, under a lock: an interrupted
-    build (Ctrl-C, SIGTERM) leaves nothing behind and two racing builds never see a half-written one.
+    Atomic: built in a temporary `.demo-*` folder next to the target and renamed into place, so a reader
+    sees no checkpoint or a whole one. An exclusive lock (filelock; released when the process dies)
+    serialises concurrent first runs (compare's workers, two shells): the second waits, then finds the
+    checkpoint built. An interrupted build (Ctrl-C, SIGTERM: qcli raises Terminated in the main thread)
+    leaves no temporary folder behind; one left by a SIGKILL is removed by the next build.
     """
     target = demo_dir()
-    if _complete(target):
+    if demo_ready():
         return target
     root = writable_cache()
-    with _build_lock(root):
-        if _complete(target):  # another process built it while this one waited
+    with FileLock(str(root / LOCK_NAME)):
+        if demo_ready():  # another process built it while this one waited
             return target
-        for stale in root.glob(".demo-*"):  # left by a build that was killed (SIGKILL): nobody holds it now
-            shutil.rmtree(stale, ignore_errors=True)
+        for stale in root.glob(".demo-*"):  # left by a build that was killed: nobody holds the lock now
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=root))
         try:
-            build_demo(tmp)
-            if target.exists():
+            build_demo(tmp, progress)
+            if target.exists():  # a leftover from a version without the lock: not whole, replace it
                 shutil.rmtree(target)
             os.replace(tmp, target)
         finally:
@@ -108,13 +103,29 @@ def _tokenizer(text: str) -> Any:
     )
 
 
-def build_demo(out: Path) -> None:
-    """Write the demo checkpoint (config, safetensors weights, tokenizer) into `out`."""
+def build_demo(out: Path, progress: Progress | None = None) -> None:
+    """Write the demo checkpoint (config, safetensors weights, tokenizer) into `out`.
+
+    `progress(done, total)` is called after each training step.
+    """
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     text = data_text("sample.txt")
     tokenizer = _tokenizer(text)
+    threads = torch.get_num_threads()
+    # One thread: the matrices are tiny (hidden 256), so more threads add synchronisation, not speed,
+    # and on a busy machine OpenMP's spinning workers burn CPU time for nothing.
+    torch.set_num_threads(1)
+    try:
+        _train_and_save(tokenizer, text, out, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_and_save(tokenizer: Any, text: str, out: Path, progress: Progress | None) -> None:
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
     torch.manual_seed(0)
     config = LlamaConfig(**{k: v for k, v in DEMO_CONFIG.items() if k not in {"architectures", "model_type", "dtype"}})
     model = LlamaForCausalLM(config)
@@ -122,14 +133,24 @@ def build_demo(out: Path) -> None:
     gen = torch.Generator().manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     model.train()
-    for _ in range(TRAIN_STEPS):
+    for step in range(TRAIN_STEPS):
         starts = torch.randint(0, len(ids) - TRAIN_SEQ - 1, (16,), generator=gen)
         batch = torch.stack([ids[s : s + TRAIN_SEQ] for s in starts])
         loss = model(input_ids=batch, labels=batch).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if progress is not None:
+            progress(step + 1, TRAIN_STEPS)
     model.eval()
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # save_pretrained's "Writing model shards" bar is not ours to show
+    try:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()

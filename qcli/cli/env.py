@@ -1,0 +1,23 @@
+"""`qcli env`: versions and GPUs for a bug report (transformers, accelerate and hf have one too)."""
+
+from __future__ import annotations
+
+from qcli.cli._options import JsonOpt
+from qcli.environment import env_report
+from qcli.output.console import console, print_json, render_env
+
+EPILOG = """Examples:
+
+\b
+  qcli env
+  qcli env --json
+"""
+
+
+def env(json_: JsonOpt = False) -> None:
+    """Print qcli's, Python's and the libraries' versions and the GPUs torch sees; paste it into bug reports."""
+    report = env_report(probe_torch=True)
+    if json_:
+        print_json(report)
+    else:
+        render_env(report, console())

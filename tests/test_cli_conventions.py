@@ -1,0 +1,63 @@
+"""The conventions of the ecosystem's CLIs (issue 15): readable help, completion, versions for bug
+reports, and forgiving spellings of what people type."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qcli.cli.app import COMMANDS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("args", [(), ("--help",), *[(c, "--help") for c in COMMANDS], ("presets", "show", "--help")])
+def test_help_names_types_the_click_way(cli, args):
+    r = cli(*args)
+    assert r.code == 0, r.err
+    assert "Usage: qcli" in r.out
+    for python_type in ("<str>", "<int>", "<float>", "<list", "<bool>"):
+        assert python_type not in r.out, (args, python_type)
+
+
+def test_examples_are_one_per_line(cli):
+    out = cli("estimate", "--help").out
+    lines = [line.strip() for line in out.splitlines() if line.strip().startswith("qcli estimate ")]
+    assert len(lines) >= 3 and not any(" | " in line for line in lines)
+    assert "--params TEXT" in out and "--context INTEGER" in out and "--margin FLOAT" in out
+
+
+def test_completion_is_on():
+    env = {**os.environ, "_QCLI_COMPLETE": "complete_bash", "COMP_WORDS": "qcli est", "COMP_CWORD": "1"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-m", "qcli"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.split() == ["estimate"], (out.stdout, out.stderr)
+
+
+def test_version_and_env_list_the_stack(cli):
+    r = cli("--version")
+    assert r.code == 0
+    for name in ("qcli", "Python", "torch", "transformers", "accelerate", "bitsandbytes", "huggingface_hub", "GPUs"):
+        assert any(line.startswith(name) for line in r.out.splitlines()), name
+    data = cli("env", "--json").json()
+    assert data["command"] == "env" and data["packages"]["transformers"] and data["gpu_source"] == "torch"
+    assert isinstance(data["gpus"], list) and data["cuda_available"] in (True, False)
+
+
+@pytest.mark.parametrize("bits", ["int4", "4bit", "4", "NF4"])
+def test_bits_spellings(cli, bits):
+    data = cli("estimate", "--params", "8b", "--bits", bits, "--json").json()
+    assert data["plans"][0]["format"] == "nf4"
+
+
+def test_names_are_case_insensitive_and_misses_get_a_suggestion(cli):
+    data = cli("estimate", "demo", "--preset", "QLoRA", "--gpu", "rtx 4090", "--json").json()
+    assert data["plans"][0]["preset"] == "qlora" and data["plans"][0]["devices"][0]["name"] == "RTX 4090"
+    r = cli("estimate", "--params", "8b", "--gpu", "4090")
+    assert r.code == 2 and "did you mean RTX 4090?" in r.err and len(r.err.strip().splitlines()) == 1
+    r = cli("estimate", "demo", "--preset", "qlroa")
+    assert r.code == 2 and "did you mean qlora?" in r.err

@@ -1,0 +1,54 @@
+"""README and reality cannot drift (issue 15): every example block in README.md is what the command
+prints today (timings aside), and there is no hand-written example output."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import readme_examples as ex  # noqa: E402
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+BLOCKS = ex.readme_blocks(README)
+
+
+def test_every_example_block_is_generated():
+    assert set(BLOCKS) == set(ex.EXAMPLES)
+    # No other ```console block: hand-written output would drift.
+    assert README.count("```console") == len(BLOCKS)
+    for name, body in BLOCKS.items():
+        assert body.startswith(f"$ {ex.EXAMPLES[name]}\n"), name
+
+
+def test_the_first_steps_name_real_make_targets():
+    makefile = (ROOT / "Makefile").read_text()
+    for target in set(re.findall(r"make (\w+)", README)):
+        assert re.search(rf"^{target}:", makefile, re.M), target
+    assert "source .venv/bin/activate" in README and "TORCH=torch" in README
+
+
+def test_normalize_masks_only_timings():
+    assert ex.normalize("loaded in 2.14 s │ 6.13 MiB") == ex.normalize("loaded in 12.03 s │ 6.13 MiB")
+    assert ex.normalize("6.13 MiB") != ex.normalize("6.14 MiB")
+
+
+def _check(name: str, cache: Path) -> None:
+    fresh = ex.run_example(ex.EXAMPLES[name], env={"QCLI_CACHE": str(cache)})
+    assert ex.normalize(BLOCKS[name]) == ex.normalize(fresh), f"run `make readme`; now:\n{fresh}"
+
+
+@pytest.mark.parametrize("name", sorted(set(ex.EXAMPLES) - ex.LOADING))
+def test_readme_example_matches(name, qcli_cache):
+    _check(name, qcli_cache)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ex.LOADING))
+def test_readme_loading_example_matches(name, qcli_cache):
+    _check(name, qcli_cache)
