@@ -80,7 +80,7 @@ def verify(
     from qcli.output.progress import progress_line, progress_wanted
     from qcli.run.demo import ensure_demo
     from qcli.run.loader import DEFAULT_PRESET, LoadOptions, prepare
-    from qcli.run.verify import VerifyOptions, run_verify
+    from qcli.run.verify import VerifyOptions, run_verify, validate
 
     if junit:
         check_output_path(junit, "--junit")  # before any work: a bad path is exit 2 at once
@@ -110,7 +110,8 @@ def verify(
             allow_offload=allow_offload,
             timeout_seconds=timeout,
         )
-        prepare(opts.load)  # bad flags, presets and paths: exit 2 before anything is built or loaded
+        validate(opts)  # bad thresholds, sizes and presets: exit 2 before anything is built or loaded
+        prepare(opts.load)
         with progress_line(interactive) as line:
             if opts.load.model == DEMO_NAME:
                 ensure_demo(line.demo_step)

@@ -154,7 +154,7 @@ def model_title(m: ModelInfo) -> str:
     path = Path(m.name)
     if path.suffix == ".json":
         return path.parent.name if path.stem == "config" and path.parent.name else path.stem
-    return path.resolve().name if path.is_dir() else m.name  # a local directory: its name; a hub id as given
+    return m.name.rstrip("/") or m.name  # a directory or a hub id, as the user wrote it
 
 
 def _gpu_names(plan: Plan) -> list[str]:
