@@ -24,6 +24,15 @@ EXAMPLES: dict[str, str] = {
     "estimate-llama": "qcli estimate tests/fixtures/configs/llama3-8b.json --preset qlora --context 8192 --gpu T4",
     "estimate-table": "qcli estimate tests/fixtures/configs/llama3-8b.json --gpu L4",
     "gpu-typo": "qcli estimate --params 8b --gpu 4090",
+    "estimate-offload": (
+        "qcli estimate tests/fixtures/configs/mixtral-8x7b.json --preset qlora --gpu 'RTX 4090' --gpus 2 "
+        "--device-map auto --context 4096"
+    ),
+    "estimate-train": "qcli estimate tests/fixtures/configs/llama3-8b.json --train qlora --context 2048 --gpu T4",
+    "estimate-gpus-auto": (
+        "qcli estimate tests/fixtures/configs/llama3-70b.json --train full --gpu H100 --gpus auto "
+        "--grad-checkpointing --attention sdpa --context 4096"
+    ),
     "presets": "qcli presets",
     "verify": "qcli verify demo --preset qlora --expect Paris",
     "compare": "qcli compare demo",

@@ -84,13 +84,14 @@ def components_table(plan: Plan, out: Console, title: str | None = None) -> Tabl
     rest = [c for c in plan.components if c.kind not in WEIGHT_KINDS]
     for c in weights:
         _component_row(table, c)
+    weights_label = "weights on each GPU" if plan.per_gpu else f"weights ({plan.bits_per_param:.3f} bits/param)"
     if rest:
-        _size_row(table, f"weights ({plan.bits_per_param:.3f} bits/param)", plan.weight_bytes, bold=True)
+        _size_row(table, weights_label, sum(c.size_bytes for c in weights), bold=True)
         table.add_section()
     for c in rest:
         _component_row(table, c)
     table.add_section()
-    label = "total (tensors)" if rest else f"weights ({plan.bits_per_param:.3f} bits/param)"
+    label = "total (tensors)" if rest else weights_label
     if plan.per_gpu:
         label = "total on each GPU (tensors)"
     _size_row(table, label, plan.total_bytes, bold=True)
@@ -103,10 +104,18 @@ def components_table(plan: Plan, out: Console, title: str | None = None) -> Tabl
 
 def _fits_cell(d: DeviceFit) -> str:
     if d.role == "offload":
-        return "[red]no: offloaded[/red]"
+        return "[red]no[/red]"  # the row's name says it: what the GPUs could not hold
     if d.fits is None:
         return "unknown (give --cpu-memory)"
     return "[green]yes[/green]" if d.fits else "[red]no[/red]"
+
+
+def _short_blocks(blocks: list[str]) -> list[str]:
+    """Return block names without the prefix they share with every block ("model.layers.5" -> "layers.5")."""
+    if not blocks or any("." not in b for b in blocks):
+        return blocks
+    prefix = blocks[0].split(".")[0] + "."
+    return [b.removeprefix(prefix) for b in blocks] if all(b.startswith(prefix) for b in blocks) else blocks
 
 
 def devices_table(plan: Plan) -> Table:
@@ -125,7 +134,7 @@ def devices_table(plan: Plan) -> Table:
             human_bytes(d.required_bytes),
             "—" if d.headroom_bytes is None else human_bytes(d.headroom_bytes),
             _fits_cell(d),
-            escape(" to ".join(d.blocks)) or "—",
+            escape(" to ".join(_short_blocks(d.blocks))) or "—",
         )
     return table
 
@@ -368,6 +377,10 @@ def _context_line(plan: Plan, batch: int) -> str:
     return line
 
 
+# The options view lists those that fit and a few that do not (the JSON holds all of them).
+OPTIONS_SHOWN = 10
+
+
 def options_table(options: list[Option]) -> Table:
     table = Table(
         title="options (those that fit, least memory per GPU first)",
@@ -377,7 +390,9 @@ def options_table(options: list[Option]) -> Table:
     )
     for col in ("preset", "train", "strategy", "per GPU", "fits", "why not"):
         table.add_column(col, justify="right" if col == "per GPU" else "left")
-    for o in options:
+    shown = [o for o in options if o.fits]
+    shown += [o for o in options if not o.fits][: max(3, OPTIONS_SHOWN - len(shown))]
+    for o in shown:
         table.add_row(
             escape(o.preset),
             o.train or "—",
@@ -386,6 +401,9 @@ def options_table(options: list[Option]) -> Table:
             "[green]yes[/green]" if o.fits else "[red]no[/red]",
             escape(o.why_not or ""),
         )
+    if len(shown) < len(options):
+        table.caption = f"{len(options) - len(shown)} more that do not fit: --json lists every option"
+        table.caption_justify = "left"
     return table
 
 

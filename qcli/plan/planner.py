@@ -397,7 +397,7 @@ def build_plan(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None = 
                 Component(
                     kind="allocator_margin",
                     size_bytes=stream,
-                    source="room on GPU 0 to stream the largest offloaded block back in (accelerate)",
+                    source="room on GPU 0 to stream the largest offloaded block back in, as accelerate does",
                 )
             )
         overheads.insert(0, Component(kind="cuda_context", size_bytes=context_bytes, source=context_source))
