@@ -72,6 +72,7 @@ def normalize(text: str) -> str:
         if in_speed and not line.startswith(("speed:", "preset")):
             line = re.sub(r"\d[\d,.]*", "<t>", line)  # the speed table is all timings
         line = re.sub(r"\d[\d,]*(\.\d+)?(?= ?(s|ms)\b)", "<t>", line)  # "1.68 s", "loaded in 2.14 s"
+        line = re.sub(r"│\s*\d+\.\d+\s*│", "│ <t> │", line)  # verify's seconds column
         line = re.sub(r"─+", "─", line)
         out.append(" ".join(line.split()))
     return "\n".join(out)
