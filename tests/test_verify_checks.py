@@ -142,6 +142,19 @@ def test_tied_embeddings_with_a_skip_list_that_leaves_out_lm_head(cli, ckpts):
 # --- verify: every check fails when it should ----------------------------------------------------------
 
 
+def test_quantization_check_fails_on_a_wrong_quant_type(ckpts):
+    """The CLI refuses fp4 on an nf4 checkpoint before loading (below), so the check itself is shown to fail
+    here: the modules of a real nf4 load, judged against preset fp4."""
+    from qcli.plan.presets import load_preset
+    from qcli.run import checks
+    from qcli.run.loader import LoadOptions, load_report
+
+    report, _ = load_report(LoadOptions(model=ckpts["tiny"], preset="nf4", device="cpu"))
+    assert checks.quantization(report, load_preset("nf4")).passed
+    check = checks.quantization(report, load_preset("fp4"))
+    assert not check.passed and "quant type nf4, preset fp4 asks fp4" in check.detail
+
+
 def test_verify_refuses_a_preset_of_another_quantization(cli, ckpts, tmp_path):
     junit = tmp_path / "v.xml"
     r = cli("verify", ckpts["prequant"], "--preset", "fp4", "--junit", str(junit))
