@@ -27,7 +27,6 @@ from qcli.errors import (
     QcliError,
     Terminated,
 )
-from qcli.plan.presets import format_validation_error
 
 DEBUG_HINT = "run with --debug or QCLI_DEBUG=1 for the traceback"
 
@@ -94,6 +93,8 @@ def _hub(exc: BaseException) -> Outcome:
 
 def _validation(exc: BaseException) -> Outcome:
     assert isinstance(exc, ValidationError)
+    from qcli.plan.presets import format_validation_error  # the presets' pydantic models: only on this path
+
     return Outcome(int(ExitCode.BAD_INPUT), _one_line(format_validation_error(exc.title, exc)))
 
 

@@ -47,7 +47,8 @@ Fraction = Annotated[float, Field(gt=0, le=1, strict=True, allow_inf_nan=False)]
 class _Keys(BaseModel):
     """One config (or its text_config): the keys qcli's builders and planner read."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    # defer_build: the validator is built on first use, not at import (`estimate --params` never uses it)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, defer_build=True)
 
     model_type: StrictStr | None = None
     architectures: list[StrictStr] | None = None
