@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -27,6 +28,7 @@ from qcli.results import (
     Plan,
     PresetInfo,
     PresetsReport,
+    QuantGroup,
     VerifyReport,
 )
 from qcli.units import decimal_bytes, human_bytes, human_params, signed_percent
@@ -471,31 +473,43 @@ def render_preset_code(preset: PresetInfo, out: Console) -> None:
 
 
 def quantization_table(report: LoadReport) -> Table | None:
-    """Return the quantization read back from the loaded modules, one row per distinct setting."""
+    """Return the quantization read back from the loaded modules, one row per distinct setting; a column
+    only where some group has a value (4-bit and int8 settings differ), so it reads at 80 columns."""
     groups = report.census.quantization
     if not groups:
         return None
-    table = Table(title="quantization read from the loaded modules", title_justify="left")
-    for col in ("modules", "layer", "quantized", "type", "double quant", "compute", "block", "absmax", "storage"):
-        table.add_column(col, justify="right" if col in {"modules", "block"} else "left")
 
     def cell(v: object) -> str:
+        if isinstance(v, bool):
+            return "yes" if v else "no"
         return "—" if v is None else escape(str(v))
 
+    columns: list[tuple[str, Callable[[QuantGroup], object]]] = [
+        # a few modules by name (a tied or offloaded lm_head), many by count
+        ("modules", lambda g: ", ".join(g.modules) if len(g.modules) <= 2 else len(g.modules)),
+        ("layer", lambda g: g.layer),
+        ("quantized", lambda g: g.quantized),
+        ("type", lambda g: g.quant_type),
+        ("double quant", lambda g: g.double_quant),
+        ("compute", lambda g: g.compute_dtype),
+        ("block", lambda g: g.block_size),
+        ("absmax", lambda g: g.absmax_dtype),
+        ("threshold", lambda g: g.outlier_threshold),
+        ("storage", lambda g: g.storage_dtype),
+    ]
+    shown = [(name, get) for name, get in columns if any(get(g) is not None for g in groups)]
+    if all(g.quantized for g in groups):
+        shown = [c for c in shown if c[0] != "quantized"]
+    table = Table(
+        title="quantization read from the loaded modules (--json lists every module)",
+        title_justify="left",
+        box=box.HORIZONTALS,
+        show_edge=False,
+    )
+    for name, _ in shown:
+        table.add_column(name, justify="right" if name in {"modules", "block", "threshold"} else "left")
     for g in groups:
-        first = g.modules[0] + (" …" if len(g.modules) > 1 else "")
-        kind = g.quant_type if g.layer == "Linear4bit" else f"int8, threshold {g.outlier_threshold}"
-        table.add_row(
-            f"{len(g.modules)} ({escape(first)})",
-            g.layer,
-            "yes" if g.quantized else "[red]no[/red]",
-            cell(kind),
-            cell(g.double_quant),
-            cell(g.compute_dtype),
-            cell(g.block_size),
-            cell(g.absmax_dtype),
-            cell(g.storage_dtype),
-        )
+        table.add_row(*[cell(get(g)) for _, get in shown])
     return table
 
 
