@@ -9,11 +9,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test lint demo readme bench sweep smoke gpu-truth clean
 
-$(STAMP): pyproject.toml
+# .ci/constraints.txt: the library versions the tests and docs were checked against (users get pyproject's ranges).
+$(STAMP): pyproject.toml .ci/constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e '.[dev,load]'
+	$(PY) -m pip install -q -c .ci/constraints.txt -e '.[dev,load]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -241,8 +241,8 @@ def cache_bytes(cache: Any) -> tuple[int, list[int]]:
 
 
 def _returned_cache(out: Any) -> Any:
-    """Return the cache a forward returned (`past_key_values`, or `cache_params` for mamba-style models)."""
-    for key in ("past_key_values", "cache_params"):
+    """Return the cache a forward returned (`cache`, `past_key_values`, or `cache_params` for mamba-style models)."""
+    for key in ("cache", "past_key_values", "cache_params"):  # `cache` from transformers 5.24 on
         if out.get(key) is not None:
             return out[key]
     return None
@@ -260,8 +260,11 @@ def measure_cache(model: Any, batch: int = BATCH, prompt: int = PROMPT, mask: bo
             return {"type": None}
         prefill, prefill_layers = cache_bytes(cache)
         step = torch.ones(batch, 1, dtype=torch.long, device=device)
-        kwargs = {"cache_params": cache} if "cache_params" in out else {"past_key_values": cache}
-        if "cache_params" in out:  # mamba-style models are told where the decode step is
+        # The forward takes the cache back by the name it returned it under (`cache` from transformers 5.24 on).
+        # (5.24's outputs answer `in` for the deprecated names too: ask for `cache` first)
+        name = "cache" if "cache" in out else "cache_params" if "cache_params" in out else "past_key_values"
+        kwargs = {name: cache}
+        if name == "cache_params" or type(cache).__name__.startswith("Mamba"):  # told where the decode step is
             kwargs["cache_position"] = torch.tensor([prompt], device=device)
         if mask:
             kwargs["attention_mask"] = torch.ones(batch, prompt + 1, dtype=torch.long, device=device)

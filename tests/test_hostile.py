@@ -659,7 +659,14 @@ def _spawn(cmd: list[str], box: Sandbox, env: dict[str, str]) -> subprocess.Pope
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group: leftovers are found and killed by group
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    """Give the child Python's Ctrl-C handling even when this runner was started with SIGINT ignored (a
+    background job, nohup): an inherited SIG_IGN would make every interrupt case a no-op."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _finish(proc: subprocess.Popen, timeout: float, started: float) -> Result | None:

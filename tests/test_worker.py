@@ -94,7 +94,14 @@ def test_sigterm_and_sigint_stop_every_worker_and_remove_temp_dirs(tmp_path, sig
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = dict(os.environ, TMPDIR=str(tmp), PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT], env=env, cwd=tmp_path)
+    # SIGINT back to its default in the child: a runner started with it ignored (nohup, a background job)
+    # would pass SIG_IGN on, and Python then never raises KeyboardInterrupt.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT],
+        env=env,
+        cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     parent = psutil.Process(proc.pid)
     deadline = time.monotonic() + 120
     children: list = []

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from qcli.errors import UsageError
+from qcli.model.installed import transformers_at_least
 from qcli.model.spec import AttentionShape, CacheLayer, ModelSpec, Role, TensorSpec, cfg_int
 
 Cfg = dict[str, Any]
@@ -509,10 +510,15 @@ def deepseek_v3(cfg: Cfg) -> ModelSpec:
     b.norm("model.norm", h)
     if not tied:
         b.add("lm_head.weight", (vocab, h), "lm_head")
-    for i in range(dense, layers):  # the router's score correction: a buffer, float32 by _keep_in_fp32_modules_strict
-        b.add(f"model.layers.{i}.mlp.gate.e_score_correction_bias", (e,), "buffer")
+    # The router's score correction, a buffer kept in float32 by _keep_in_fp32_modules_strict. transformers 5.24
+    # also creates it as float32 and keeps the router weight (`gate.weight`) in float32 under 16-bit loads.
+    fp32_router = transformers_at_least(5, 24)
+    bias_dtype = "float32" if fp32_router else None
+    for i in range(dense, layers):
+        b.add(f"model.layers.{i}.mlp.gate.e_score_correction_bias", (e,), "buffer", dtype=bias_dtype)
     _rope_buffers(b, "model.rotary_emb", rope)
-    spec = _spec(cfg, b, tied, keep_in_fp32_strict=("e_score_correction_bias",))
+    strict = ("e_score_correction_bias", "gate.weight") if fp32_router else ("e_score_correction_bias",)
+    spec = _spec(cfg, b, tied, keep_in_fp32_strict=strict)
     # MLA as transformers caches it: the compressed latent and the shared rope key, one vector per token.
     spec.cache = [CacheLayer("full", per_token=((kv_rank + rope, None),))] * layers
     return spec

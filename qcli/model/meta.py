@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import tempfile
@@ -21,40 +20,23 @@ from typing import Any, Literal
 from qcli.errors import UsageError
 from qcli.extras import require_load_extra
 from qcli.model.architectures import attention_shape, config_dtype
+from qcli.model.installed import transformers_version
 from qcli.model.spec import AttentionShape, CacheLayer, ModelSpec, Role, TensorSpec
 from qcli.resources import cache_root
 
 # Bump when what a cached spec holds changes: older entries are then ignored.
-SPEC_CACHE_VERSION = 2
+SPEC_CACHE_VERSION = 3
 # transformers' caches follow the model's dtype; the probe runs in bfloat16 so a state tensor kept in
 # float32 (mamba's SSM state) shows as one with a fixed dtype.
 PROBE_DTYPE = "bfloat16"
 PROBE_TOKENS = (2, 4)  # two prefill lengths, shorter than any real window: the per-token slope and the fixed part
+# Where a forward returns its cache: `cache` from transformers 5.24 on, `past_key_values` before it,
+# `cache_params` for mamba-style models.
+CACHE_OUTPUTS = ("cache", "past_key_values", "cache_params")
 
 
 class UnknownModelType(UsageError):
     """A model_type the installed transformers does not know (without the repository's own code)."""
-
-
-def transformers_version() -> str | None:
-    """Return the installed transformers version without importing it, or None.
-
-    Read from the name of its dist-info folder next to the package: the warm spec-cache path runs on
-    every estimate, and importlib.metadata alone costs more than the rest of it.
-    """
-    found = importlib.util.find_spec("transformers")
-    if found is None or not found.origin:
-        return None
-    with os.scandir(Path(found.origin).parent.parent) as entries:
-        for entry in entries:
-            if entry.name.startswith("transformers-") and entry.name.endswith(".dist-info"):
-                return entry.name.removeprefix("transformers-").removesuffix(".dist-info")
-    from importlib import metadata  # an unusual install: ask the slower way
-
-    try:
-        return metadata.version("transformers")
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def _spec_cache_path(cfg: dict[str, Any], trust_remote_code: bool, cache_dir: Path) -> Path | None:
@@ -390,7 +372,7 @@ def _prefill(model: Any, tokens: int, mask: bool = False) -> Any:
     kwargs = {"attention_mask": torch.ones(1, tokens, dtype=torch.long, device=device)} if mask else {}
     with torch.no_grad():
         out = model(input_ids=ids, use_cache=True, **kwargs)
-    return next((out[k] for k in ("past_key_values", "cache_params") if out.get(k) is not None), None)
+    return next((out[k] for k in CACHE_OUTPUTS if out.get(k) is not None), None)
 
 
 def probe_cache(model: Any, dtype: Any) -> list[CacheLayer]:

@@ -106,7 +106,7 @@ def _kv_point(torch: Any, model: Any, spec: ModelSpec, preset: Preset, batch: in
         torch.cuda.synchronize(device)
         prefill = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated(index) - before
-        cache = out.past_key_values
+        cache = out.get("cache", out.get("past_key_values"))  # `cache` from transformers 5.24 on
         del out  # ModelOutput refuses `del out.logits`; dropping it frees the logits, the cache stays
         kv_measured = torch.cuda.memory_allocated(index) - before
         del cache
