@@ -15,7 +15,7 @@ from qcli.plan.formats import Format, dtype_bytes, storage_parts
 from qcli.plan.gpus import Device
 from qcli.plan.placement import DeviceMap, block_of, infer_device_map, is_layer, largest_layer
 from qcli.plan.training import TrainingRequest, kbit_prepared, training_state
-from qcli.results import Component, DeviceFit, Plan
+from qcli.results import Component, DeviceFit, LargestLayer, Plan
 from qcli.units import MIB
 
 # The CUDA context (driver, kernels, cuBLAS workspace) never shows in torch's counters: 300-700 MiB
@@ -148,6 +148,9 @@ class WeightLayout:
     blocks: dict[str, int]  # placement block (decoder layer or top-level module) -> weight bytes, in module order
     quantized: set[str]
     quantized_params: int
+
+    # largest_layer() of these blocks, once: fit.py's binary searches build dozens of plans on one layout
+    largest: tuple[LargestLayer | None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def total(self) -> int:
@@ -321,7 +324,9 @@ def build_plan(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None = 
     layout = layout or plan_layout(spec, req)
     components = list(layout.components)
     blocks = dict(layout.blocks)
-    largest = largest_layer(spec, blocks)
+    if layout.largest is None:
+        layout.largest = (largest_layer(spec, layout.blocks),)
+    largest = layout.largest[0]
     kv: list[int] = []
     kv_total: int | None = None
     kv_decode: int | None = None
