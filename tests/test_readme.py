@@ -37,6 +37,9 @@ def test_normalize_masks_only_timings():
     assert ex.normalize("loaded in 2.14 s │ 6.13 MiB") == ex.normalize("loaded in 12.03 s │ 6.13 MiB")
     assert ex.normalize("6.13 MiB") != ex.normalize("6.14 MiB")
     assert ex.normalize("│ load │ pass │ 2.88 │ qlora") == ex.normalize("│ load │ pass │ 12.03 │ qlora")
+    quality = "quality vs bf16 (built-in sample)\npreset perplexity KL\nqlora {} 0.0065\n"
+    assert ex.normalize(quality.format("3.682")) == ex.normalize(quality.format("3.683"))
+    assert ex.normalize(quality.format("3.682")) != ex.normalize(quality.format("3.702"))
 
 
 def _check(name: str, cache: Path) -> None:
