@@ -27,12 +27,7 @@ PRESETS = ["fp32", "fp16", "bf16", "int8", "nf4", "fp4", "qlora"]
 ROOT = Path(__file__).resolve().parents[1]
 
 # Llama-3.2-1B's shape (meta-llama/Llama-3.2-1B config.json), with random weights built here.
-LLAMA_1B_SHAPE: dict[str, Any] = {
-    "vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "tie_word_embeddings": True,
-    "max_position_embeddings": 131072, "rope_theta": 500000.0, "rms_norm_eps": 1e-5,
-    "bos_token_id": 128000, "eos_token_id": 128001,
-}  # fmt: skip
+LLAMA_1B_SHAPE: dict[str, Any] = json.loads((Path(__file__).parent / "fixtures/llama3.2-1b-shape.json").read_text())
 
 BUILD = """
 import json, sys, torch
