@@ -80,11 +80,11 @@ def compare(
     )
     if plot and importlib.util.find_spec("matplotlib") is None:
         raise UsageError("--plot needs matplotlib", "pip install 'qcli[plot]'")
-    validate(opts)  # bad flags, presets and paths: exit 2 before anything is built or loaded
+    checked = validate(opts)  # bad flags, presets and paths: exit 2 before anything is built or loaded
     with progress_line(progress_wanted(json_, quiet)) as line:
         if opts.model == DEMO_NAME:
             ensure_demo(line.demo_step)  # once, here, rather than racing in the first worker
-        report = run_compare(opts, progress=line.step)
+        report = run_compare(opts, progress=line.step, checked=checked)
     if csv:
         compare_csv(report, csv)
     if markdown:

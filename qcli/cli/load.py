@@ -72,12 +72,12 @@ def load(
         max_new_tokens=max_new_tokens,
         progress=interactive,
     )
-    prepare(opts)  # bad flags, presets and paths: exit 2 before anything is built or loaded
+    prepared = prepare(opts)  # bad flags, presets and paths: exit 2 before anything is built or loaded
     with progress_line(interactive) as line:
         if opts.model == DEMO_NAME:
             ensure_demo(line.demo_step)
         line.step(f"loading {opts.model} with preset {opts.preset}")
-        report, _ = load_report(opts)
+        report, _ = load_report(opts, prepared)  # resolved and described once
     if json_:
         print_json(report)
     else:

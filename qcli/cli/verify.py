@@ -111,12 +111,12 @@ def verify(
             timeout_seconds=timeout,
         )
         validate(opts)  # bad thresholds, sizes and presets: exit 2 before anything is built or loaded
-        prepare(opts.load)
+        prepared = prepare(opts.load)
         with progress_line(interactive) as line:
             if opts.load.model == DEMO_NAME:
                 ensure_demo(line.demo_step)
             line.step(f"verifying {opts.load.model} with preset {opts.load.preset}")
-            report = run_verify(opts)
+            report = run_verify(opts, prepared)  # resolved and described once
     except (Exception, KeyboardInterrupt, Terminated) as exc:
         if junit:  # a CI reporter still gets a result: one errored testcase naming the cause
             outcome = outcome_of(exc)

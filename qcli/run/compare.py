@@ -46,7 +46,10 @@ class CompareOptions(FromCli):
     inject_failure: dict[str, str] = field(default_factory=dict)  # tests: preset -> raise | crash | hang
 
 
-def validate(opts: CompareOptions) -> tuple[list[str], str, str, ModelSource]:
+Checked = tuple[list[str], str, str, ModelSource]  # what validate() returns
+
+
+def validate(opts: CompareOptions) -> Checked:
     """Check everything before anything loads; return (presets, reference, text, the resolved model)."""
     presets = [p.strip() for p in opts.presets if p.strip()]
     if not presets:
@@ -80,7 +83,9 @@ def validate(opts: CompareOptions) -> tuple[list[str], str, str, ModelSource]:
     return presets, reference, text, source
 
 
-def run_compare(opts: CompareOptions, progress: Callable[[str], None] | None = None) -> CompareReport:
+def run_compare(
+    opts: CompareOptions, progress: Callable[[str], None] | None = None, checked: Checked | None = None
+) -> CompareReport:
     """Return the comparison; a preset that fails gets its error in its row and the others still run.
 
     The reference runs first. Agreement and KL are measured for every row, the reference's own
@@ -88,7 +93,7 @@ def run_compare(opts: CompareOptions, progress: Callable[[str], None] | None = N
     """
     import torch
 
-    presets, reference, text, source = validate(opts)
+    presets, reference, text, source = checked or validate(opts)  # the CLI validates first, once
     revision = source.commit_sha or opts.revision  # every worker loads the commit this run resolved
     env = {"HF_TOKEN": opts.token} if opts.token else None  # never in the spec file
     run_order = [reference, *[p for p in presets if p != reference]]  # the reference first

@@ -17,7 +17,7 @@ from qcli.plan.presets import Preset, load_preset
 from qcli.resources import data_text
 from qcli.results import CheckResult, VerifyReport
 from qcli.run import checks
-from qcli.run.loader import DEFAULT_PROMPT, LoadOptions, generate, load_report, parse_max_memory, prepare
+from qcli.run.loader import DEFAULT_PROMPT, LoadOptions, Prepared, generate, load_report, parse_max_memory, prepare
 from qcli.run.worker import WorkerResult, WorkerSpec, debug_enabled, run_worker
 from qcli.units import parse_bytes
 
@@ -139,13 +139,13 @@ def _generation_check(loaded: Any, opts: VerifyOptions) -> CheckResult:
     return checks.generation(gen.text, gen.new_tokens, opts.expect)
 
 
-def run_verify(opts: VerifyOptions) -> VerifyReport:
+def run_verify(opts: VerifyOptions, prepared: Prepared | None = None) -> VerifyReport:
     """Return every check's outcome. The reference (if any) runs first, in its own process, and is gone
     before the candidate loads; a load failure is reported as an errored `load` check."""
     v = validate(opts)
     if opts.load.prompt is None:
         opts.load.prompt = DEFAULT_PROMPT
-    prepared = prepare(opts.load)  # a bad model path is exit 2 before the reference runs
+    prepared = prepared or prepare(opts.load)  # a bad model path is exit 2 before the reference runs
     model, preset_name = opts.load.model, v.preset.name
     text = data_text("sample.txt")
     ref: WorkerResult | None = None
