@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(QCLI) estimate --model demo --preset qlora --context 512 --gpu T4
 	$(QCLI) load demo --preset qlora --prompt "The capital of France is"
 
-# Regenerates every example output in README.md (tests/test_readme.py checks them).
+# Regenerates every example output in README.md and docs/planning.md (tests/test_readme.py checks them).
 readme: $(STAMP)
 	$(PY) scripts/readme_examples.py
 

@@ -1,4 +1,4 @@
-"""Regenerate the example outputs in README.md (`make readme`), or check them (`--check`).
+"""Regenerate the example outputs in README.md and docs/planning.md (`make readme`), or check them (`--check`).
 
 Every example block in the README is marked `<!-- example: NAME -->` and holds `$ qcli …` followed by
 what that command prints at 80 columns, produced by running it here. tests/test_readme.py runs the
@@ -17,6 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+PLANNING = ROOT / "docs" / "planning.md"  # its examples are regenerated too (`make readme`)
 WIDTH = 80
 # name -> the command line, as a reader types it from the repository root (after `source .venv/bin/activate`).
 EXAMPLES: dict[str, str] = {
@@ -100,7 +101,21 @@ def regenerate(names: list[str]) -> int:
 
     text = README.read_text(encoding="utf-8")  # read again: the README may have been edited meanwhile
     README.write_text(BLOCK.sub(replace, text), encoding="utf-8")
+    if set(names) == set(EXAMPLES):
+        regenerate_planning()
     return 0
+
+
+def regenerate_planning() -> None:
+    """Re-run every `$ qcli estimate …` block of docs/planning.md (each block holds its own command line)."""
+
+    def rerun(m: re.Match[str]) -> str:
+        command = m.group(1).splitlines()[0].removeprefix("$ ")
+        print(f"running docs/planning.md: {command}", file=sys.stderr)
+        return f"```console\n{run_example(command)}```\n"
+
+    text = PLANNING.read_text(encoding="utf-8")
+    PLANNING.write_text(re.sub(r"```console\n(.*?)```\n", rerun, text, flags=re.S), encoding="utf-8")
 
 
 def check(names: list[str]) -> int:

@@ -56,3 +56,16 @@ def test_readme_example_matches(name, qcli_cache):
 @pytest.mark.parametrize("name", sorted(ex.LOADING))
 def test_readme_loading_example_matches(name, qcli_cache):
     _check(name, qcli_cache)
+
+
+PLANNING = (ROOT / "docs" / "planning.md").read_text(encoding="utf-8")
+PLANNING_BLOCKS = re.findall(r"```console\n(.*?)```\n", PLANNING, re.S)
+
+
+@pytest.mark.parametrize("body", PLANNING_BLOCKS, ids=[b.splitlines()[0][2:60] for b in PLANNING_BLOCKS])
+def test_planning_doc_examples_match(body: str) -> None:
+    """docs/planning.md's outputs are what qcli prints today (estimate only: no model loads)."""
+    command = body.splitlines()[0]
+    assert command.startswith("$ qcli estimate "), command
+    fresh = ex.run_example(command[2:])
+    assert ex.normalize(body) == ex.normalize(fresh), f"re-run the block; now:\n{fresh}"
