@@ -95,8 +95,12 @@ def bench_hub(out: Path = ROOT / "docs" / "bench-hub.md", runs: int = RUNS) -> s
         f"| same, warm, `HF_HUB_OFFLINE=1` | {t['offline']:.3f} | {ratio['offline']:.2f} | ≤ {WARM_TARGET} |",
         f"| same, warm, `--revision <commit sha>` | {t['commit']:.3f} | {ratio['commit']:.2f} | ≤ {WARM_TARGET} |",
         "",
-        "Online, a warm run still asks the hub which commit the branch is at (one HEAD request, no retries) and so",
-        "imports huggingface_hub's HTTP client; offline or at a commit sha the cached files are read directly.",
+        "Online, a warm run still asks the hub which commit the branch is at: one HEAD request, made with the",
+        "standard library (importing huggingface_hub's HTTP client would cost more than a whole local estimate);",
+        "any answer but a plain 200 with a commit goes to huggingface_hub, which names the failure. Offline or at",
+        "a commit sha the cached files are read directly. A cold run downloads config.json with `hf_hub_download`",
+        "and reads the safetensors headers with `get_safetensors_metadata`: importing huggingface_hub's client",
+        "and its API module is most of what it costs over the local copy.",
         "",
     ]
     text = "\n".join(lines)

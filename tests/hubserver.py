@@ -159,13 +159,7 @@ def _handler(server: HubServer, host: str) -> type[BaseHTTPRequestHandler]:
 
         # -- answers ---------------------------------------------------------------------------------
         def _send(self, status: int, headers: dict[str, str], body: bytes, head: bool) -> None:
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if not head:
-                self.wfile.write(body)
+            # Logged before answering: a client that has its answer finds its request in the log.
             server.record(
                 Request(
                     self.command,
@@ -177,6 +171,13 @@ def _handler(server: HubServer, host: str) -> type[BaseHTTPRequestHandler]:
                     "Authorization" in self.headers,
                 )
             )
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
 
         def _error(self, status: int, code: str | None, message: str, head: bool, **extra: str) -> None:
             headers = {"Content-Type": "application/json", **extra}

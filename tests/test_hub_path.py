@@ -268,6 +268,78 @@ def test_a_cached_commit_needs_no_request(cli, hub: HubServer, hub_repos):
     assert hub.log == []  # a commit's files never change: nothing to ask
 
 
+def test_a_warm_run_asks_one_head_request(cli, hub: HubServer, hub_repos):
+    assert cli("estimate", "acme/tiny-llama").code == 0
+    hub.clear_log()
+    r = cli("estimate", "acme/tiny-llama", "--json")
+    assert r.code == 0, r.err
+    assert config_from(r.json()) == "cache" and commit_of(r.json()) == hub_repos["acme/tiny-llama"].sha
+    assert [(q.method, q.path, q.status) for q in hub.log] == [
+        ("HEAD", "/acme/tiny-llama/resolve/main/config.json", 200)
+    ]
+
+
+def test_a_warm_run_imports_no_http_client(hub: HubServer, hub_repos):
+    """The warm path's one request goes through the standard library (docs/bench-hub.md says why)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from qcli.cli import main\n"
+        "rc = main(['estimate', 'acme/tiny-llama'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('httpx')))\n"
+        "sys.exit(rc)\n"
+    )
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip().splitlines()[-1] != "[]"  # cold: huggingface_hub downloaded the config
+    hub.clear_log()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert [q.method for q in hub.log] == ["HEAD"]
+
+
+def test_a_moved_branch_is_followed(cli, hub: HubServer, hub_repos, monkeypatch):
+    """Warm, the branch is still asked for: when it moved, the new commit's files are downloaded."""
+    assert cli("estimate", "acme/tiny-llama").code == 0
+    moved = "f" * 40
+    monkeypatch.setitem(hub_repos["acme/tiny-llama"].branches, "main", moved)
+    r = cli("estimate", "acme/tiny-llama", "--json")
+    assert r.code == 0, r.err
+    assert commit_of(r.json()) == moved and config_from(r.json()) == "hub"
+
+
+def test_a_warm_gated_repo_needs_the_token_again(cli, hub: HubServer, monkeypatch):
+    """The warm path sends HF_TOKEN as huggingface_hub would; without a token the hub's refusal is named."""
+    monkeypatch.setenv("HF_TOKEN", GOOD_TOKEN)
+    assert cli("estimate", "acme/gated-llama").code == 0
+    hub.clear_log()
+    r = cli("estimate", "acme/gated-llama", "--json")
+    assert r.code == 0, r.err
+    assert config_from(r.json()) == "cache" and [q.authorization for q in hub.log] == [True]
+    monkeypatch.delenv("HF_TOKEN")
+    one_line_error(cli("estimate", "acme/gated-llama"), "gated")
+
+
+def test_a_silent_hub_is_waited_for_once(cli, hub: HubServer, monkeypatch, tmp_path, hub_repos):
+    """An endpoint that accepts connections and never answers: one HF_HUB_ETAG_TIMEOUT, then the cache."""
+    import socket
+
+    assert cli("estimate", "acme/tiny-llama").code == 0
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        point_hub_at(monkeypatch, f"http://127.0.0.1:{silent.getsockname()[1]}", tmp_path / "hf-home")
+        t0 = time.perf_counter()
+        r = cli("estimate", "acme/tiny-llama", "--json")
+        took = time.perf_counter() - t0
+    assert r.code == 0, r.err
+    assert config_from(r.json()) == "cache" and commit_of(r.json()) == hub_repos["acme/tiny-llama"].sha
+    assert 2 <= took < 2 * 2, took  # point_hub_at sets HF_HUB_ETAG_TIMEOUT=2: waited once, not twice
+
+
 def test_unreachable_with_a_cached_config_uses_the_cache(cli, hub: HubServer, monkeypatch, tmp_path, hub_repos):
     assert cli("estimate", "acme/tiny-llama").code == 0
     from tests.hubserver import free_port

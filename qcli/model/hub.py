@@ -169,6 +169,13 @@ def fetch(repo_id: str, filename: str, revision: str | None, token: str | None) 
         if offline():
             check_repo_id(repo_id)
             raise HubOffline(repo_id=repo_id, revision=rev, filename=filename, endpoint=endpoint())
+    try:
+        commit = _probe_commit(repo_id, filename, rev, token)
+    except TimeoutError as exc:  # asked once: huggingface_hub would wait as long again
+        return _cache_or_raise(exc, repo_id, filename, rev)
+    path = _cached(repo_id, filename, commit) if commit else None
+    if path is not None:
+        return HubFile(path, commit, "cache")
     check_repo_id(repo_id)
     from huggingface_hub import hf_hub_download
     from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url
@@ -182,13 +189,74 @@ def fetch(repo_id: str, filename: str, revision: str | None, token: str | None) 
         path = Path(hf_hub_download(repo_id, filename, revision=rev, token=token))
         return HubFile(path, _commit_of(path), "hub")
     except _failures() as exc:
-        cached = None if _is_refusal(exc) else _cached(repo_id, filename, rev)
-        if cached is not None:
-            status = _status(exc)
-            why = f"HTTP {status}" if status is not None else type(exc).__name__
-            return HubFile(cached, _commit_of(cached), "cache", fallback=f"the hub at {endpoint()} failed ({why})")
-        _raise_for(exc, repo_id, rev, filename)
+        return _cache_or_raise(exc, repo_id, filename, rev)
+
+
+def _cache_or_raise(exc: BaseException, repo_id: str, filename: str, revision: str) -> HubFile:
+    """Return the cached copy when the hub gave no answer or a server error; raise the HubError otherwise."""
+    cached = None if _is_refusal(exc) else _cached(repo_id, filename, revision)
+    if cached is None:
+        _raise_for(exc, repo_id, revision, filename)
+        raise exc
+    status = _status(exc)
+    why = f"HTTP {status}" if status is not None else type(exc).__name__
+    return HubFile(cached, _commit_of(cached), "cache", fallback=f"the hub at {endpoint()} failed ({why})")
+
+
+def _probe_commit(repo_id: str, filename: str, revision: str, token: str | None) -> str | None:
+    """Return the commit `revision` is at, asked with one HEAD request, when a copy of the repo is cached.
+
+    The warm path's only question to the hub. huggingface_hub's HTTP client takes longer to import than
+    a whole local estimate (docs/bench-hub.md), so this one request goes through the standard library:
+    the same URL and `X-Repo-Commit` header `get_hf_file_metadata` reads, the token huggingface_hub would
+    send from --token or HF_TOKEN, no redirects followed. Anything but a plain 200 with a commit returns
+    None, and huggingface_hub then asks again and names what went wrong. Nothing cached: None, no request.
+    """
+    from huggingface_hub import constants
+
+    if not (Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}").is_dir():
+        return None
+    import http.client
+    from urllib.parse import quote, urlsplit
+
+    # The URL hf_hub_url builds: the template carries HF_ENDPOINT.
+    template = constants.HUGGINGFACE_CO_URL_TEMPLATE
+    url = urlsplit(template.format(repo_id=repo_id, revision=quote(revision, safe=""), filename=quote(filename)))
+    if url.scheme not in ("http", "https") or not url.hostname:
+        return None
+    token = token or _implicit_token()
+    headers = {"Accept-Encoding": "identity", "User-Agent": "qcli"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    conn = kind(url.hostname, url.port, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    try:
+        conn.request("HEAD", url.path, headers=headers)
+        response = conn.getresponse()
+        commit = response.getheader("X-Repo-Commit") if response.status == 200 else None
+    except TimeoutError:
         raise
+    except (OSError, http.client.HTTPException, ValueError):
+        return None  # huggingface_hub asks again and names the failure
+    finally:
+        conn.close()
+    return commit if commit and _COMMIT.fullmatch(commit) else None
+
+
+def _implicit_token() -> str | None:
+    """Return the token huggingface_hub sends unasked from the environment (HF_TOKEN); None otherwise.
+
+    A token saved by `hf auth login` is not read here: without it a private repo answers 401/404 and the
+    request is made again through huggingface_hub, which reads it.
+    """
+    import os
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_DISABLE_IMPLICIT_TOKEN:
+        return None
+    token = (os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or "").strip()
+    return token or None
 
 
 def _headers_record(cache_dir: Path, repo_id: str, commit: str) -> Path:

@@ -37,6 +37,8 @@ class GPU(BaseModel):
 class Device(BaseModel):
     """A device to plan for: its capacity in bytes and, when known, its compute features."""
 
+    model_config = ConfigDict(defer_build=True)
+
     name: str
     capacity_bytes: int
     compute_capability: str | None = None
