@@ -95,6 +95,15 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def test_command_modules_keep_annotations_evaluated():
+    """Typer reads each command's signature on every run: string annotations would be re-evaluated (app.py)."""
+    commands = [p for p in sorted((PACKAGE / "cli").glob("*.py")) if not p.name.startswith("_")]
+    assert len(commands) >= 7  # app, estimate, load, verify, compare, presets, env
+    for path in commands:
+        imports = [n for n in ast.parse(path.read_text()).body if isinstance(n, ast.ImportFrom)]
+        assert all(n.module != "__future__" for n in imports), path.name
+
+
 def test_no_import_cycles():
     graph = _edges()
     assert "qcli.plan.estimate" in graph["qcli.run.loader"]  # the graph is really read

@@ -1,7 +1,5 @@
 """`qcli compare MODEL --presets …`: each preset in its own worker process."""
 
-from __future__ import annotations
-
 import importlib.util
 from pathlib import Path
 from typing import Annotated

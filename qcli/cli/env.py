@@ -1,7 +1,5 @@
 """`qcli env`: versions and GPUs for a bug report (transformers, accelerate and hf have one too)."""
 
-from __future__ import annotations
-
 from qcli.cli._options import JsonOpt
 from qcli.environment import env_report
 from qcli.output.console import console, print_json, render_env

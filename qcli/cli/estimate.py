@@ -1,7 +1,5 @@
 """`qcli estimate`: flags -> EstimateOptions -> run_estimate -> a view or JSON."""
 
-from __future__ import annotations
-
 import contextlib
 import sys
 from typing import Annotated

@@ -1,7 +1,5 @@
 """`qcli load MODEL --preset P`."""
 
-from __future__ import annotations
-
 from qcli.cli._options import (
     DeviceMapOpt,
     DeviceOpt,

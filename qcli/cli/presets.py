@@ -1,7 +1,5 @@
 """`qcli presets` and `qcli presets show NAME`."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

@@ -1,7 +1,5 @@
 """`qcli verify MODEL --preset P`: the CI gate."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

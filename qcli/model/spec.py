@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from math import isqrt, prod
 from typing import Any, Literal
 
@@ -44,7 +45,7 @@ class TensorSpec:
     # lm_head only: whether its module is an exact nn.Linear / Conv1D, the only modules bitsandbytes converts.
     convertible: bool = True
 
-    @property
+    @cached_property  # frozen: the shape never changes, and plans read it thousands of times
     def numel(self) -> int:
         return prod(self.shape)
 

@@ -148,6 +148,7 @@ class WeightLayout:
     blocks: dict[str, int]  # placement block (decoder layer or top-level module) -> weight bytes, in module order
     quantized: set[str]
     quantized_params: int
+    params: int  # the model's unique parameters (tied weights once): the same for every format
 
     # largest_layer() of these blocks, once: fit.py's binary searches build dozens of plans on one layout
     largest: tuple[LargestLayer | None] | None = field(default=None, repr=False, compare=False)
@@ -164,20 +165,24 @@ def weight_layout(spec: ModelSpec, fmt: Format, load_dtype: str, skip_modules: l
     sizes: dict[ComponentKey, int] = defaultdict(int)
     params: dict[ComponentKey, int] = defaultdict(int)
     blocks: dict[str, int] = {}
+    total_params = 0
     for t in spec.tensors:
         block = block_of(t.name)
         dtype = stored_dtype(t, load_dtype, fp32)
+        numel = t.numel
+        if t.role != "buffer":
+            total_params += numel
         for i, (key, size) in enumerate(tensor_parts(t, fmt, dtype, quantized)):
             sizes[key] += size
             if i == 0 and t.role != "buffer":  # a tensor's elements are counted on its first part
-                params[key] += t.numel
+                params[key] += numel
             blocks[block] = blocks.get(block, 0) + size
     components = [
         Component(kind=k[0], group=k[1], dtype=k[2], format=k[3], size_bytes=size, num_params=params.get(k) or None)
         for k, size in sizes.items()
     ]
     qparams = sum(t.numel for t in spec.tensors if t.name in quantized) if fmt.kind != "dense" else 0
-    return WeightLayout(components, blocks, quantized, qparams)
+    return WeightLayout(components, blocks, quantized, qparams, total_params)
 
 
 def cache_layers(spec: ModelSpec) -> list[CacheLayer]:
@@ -322,6 +327,7 @@ def verdict(rows: list[DeviceFit]) -> tuple[bool, str]:
 def build_plan(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None = None) -> Plan:
     """Return the full plan of one model under one request."""
     layout = layout or plan_layout(spec, req)
+    params = layout.params
     components = list(layout.components)
     blocks = dict(layout.blocks)
     if layout.largest is None:
@@ -361,9 +367,8 @@ def build_plan(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None = 
         weights_pg, training = training_state(spec, t, req.fmt, req.load_dtype, layout.components, unit)
         components = weights_pg + training.components
         if t.strategy.startswith("zero") or any(c.device == "cpu" for c in components):
-            host = host_bytes_per_node(t.strategy, components, t.node_gpus, spec.params, largest.module_params)
+            host = host_bytes_per_node(t.strategy, components, t.node_gpus, params, largest.module_params)
     total = sum(c.size_bytes for c in components if c.device == "gpu")
-    params = spec.params
     plan = Plan(
         format=req.fmt.key,
         preset=req.preset,
