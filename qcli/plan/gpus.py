@@ -54,7 +54,9 @@ def catalog() -> tuple[GPU, ...]:
     """Return the GPUs of configs/gpus.yaml, validated."""
     import yaml  # lazily: `qcli estimate --params` without --gpu reads no YAML
 
-    raw = yaml.safe_load(config_file("gpus.yaml").read_text(encoding="utf-8"))
+    from qcli.plan.safe_yaml import SAFE_LOADER
+
+    raw = yaml.load(config_file("gpus.yaml").read_text(encoding="utf-8"), Loader=SAFE_LOADER)
     return tuple(GPU.model_validate(item) for item in raw)
 
 

@@ -14,6 +14,10 @@ import yaml
 
 from qcli.errors import UsageError
 
+# libyaml's parser when PyYAML was built with it (the wheels are): the same safe constructor, about ten
+# times quicker to parse than the pure-Python one, which was most of reading gpus.yaml (docs/bench.md).
+SAFE_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 MAX_VALUES = 10_000  # values after alias expansion; a preset has about twenty
 MAX_DEPTH = 32  # a preset nests three levels
 
@@ -59,7 +63,7 @@ def load_yaml(text: str, where: str) -> Any:
     yaml.YAMLError passes through for the caller to report with its line and column.
     """
     try:
-        data = yaml.safe_load(text)  # safe_load: a !!python tag never executes
+        data = yaml.load(text, Loader=SAFE_LOADER)  # a safe loader: a !!python tag never executes
     except RecursionError:
         raise UsageError(f"{where}: YAML nested too deeply") from None
     try:
