@@ -25,8 +25,10 @@ from qcli.model.installed import transformers_version
 from qcli.model.spec import AttentionShape, CacheLayer, ModelSpec, Role, TensorSpec
 from qcli.resources import cache_root
 
-# Bump when what a cached spec holds changes: older entries are then ignored.
-SPEC_CACHE_VERSION = 3
+# Bump when what a cached spec holds changes: older entries are then ignored (4: compressing cache layers).
+SPEC_CACHE_VERSION = 4
+# CacheLayer fields that hold (elements, dtype) pairs.
+ELEMS_FIELDS = ("per_token", "state", "per_entry", "pending", "carried")
 # transformers' caches follow the model's dtype; the probe runs in bfloat16 so a state tensor kept in
 # float32 (mamba's SSM state) shows as one with a fixed dtype.
 PROBE_DTYPE = "bfloat16"
@@ -58,19 +60,16 @@ def spec_from_json(data: dict[str, Any]) -> ModelSpec:
     if data.get("attention") is not None:
         data["attention"] = AttentionShape(**data["attention"])
     if data.get("cache") is not None:
-        data["cache"] = [
-            CacheLayer(
-                kind=c["kind"],
-                per_token=tuple((n, d) for n, d in c["per_token"]),
-                window=c["window"],
-                state=tuple((n, d) for n, d in c["state"]),
-            )
-            for c in data["cache"]
-        ]
+        data["cache"] = [_cache_layer_from_json(c) for c in data["cache"]]
     for key in ("keep_in_fp32", "keep_in_fp32_strict", "default_skips"):
         if data.get(key) is not None:
             data[key] = tuple(data[key])
     return ModelSpec(**data)
+
+
+def _cache_layer_from_json(c: dict[str, Any]) -> CacheLayer:
+    elems = {key: tuple((n, d) for n, d in c[key]) for key in ELEMS_FIELDS}
+    return CacheLayer(kind=c["kind"], window=c["window"], compress_rate=c["compress_rate"], **elems)
 
 
 def from_meta(cfg: dict[str, Any], trust_remote_code: bool = False, cache_dir: Path | None = None) -> ModelSpec:
