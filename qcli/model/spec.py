@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from math import isqrt, prod
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from qcli.errors import UsageError
 
@@ -76,18 +76,51 @@ class AttentionShape:
 DtypeElems = tuple[tuple[int, "str | None"], ...]  # (elements, fixed dtype or None for the cache dtype)
 
 
+class CacheCounts(NamedTuple):
+    """How many of each stored unit one cache layer holds after some tokens (see CacheLayer.counts)."""
+
+    tokens: int  # per-token slots (K/V, a latent): a sliding window caps them while decoding
+    entries: int  # compressed entries, one per closed window of `compress_rate` tokens
+    pending: int  # token slots of the compressor's buffer (storage, not just the unclosed window)
+    carried: int  # 1 once a window has closed: what the compressor carries into the next window
+
+
 @dataclass(frozen=True)
 class CacheLayer:
     """What one layer of transformers' cache holds for one sequence.
 
     `per_token` grows with every token (K and V, an MLA latent, an indexer key); `state` does not (a
     mamba conv + SSM state). A sliding-window layer's steady state holds `window` tokens of storage.
+    A compressing layer (DeepSeek-V4's CSA/HCA) also keeps `per_entry` elements per closed window of
+    `compress_rate` tokens, `pending` elements per buffered token and `carried` ones once a window closed.
     """
 
-    kind: str  # full, sliding, state, full+state, sliding+state, none
+    kind: str  # full, sliding, state, full+state, sliding+state, none; +compressed for compressing layers
     per_token: DtypeElems = ()
     window: int | None = None
     state: DtypeElems = ()
+    compress_rate: int | None = None
+    per_entry: DtypeElems = ()
+    pending: DtypeElems = ()
+    carried: DtypeElems = ()
+
+    def counts(self, tokens: int, *, prefill: bool) -> CacheCounts:
+        """Return what the layer holds for `tokens` tokens: right after a prefill of them, or decoding.
+
+        transformers (DeepseekV4HCACache, DynamicSlidingWindowLayer) keeps views of concatenations: after
+        a prefill the window and the compressor's buffer still hold the whole prompt's storage. While
+        decoding, the buffer is the tokens since the last closed window plus the new one, concatenated
+        (a closing step keeps all `compress_rate` of them); right after a window closed it is the new token.
+        """
+        if tokens <= 0:
+            return CacheCounts(0, 0, 0, 0)
+        held = tokens if (prefill or self.window is None) else min(tokens, self.window)
+        rate = self.compress_rate
+        if not rate:
+            return CacheCounts(held, 0, 0, 0)
+        pending = tokens if prefill else (tokens - 1) % rate + 1
+        entries = tokens // rate
+        return CacheCounts(held, entries, pending, int(entries > 0))
 
 
 @dataclass

@@ -418,9 +418,12 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
     report.plans.append(plan)
     peak, decode = plan.kv_cache_bytes, plan.kv_cache_decode_bytes
     if peak is not None and decode is not None and decode < peak:
+        holders = "sliding-window layers"
+        if any(c.compress_rate for c in spec.cache or ()):
+            holders += " and compressor buffers"
         report.notes.append(
-            f"KV cache: {peak / 2**30:,.2f} GiB right after a {opts.context:,}-token prompt (sliding-window "
-            f"layers still hold it all), {decode / 2**30:,.2f} GiB while decoding; the total counts the first"
+            f"KV cache: {peak / 2**30:,.2f} GiB right after a {opts.context:,}-token prompt ({holders} "
+            f"still hold it all), {decode / 2**30:,.2f} GiB while decoding; the total counts the first"
         )
     if devices and opts.model is not None:
         _set_limits(spec, req, plan)

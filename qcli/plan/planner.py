@@ -202,16 +202,22 @@ def cache_layer_bytes(layer: CacheLayer, tokens: int, batch: int, kv_dtype: str,
 
     transformers' DynamicSlidingWindowLayer keeps a view of the last W-1 tokens: right after a prefill
     that view still holds the whole prompt's storage (the peak); while decoding, a W-token tensor.
+    Compressing layers add their entries, buffer and carried state (CacheLayer.counts).
     """
-    held = tokens if (prefill or layer.window is None) else min(tokens, layer.window)
-    token_bytes = sum(n * dtype_bytes(dt or kv_dtype) for n, dt in layer.per_token)
-    state_bytes = sum(n * dtype_bytes(dt or kv_dtype) for n, dt in layer.state)
-    return batch * (token_bytes * held + state_bytes)
+    counts = layer.counts(tokens, prefill=prefill)
+    parts = (
+        (layer.per_token, counts.tokens),
+        (layer.per_entry, counts.entries),
+        (layer.pending, counts.pending),
+        (layer.carried, counts.carried),
+        (layer.state, 1),
+    )
+    return batch * sum(n * dtype_bytes(dt or kv_dtype) * times for elems, times in parts for n, dt in elems)
 
 
 def kv_per_layer(spec: ModelSpec, context: int, batch: int, kv_dtype: str, *, prefill: bool = False) -> list[int]:
     """Return each cache layer's bytes at `context` tokens: while decoding (the steady state), or right
-    after a prefill of `context` tokens (prefill=True: the peak of sliding-window layers)."""
+    after a prefill of `context` tokens (prefill=True: the peak of sliding-window and compressing layers)."""
     return [cache_layer_bytes(c, context, batch, kv_dtype, prefill=prefill) for c in cache_layers(spec)]
 
 
