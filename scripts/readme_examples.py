@@ -75,12 +75,13 @@ def normalize(text: str) -> str:
         if in_speed and not line.startswith(("speed:", "preset")):
             line = re.sub(r"\d[\d,.]*", "<t>", line)  # the speed table is all timings
         if in_quality and not line.startswith(("quality", "preset")):
-            # qlora's perplexity moved in its third decimal between a CI run and a local one with the same
-            # versions and the same demo weights (cause not pinned down); two decimals still catch a change.
-            line = re.sub(r"[-+]?\d+\.\d+", lambda m: f"{float(m.group()):.2f}", line)
+            # The demo is trained in float32 on the CPU for a few seconds: another CPU's kernels sum in
+            # another order and train other weights (same versions and seed: bf16 perplexity 3.685 on an
+            # Intel CI machine, 3.543 on an AMD EPYC). The table's layout is checked, not its figures.
+            line = re.sub(r"[-+]?\d+(\.\d+)?%?", "<q>", line)
         line = re.sub(r"\d[\d,]*(\.\d+)?(?= ?(s|ms)\b)", "<t>", line)  # "1.68 s", "loaded in 2.14 s"
         line = re.sub(r"│\s*\d+\.\d+\s*│", "│ <t> │", line)  # verify's seconds column
-        line = re.sub(r"─+", "─", line)
+        line = re.sub(r"([─━═])\1+", r"\1", line)  # rules and borders widen with their columns
         out.append(" ".join(line.split()))
     return "\n".join(out)
 
