@@ -323,6 +323,24 @@ def test_a_warm_gated_repo_needs_the_token_again(cli, hub: HubServer, monkeypatc
     one_line_error(cli("estimate", "acme/gated-llama"), "gated")
 
 
+def test_a_proxy_is_not_bypassed(cli, hub: HubServer, hub_repos, monkeypatch):
+    """With a proxy set, the warm path leaves the request to huggingface_hub, which goes through it."""
+    from tests.hubserver import free_port
+
+    assert cli("estimate", "acme/tiny-llama").code == 0
+    hub.clear_log()
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # a proxy that is down
+    monkeypatch.setenv("NO_PROXY", "")
+    from huggingface_hub.utils import close_session
+
+    close_session()  # huggingface_hub's client reads the proxy from the environment when it is created
+    r = cli("estimate", "acme/tiny-llama", "--json")
+    close_session()  # the next test's client goes direct again
+    assert r.code == 0, r.err
+    assert config_from(r.json()) == "cache" and commit_of(r.json()) == hub_repos["acme/tiny-llama"].sha
+    assert hub.log == []  # nothing went to the hub around the proxy
+
+
 def test_a_silent_hub_is_waited_for_once(cli, hub: HubServer, monkeypatch, tmp_path, hub_repos):
     """An endpoint that accepts connections and never answers: one HF_HUB_ETAG_TIMEOUT, then the cache."""
     import socket

@@ -210,7 +210,9 @@ def _probe_commit(repo_id: str, filename: str, revision: str, token: str | None)
     a whole local estimate (docs/bench-hub.md), so this one request goes through the standard library:
     the same URL and `X-Repo-Commit` header `get_hf_file_metadata` reads, the token huggingface_hub would
     send from --token or HF_TOKEN, no redirects followed. Anything but a plain 200 with a commit returns
-    None, and huggingface_hub then asks again and names what went wrong. Nothing cached: None, no request.
+    None, and huggingface_hub then asks again and names what went wrong. Nothing cached, or a proxy set
+    for the endpoint's scheme (huggingface_hub's client goes through it; this probe would not): None,
+    no request.
     """
     from huggingface_hub import constants
 
@@ -222,7 +224,7 @@ def _probe_commit(repo_id: str, filename: str, revision: str, token: str | None)
     # The URL hf_hub_url builds: the template carries HF_ENDPOINT.
     template = constants.HUGGINGFACE_CO_URL_TEMPLATE
     url = urlsplit(template.format(repo_id=repo_id, revision=quote(revision, safe=""), filename=quote(filename)))
-    if url.scheme not in ("http", "https") or not url.hostname:
+    if url.scheme not in ("http", "https") or not url.hostname or _proxied(url.scheme):
         return None
     token = token or _implicit_token()
     headers = {"Accept-Encoding": "identity", "User-Agent": "qcli"}
@@ -241,6 +243,14 @@ def _probe_commit(repo_id: str, filename: str, revision: str, token: str | None)
     finally:
         conn.close()
     return commit if commit and _COMMIT.fullmatch(commit) else None
+
+
+def _proxied(scheme: str) -> bool:
+    """Return True when the environment names a proxy for `scheme` (HTTPS_PROXY, ALL_PROXY, any case)."""
+    import os
+
+    names = (f"{scheme}_proxy", "all_proxy")
+    return any(os.environ.get(n) or os.environ.get(n.upper()) for n in names)
 
 
 def _implicit_token() -> str | None:
