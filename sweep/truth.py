@@ -200,7 +200,11 @@ def quantized_modules(config: Any, bits: int, skip_modules: list[str] | None = N
 
 
 def _cache_tensors(obj: Any, found: dict[int, Any], depth: int = 0) -> None:
-    """Collect every tensor reachable from a cache object (layers, lists, dicts, attributes)."""
+    """Collect every tensor reachable from a cache object (layers, lists, dicts, attributes).
+
+    Written here again on purpose (qcli/model/cache_probe.py walks caches the same way): the truth side
+    of the sweep uses none of qcli's model code, so a bug there cannot agree with itself.
+    """
     if depth > 6 or obj is None:
         return
     if isinstance(obj, torch.Tensor):
