@@ -280,7 +280,8 @@ def test_a_warm_run_asks_one_head_request(cli, hub: HubServer, hub_repos):
 
 
 def test_a_warm_run_imports_no_http_client(hub: HubServer, hub_repos):
-    """The warm path's one request goes through the standard library (docs/bench-hub.md says why)."""
+    """The warm path's one request is written on a socket: neither huggingface_hub's client nor
+    http.client is imported (docs/bench-hub.md says why)."""
     import subprocess
     import sys
 
@@ -288,7 +289,7 @@ def test_a_warm_run_imports_no_http_client(hub: HubServer, hub_repos):
         "import sys\n"
         "from qcli.cli import main\n"
         "rc = main(['estimate', 'acme/tiny-llama'])\n"
-        "print(sorted(m for m in sys.modules if m.startswith('httpx')))\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('httpx', 'http.client'))))\n"
         "sys.exit(rc)\n"
     )
     first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -356,6 +357,55 @@ def test_a_silent_hub_is_waited_for_once(cli, hub: HubServer, monkeypatch, tmp_p
     assert r.code == 0, r.err
     assert config_from(r.json()) == "cache" and commit_of(r.json()) == hub_repos["acme/tiny-llama"].sha
     assert 2 <= took < 2 * 2, took  # point_hub_at sets HF_HUB_ETAG_TIMEOUT=2: waited once, not twice
+
+
+SHA = "e" * 40
+
+
+@pytest.mark.parametrize(
+    ("answer", "commit"),
+    [
+        ([b"HTTP/1.1 200 OK\r\nX-Repo-Commit: " + SHA.encode() + b"\r\nContent-Length: 0\r\n\r\n"], SHA),
+        ([b"HTTP/1.1 200 OK\r\n", b"x-repo-commit:  ", SHA.encode(), b"  \r\n", b"\r\n"], SHA),  # in pieces
+        ([b"SSH-2.0-OpenSSH_9.6\r\n\r\n"], None),  # not HTTP
+        ([b"HTTP/1.1 200 OK\r\nX-Repo-Commit: not-a-sha\r\n\r\n"], None),
+        ([b"HTTP/1.1 200 OK\r\nX-Repo-Commit: " + SHA.encode()], None),  # the head never ends
+        ([b"HTTP/1.1 302 Found\r\nX-Repo-Commit: " + SHA.encode() + b"\r\n\r\n"], None),  # not followed
+        ([b"HTTP/1.1 401 Unauthorized\r\nX-Repo-Commit: " + SHA.encode() + b"\r\n\r\n"], None),
+        ([b"HTTP/1.1 200 OK\r\nX-Repo-Commit: " + b"a" * 70000 + b"\r\n\r\n"], None),  # endless header
+    ],
+)
+def test_the_warm_probe_believes_only_a_plain_200_with_a_commit(monkeypatch, tmp_path, answer, commit):
+    """The warm path's one hand-written HEAD request: any answer but a 200 with a full sha is None, and
+    huggingface_hub then asks again and names what went wrong."""
+    import socket
+    import threading
+
+    from qcli.model import hub as qcli_hub
+
+    with socket.socket() as odd:
+        odd.bind(("127.0.0.1", 0))
+        odd.listen(1)
+        port = odd.getsockname()[1]
+        seen: list[bytes] = []
+
+        def serve() -> None:
+            conn, _ = odd.accept()
+            with conn:
+                seen.append(conn.recv(65536))
+                for piece in answer:
+                    conn.sendall(piece)
+                    time.sleep(0.01)
+
+        threading.Thread(target=serve, daemon=True).start()
+        point_hub_at(monkeypatch, f"http://127.0.0.1:{port}", tmp_path / "hf-home")
+        (tmp_path / "hf-home" / "hub" / "models--acme--tiny-llama").mkdir(parents=True)  # "cached"
+        monkeypatch.setenv("HF_TOKEN", GOOD_TOKEN)
+        assert qcli_hub._probe_commit("acme/tiny-llama", "config.json", "main", None) == commit
+    request = seen[0].decode("latin-1")
+    assert request.startswith("HEAD /acme/tiny-llama/resolve/main/config.json HTTP/1.1\r\n")
+    assert f"Host: 127.0.0.1:{port}\r\n" in request
+    assert f"Authorization: Bearer {GOOD_TOKEN}\r\n" in request and request.endswith("\r\n\r\n")
 
 
 def test_unreachable_with_a_cached_config_uses_the_cache(cli, hub: HubServer, monkeypatch, tmp_path, hub_repos):

@@ -207,18 +207,18 @@ def _probe_commit(repo_id: str, filename: str, revision: str, token: str | None)
     """Return the commit `revision` is at, asked with one HEAD request, when a copy of the repo is cached.
 
     The warm path's only question to the hub. huggingface_hub's HTTP client takes longer to import than
-    a whole local estimate (docs/bench-hub.md), so this one request goes through the standard library:
-    the same URL and `X-Repo-Commit` header `get_hf_file_metadata` reads, the token huggingface_hub would
-    send from --token or HF_TOKEN, no redirects followed. Anything but a plain 200 with a commit returns
-    None, and huggingface_hub then asks again and names what went wrong. Nothing cached, or a proxy set
-    for the endpoint's scheme (huggingface_hub's client goes through it; this probe would not): None,
-    no request.
+    a whole local estimate, and even the standard library's http.client pulls in the email package
+    (~25 ms, docs/bench-hub.md), so this one request is written on a socket: the same URL and
+    `X-Repo-Commit` header `get_hf_file_metadata` reads, the token huggingface_hub would send from --token
+    or HF_TOKEN, TLS verified with the system's certificates, no redirects followed. Anything but a plain
+    200 with a commit returns None, and huggingface_hub then asks again and names what went wrong.
+    Nothing cached, or a proxy set for the endpoint's scheme (huggingface_hub's client goes through it;
+    this probe would not): None, no request.
     """
     from huggingface_hub import constants
 
     if not (Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}").is_dir():
         return None
-    import http.client
     from urllib.parse import quote, urlsplit
 
     # The URL hf_hub_url builds: the template carries HF_ENDPOINT.
@@ -227,22 +227,51 @@ def _probe_commit(repo_id: str, filename: str, revision: str, token: str | None)
     if url.scheme not in ("http", "https") or not url.hostname or _proxied(url.scheme):
         return None
     token = token or _implicit_token()
-    headers = {"Accept-Encoding": "identity", "User-Agent": "qcli"}
+    lines = [f"HEAD {url.path or '/'} HTTP/1.1", f"Host: {url.netloc.rpartition('@')[2]}", "User-Agent: qcli"]
+    lines += ["Accept-Encoding: identity", "Connection: close"]
     if token:
-        headers["Authorization"] = f"Bearer {token}"
-    kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-    conn = kind(url.hostname, url.port, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+        lines.append(f"Authorization: Bearer {token}")
     try:
-        conn.request("HEAD", url.path, headers=headers)
-        response = conn.getresponse()
-        commit = response.getheader("X-Repo-Commit") if response.status == 200 else None
+        head = _head_response(url.scheme, url.hostname, url.port, "\r\n".join(lines) + "\r\n\r\n")
     except TimeoutError:
         raise
-    except (OSError, http.client.HTTPException, ValueError):
+    except (OSError, ValueError, UnicodeError):
         return None  # huggingface_hub asks again and names the failure
-    finally:
-        conn.close()
+    status, headers = head
+    commit = headers.get("x-repo-commit") if status == 200 else None
     return commit if commit and _COMMIT.fullmatch(commit) else None
+
+
+def _head_response(scheme: str, host: str, port: int | None, request: str) -> tuple[int, dict[str, str]]:
+    """Send one HEAD request and return (status, headers with lower-case names). Raises OSError/ValueError."""
+    import socket
+
+    from huggingface_hub import constants
+
+    port = port or (443 if scheme == "https" else 80)
+    with socket.create_connection((host, port), timeout=constants.HF_HUB_ETAG_TIMEOUT) as raw:
+        sock = raw
+        if scheme == "https":
+            import ssl
+
+            sock = ssl.create_default_context().wrap_socket(raw, server_hostname=host)
+        sock.sendall(request.encode("latin-1"))
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(16384)
+            if not chunk or len(data) > 65536:
+                raise ValueError("no complete response head")
+            data += chunk
+    status_line, *header_lines = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    version, status, *_ = status_line.split(" ", 2)
+    if not version.startswith("HTTP/1."):
+        raise ValueError(f"not an HTTP/1 response: {status_line[:40]!r}")
+    headers = {}
+    for line in header_lines:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return int(status), headers
 
 
 def _proxied(scheme: str) -> bool:
