@@ -11,14 +11,14 @@ from hypothesis import strategies as st
 
 from qcli.model.describe import from_config
 from qcli.plan.distributed import StateInput, host_bytes_per_node, model_states
-from qcli.plan.fit import CONTEXT_SEARCH_LIMIT, largest_true, max_context
+from qcli.plan.fit import CONTEXT_SEARCH_LIMIT, largest_fitting, largest_true, max_context
 from qcli.plan.formats import parse_format
 from qcli.plan.gpus import Device
 from qcli.plan.planner import PlanRequest, build_plan
 from qcli.plan.presets import load_preset
 from qcli.plan.training import TrainingRequest
 from qcli.results import Component
-from qcli.units import GIB
+from qcli.units import GIB, MIB
 from tests.conftest import fixture_config
 
 # DeepSpeed's own outputs (deepspeedai/DeepSpeed @ edaa722, 2026-08-22), computed with its formulas:
@@ -252,6 +252,49 @@ def test_max_context_is_the_largest_that_fits(gib, preset, device_map):
 def test_largest_true_finds_the_boundary(threshold, limit):
     found = largest_true(lambda n: n <= threshold, limit)
     assert found == (None if threshold < 1 else min(threshold, limit))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    threshold=st.integers(min_value=0, max_value=2**24),
+    limit=st.integers(min_value=1, max_value=2**24),
+    power=st.sampled_from([1, 2, 3]),
+    step=st.sampled_from([1, 7, 4096]),
+    base=st.integers(min_value=0, max_value=10**12),
+)
+def test_largest_fitting_agrees_with_bisection_and_takes_few_steps(threshold, limit, power, step, base):
+    # Slack as plans give it: falls with n (linear, quadratic, cubic), rounded to allocator-like steps, and
+    # crosses zero just past the threshold; fits answers by the threshold alone.
+    calls = []
+
+    def probe(n: int) -> tuple[bool, int]:
+        calls.append(n)
+        slack = base + (threshold + 1) ** power - (n // step * step) ** power - 1
+        return n <= threshold, slack
+
+    found = largest_fitting(probe, limit)
+    assert found == largest_true(lambda n: n <= threshold, limit)
+    assert len(calls) <= 2 * (limit.bit_length() + 2)  # never much worse than bisection
+    assert all(1 <= n <= limit for n in calls)
+
+
+def test_the_limits_of_a_plan_take_a_handful_of_plans(monkeypatch):
+    import qcli.plan.fit as fit
+
+    built = []
+    real = fit.build_plan
+    monkeypatch.setattr(fit, "build_plan", lambda *a: built.append(1) or real(*a))
+    p = load_preset("qlora")
+    req = PlanRequest(
+        fmt=p.weight_format(),
+        load_dtype=p.dtype,
+        context=8192,
+        devices=[Device(name="T4", capacity_bytes=15360 * MIB)],
+    )
+    best = max_context(LLAMA, req)
+    assert build_plan(LLAMA, dataclasses.replace(req, context=best)).fits
+    assert not build_plan(LLAMA, dataclasses.replace(req, context=best + 1)).fits
+    assert len(built) <= 12  # bisection of 16 Mi tokens: 26
 
 
 def test_all_linear_is_every_linear_but_the_head():

@@ -1,9 +1,10 @@
 """The limits a plan leaves: the longest context and the largest batch the devices hold, found by
-binary search over the real plan (KV cache with sliding windows, device map, training state). Pure Python."""
+a search over the real plan (KV cache with sliding windows, device map, training state). Pure Python."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 from qcli.errors import UsageError
@@ -16,18 +17,69 @@ CONTEXT_SEARCH_LIMIT = 2**24
 BATCH_SEARCH_LIMIT = 2**16
 
 
+Probe = Callable[[int], tuple[bool, int | None]]  # n -> (fits, slack)
+
+
 def largest_true(fits: Callable[[int], bool], limit: int) -> int | None:
     """Return the largest n in [1, limit] with fits(n) where fits(n + 1) is False (limit if fits(limit));
-    None when fits(1) is False. Binary search: fits(lo) stays True and fits(hi) False."""
-    if not fits(1):
+    None when fits(1) is False. Bisection."""
+    return largest_fitting(lambda n: (fits(n), None), limit)
+
+
+def largest_fitting(probe: Probe, limit: int) -> int | None:
+    """largest_true for a `probe` answering n -> (fits, slack). The bracket keeps fits(lo) True and
+    fits(hi) False.
+
+    Slack is a number that falls as n grows and crosses zero near the boundary (a plan's headroom in
+    bytes), or None. With slack, the next n is guessed where the slack's secant between lo and hi
+    crosses zero (regula falsi, Illinois variant: when one end moves twice running, the other end's
+    slack is halved, so a convex slack, such as training activations that grow with the square of the
+    context, does not creep in from one side). A guess that does not halve the bracket's width in bits,
+    log2(hi / lo), is followed by one bisection step (of the logarithm while hi > 2·lo), so the search
+    takes at most about twice bisection's steps, and usually a handful: memory grows about
+    linearly with context and batch. Only the answers of `fits` move the bracket: for a `fits` that
+    stays False once False, the answer is the bisection's.
+    """
+    ok, s_lo = probe(1)
+    if not ok:
         return None
-    if fits(limit):
+    ok, s_hi = probe(limit)
+    if ok:
         return limit
-    lo, hi = 1, limit
+    lo, hi, secant, moved = 1, limit, True, ""
     while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        width = math.log2(hi / lo)
+        interpolate = secant and s_lo is not None and s_hi is not None and s_lo > s_hi
+        if interpolate:
+            guess = lo + (hi - lo) * s_lo // (s_lo - s_hi)
+        elif hi > 2 * lo:
+            guess = math.isqrt(lo * hi)  # bisect the logarithm: first the order of magnitude
+        else:
+            guess = (lo + hi) // 2
+        mid = min(max(guess, lo + 1), hi - 1)
+        ok, slack = probe(mid)
+        if ok:
+            if moved == "lo" and s_hi is not None:
+                s_hi //= 2  # the same end moved twice: weigh the other less (Illinois), for convex slack
+            lo, s_lo, moved = mid, slack, "lo"
+        else:
+            if moved == "hi" and s_lo is not None:
+                s_lo //= 2
+            hi, s_hi, moved = mid, slack, "hi"
+        # After a guess that did not halve the bracket (in bits), one bisection step; then guess again.
+        secant = not interpolate or 2 * math.log2(hi / lo) <= width
     return lo
+
+
+def _plan_probe(spec: ModelSpec, layout: WeightLayout, make: Callable[[int], PlanRequest]) -> Probe:
+    """n -> (the plan fits, the least headroom in bytes over the GPUs that know their capacity)."""
+
+    def probe(n: int) -> tuple[bool, int | None]:
+        plan = build_plan(spec, make(n), layout)
+        rooms = [d.headroom_bytes for d in plan.devices if d.kind == "gpu" and d.headroom_bytes is not None]
+        return bool(plan.fits), min(rooms) if rooms else None
+
+    return probe
 
 
 def _with(req: PlanRequest, context: int | None = None, batch: int | None = None) -> PlanRequest:
@@ -50,7 +102,7 @@ def max_context(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None =
     if not req.devices or not cache_layers(spec):
         return None
     layout = layout or plan_layout(spec, req)
-    return largest_true(lambda n: bool(build_plan(spec, _with(req, context=n), layout).fits), CONTEXT_SEARCH_LIMIT)
+    return largest_fitting(_plan_probe(spec, layout, lambda n: _with(req, context=n)), CONTEXT_SEARCH_LIMIT)
 
 
 def max_batch(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None = None) -> int | None:
@@ -59,7 +111,7 @@ def max_batch(spec: ModelSpec, req: PlanRequest, layout: WeightLayout | None = N
     if not req.devices or not cache_layers(spec) or not context:
         return None
     layout = layout or plan_layout(spec, req)
-    return largest_true(lambda n: bool(build_plan(spec, _with(req, batch=n), layout).fits), BATCH_SEARCH_LIMIT)
+    return largest_fitting(_plan_probe(spec, layout, lambda n: _with(req, batch=n)), BATCH_SEARCH_LIMIT)
 
 
 def check_request(req: PlanRequest) -> None:
