@@ -3,9 +3,10 @@
 The JSON contract: every top-level object carries `schema_version`, `qcli_version` and `command`;
 every numeric field names its unit (`_bytes`, `_params`, `_tokens`, `_seconds`, `_percent`); memory
 components carry a stable machine `kind`. Human labels are built in qcli.output, never stored here.
-"""
 
-from __future__ import annotations
+No `from __future__ import annotations` here: pydantic would evaluate every field's annotation from its
+string when the class is created, about a third of this module's import time, which every command pays.
+"""
 
 from typing import Literal
 
@@ -432,7 +433,7 @@ class CompareReport(Result):
     results: list[CompareRow]
     created_at: str | None = Field(default=None, description="when the comparison ran, ISO 8601 UTC")
     model_commit: str | None = Field(default=None, description="the hub commit of the model, when known")
-    environment: Environment | None = None
+    environment: "Environment | None" = None  # defined below, with the other environment models
     notes: list[str] = Field(default_factory=list)
 
     @property

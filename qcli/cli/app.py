@@ -100,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args:
         args = ["--help"]  # bare `qcli` prints help and succeeds
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    # Pydantic plugins are found by scanning every installed distribution's entry points on the first
+    # model build (~10 ms with the `load` extra installed); qcli's result models are not a user's to
+    # instrument. Typer switches them off the same way while it builds its option parsers.
+    plugins_unset = "PYDANTIC_DISABLE_PLUGINS" not in os.environ
+    if plugins_unset:
+        os.environ["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
     try:
         result = build_app(_commands_for(args))(args=args, prog_name="qcli", standalone_mode=False)
         return int(result) if isinstance(result, int) else int(ExitCode.OK)
@@ -112,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(line + "\n")
         return outcome.code
     finally:
+        if plugins_unset:
+            os.environ.pop("PYDANTIC_DISABLE_PLUGINS", None)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
