@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ if str(ROOT) not in sys.path:  # run as a script: `python benchmarks/bench.py`
 
 from tests.hubserver import HubServer, build_repos  # noqa: E402  (needs ROOT on sys.path)
 
-RUNS = 7
+RUNS = 11
 REPO = "acme/tiny-llama-sharded"
 # Targets of issue 12: the hub path may cost this much more than the local copy.
 COLD_TARGET, WARM_TARGET = 1.5, 1.1
@@ -48,8 +49,17 @@ def _time(cmd: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - t0
 
 
+def compile_sources() -> None:
+    """Write qcli's .pyc files first, as pip does when it installs a wheel: with PYTHONDONTWRITEBYTECODE
+    set (or a fresh checkout) every timed run would compile qcli's sources again and count it."""
+    import compileall
+
+    compileall.compile_dir(ROOT / "qcli", quiet=1)
+
+
 def measure(runs: int = RUNS) -> dict[str, float]:
     """Return median wall seconds of the local, cold-hub and warm-hub (online, offline, commit) estimates."""
+    compile_sources()
     qcli = [sys.executable, "-m", "qcli", "estimate"]
     with tempfile.TemporaryDirectory(prefix="qcli-bench-hub-") as tmp_dir:
         tmp = Path(tmp_dir)
@@ -59,17 +69,24 @@ def measure(runs: int = RUNS) -> dict[str, float]:
         for name, data in repos[REPO].files.items():
             (local / name).write_bytes(data)
         with HubServer(repos) as hub:
-            times: dict[str, list[float]] = {"local": [], "cold": [], "warm": [], "offline": [], "commit": []}
             warm_env = _env(hub.url, tmp / "warm-home", tmp / "warm-qcli")
             subprocess.run([*qcli, REPO], check=True, capture_output=True, env=warm_env, cwd=ROOT)  # fill the cache
             sha = repos[REPO].sha
-            for i in range(runs):  # interleaved, so that drift on a shared machine hits every row alike
-                times["local"].append(_time([*qcli, str(local)], _env(hub.url, tmp / "l-home", tmp / "l-qcli")))
-                cold_env = _env(hub.url, tmp / f"cold-home-{i}", tmp / f"cold-qcli-{i}")
-                times["cold"].append(_time([*qcli, REPO], cold_env))
-                times["warm"].append(_time([*qcli, REPO], warm_env))
-                times["offline"].append(_time([*qcli, REPO], warm_env | {"HF_HUB_OFFLINE": "1"}))
-                times["commit"].append(_time([*qcli, REPO, "--revision", sha], warm_env))
+            rows: dict[str, tuple[list[str], Callable[[int], dict[str, str]]]] = {
+                "local": ([*qcli, str(local)], lambda i: _env(hub.url, tmp / "l-home", tmp / "l-qcli")),
+                "cold": ([*qcli, REPO], lambda i: _env(hub.url, tmp / f"cold-home-{i}", tmp / f"cold-qcli-{i}")),
+                "warm": ([*qcli, REPO], lambda i: warm_env),
+                "offline": ([*qcli, REPO], lambda i: warm_env | {"HF_HUB_OFFLINE": "1"}),
+                "commit": ([*qcli, REPO, "--revision", sha], lambda i: warm_env),
+            }
+            times: dict[str, list[float]] = {k: [] for k in rows}
+            names = list(rows)
+            for i in range(runs):
+                # Interleaved, so that drift on a shared machine hits every row alike, and in a rotating
+                # order, so that no row always runs right after the cold one (which writes a cache).
+                for name in names[i % len(names) :] + names[: i % len(names)]:
+                    cmd, env = rows[name]
+                    times[name].append(_time(cmd, env(i)))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -95,12 +112,21 @@ def bench_hub(out: Path = ROOT / "docs" / "bench-hub.md", runs: int = RUNS) -> s
         f"| same, warm, `HF_HUB_OFFLINE=1` | {t['offline']:.3f} | {ratio['offline']:.2f} | ≤ {WARM_TARGET} |",
         f"| same, warm, `--revision <commit sha>` | {t['commit']:.3f} | {ratio['commit']:.2f} | ≤ {WARM_TARGET} |",
         "",
-        "Online, a warm run still asks the hub which commit the branch is at: one HEAD request, made with the",
-        "standard library (importing huggingface_hub's HTTP client would cost more than a whole local estimate);",
-        "any answer but a plain 200 with a commit goes to huggingface_hub, which names the failure. Offline or at",
-        "a commit sha the cached files are read directly. A cold run downloads config.json with `hf_hub_download`",
-        "and reads the safetensors headers with `get_safetensors_metadata`: importing huggingface_hub's client",
-        "and its API module is most of what it costs over the local copy.",
+        "Online, a warm run still asks the hub which commit the branch is at: one HEAD request, written on a",
+        "socket (importing huggingface_hub's HTTP client would cost more than a whole local estimate, and",
+        "http.client imports the email package); any answer but a plain 200 with a commit goes to",
+        "huggingface_hub, which names the failure. Offline or at a commit sha the cached files are read",
+        "directly. A cold run downloads config.json with `hf_hub_download` and reads the safetensors headers",
+        "with `get_safetensors_metadata`: importing huggingface_hub's client (httpx, its errors, the local",
+        "folder and tqdm helpers) and its API module (HfApi, which imports the jobs, community, inference",
+        "and repo-card modules) is nearly all of what it costs over the local copy; the eleven requests",
+        "take a few milliseconds on loopback. Meeting 1.5× would mean not importing them, that is, writing",
+        "`hf_hub_download` and `get_safetensors_metadata` again by hand.",
+        "",
+        "The loopback hub answers with TCP_NODELAY, as real servers do. Before 2026-11-24 it did not: every",
+        "answer with a body waited ~40 ms for the client's delayed ACK (Nagle's algorithm), about 200 ms of",
+        "each cold run, and earlier versions of this file measured that. qcli's .pyc files are written before",
+        "timing (a fresh checkout with PYTHONDONTWRITEBYTECODE set would compile them on every run).",
         "",
     ]
     text = "\n".join(lines)
