@@ -57,8 +57,39 @@ def compile_sources() -> None:
     compileall.compile_dir(ROOT / "qcli", quiet=1)
 
 
+# What a cold run does beyond the local copy, step by step, in a fresh process per run (child of measure()).
+_STEPS = r"""
+import sys, time
+repo = sys.argv[1]
+t = [time.perf_counter()]
+from huggingface_hub import hf_hub_download
+from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url
+t.append(time.perf_counter())
+from huggingface_hub import HfApi
+t.append(time.perf_counter())
+from huggingface_hub.utils import disable_progress_bars, get_session
+get_session()
+t.append(time.perf_counter())
+get_hf_file_metadata(hf_hub_url(repo, "config.json"))
+hf_hub_download(repo, "config.json")
+t.append(time.perf_counter())
+with disable_progress_bars():
+    HfApi().get_safetensors_metadata(repo)
+t.append(time.perf_counter())
+print(" ".join(repr(b - a) for a, b in zip(t, t[1:])))
+"""
+STEPS = (
+    "import `huggingface_hub.file_download` (httpx, its errors, the local folder and tqdm helpers)",
+    "import `HfApi` (`get_safetensors_metadata` lives there; it imports the jobs, community, inference modules)",
+    "the HTTP client's first session (httpcore and an SSL context with the CA store)",
+    "config.json: metadata request and `hf_hub_download`",
+    "`get_safetensors_metadata`: the index and each shard's header, Range requests",
+)
+
+
 def measure(runs: int = RUNS) -> dict[str, float]:
-    """Return median wall seconds of the local, cold-hub and warm-hub (online, offline, commit) estimates."""
+    """Return median wall seconds of the local, cold-hub and warm-hub (online, offline, commit) estimates,
+    and of the cold run's steps (`step0`…)."""
     compile_sources()
     qcli = [sys.executable, "-m", "qcli", "estimate"]
     with tempfile.TemporaryDirectory(prefix="qcli-bench-hub-") as tmp_dir:
@@ -87,6 +118,13 @@ def measure(runs: int = RUNS) -> dict[str, float]:
                 for name in names[i % len(names) :] + names[: i % len(names)]:
                     cmd, env = rows[name]
                     times[name].append(_time(cmd, env(i)))
+            for i in range(runs):
+                env = _env(hub.url, tmp / f"steps-home-{i}", tmp / f"steps-qcli-{i}")
+                out = subprocess.run(
+                    [sys.executable, "-c", _STEPS, REPO], check=True, capture_output=True, text=True, env=env
+                ).stdout
+                for k, seconds in enumerate(out.split()):
+                    times.setdefault(f"step{k}", []).append(float(seconds))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -112,16 +150,25 @@ def bench_hub(out: Path = ROOT / "docs" / "bench-hub.md", runs: int = RUNS) -> s
         f"| same, warm, `HF_HUB_OFFLINE=1` | {t['offline']:.3f} | {ratio['offline']:.2f} | ≤ {WARM_TARGET} |",
         f"| same, warm, `--revision <commit sha>` | {t['commit']:.3f} | {ratio['commit']:.2f} | ≤ {WARM_TARGET} |",
         "",
+        f"What a cold run adds to the local copy: {1000 * (t['cold'] - t['local']):.0f} ms; meeting "
+        f"{COLD_TARGET}× leaves {1000 * (COLD_TARGET - 1) * t['local']:.0f} ms. The cold run's steps, each timed "
+        f"alone in a fresh process against the same hub (medians of {runs}):",
+        "",
+        "| step | ms |",
+        "|---|---:|",
+        *(f"| {label} | {1000 * t[f'step{k}']:.0f} |" for k, label in enumerate(STEPS)),
+        f"| all of them | {1000 * sum(t[f'step{k}'] for k in range(len(STEPS))):.0f} |",
+        "",
         "Online, a warm run still asks the hub which commit the branch is at: one HEAD request, written on a",
         "socket (importing huggingface_hub's HTTP client would cost more than a whole local estimate, and",
         "http.client imports the email package); any answer but a plain 200 with a commit goes to",
         "huggingface_hub, which names the failure. Offline or at a commit sha the cached files are read",
         "directly. A cold run downloads config.json with `hf_hub_download` and reads the safetensors headers",
-        "with `get_safetensors_metadata`: importing huggingface_hub's client (httpx, its errors, the local",
-        "folder and tqdm helpers) and its API module (HfApi, which imports the jobs, community, inference",
-        "and repo-card modules) is nearly all of what it costs over the local copy; the eleven requests",
-        "take a few milliseconds on loopback. Meeting 1.5× would mean not importing them, that is, writing",
-        "`hf_hub_download` and `get_safetensors_metadata` again by hand.",
+        "with `get_safetensors_metadata` (table above): importing huggingface_hub's client and API module and",
+        "opening its first session is nearly all of what it costs over the local copy, the requests take a",
+        "few milliseconds each on loopback. Meeting 1.5× would mean not using huggingface_hub's HTTP client",
+        "at all, that is, writing `hf_hub_download` and `get_safetensors_metadata` again by hand. (In the dev",
+        "environment hf-mem installs h2, which httpcore imports when it is there; `pip install qcli` has no h2.)",
         "",
         "The loopback hub answers with TCP_NODELAY, as real servers do. Before 2026-11-24 it did not: every",
         "answer with a body waited ~40 ms for the client's delayed ACK (Nagle's algorithm), about 200 ms of",
