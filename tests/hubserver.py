@@ -15,6 +15,10 @@ typed errors; file_download.py `get_hf_file_metadata` reads `X-Repo-Commit`, `ET
 - Errors: an unknown repo is 401 (no token) or 404 (token) with `X-Error-Code: RepoNotFound`; a gated repo
   401 (no token) or 403 (a token not granted) with `GatedRepo`; `RevisionNotFound`; `EntryNotFound` (with
   `X-Repo-Commit`); a plain 403 with no error code; and a repo whose every answer is HTTP 500.
+- Faults of one file of a repo (`Repo.faults`), for a transfer that breaks after a good HEAD: `stall`
+  (the GET answers after 30 s), `429` (every GET is rate limited, `Retry-After: 1`), `short` (the GET's
+  Content-Length promises more bytes than it sends, then the connection closes), `loop` (HEAD and GET
+  answer 301 to themselves), `404` (a plain 404 with no error code), `500` (GETs answer HTTP 500).
 
 Every request is logged (`HubServer.log`), so a test can assert, e.g., that no weights were downloaded.
 The pytest fixtures at the bottom (`hub_repos`, `hub`, `closed_endpoint`) point huggingface_hub at it.
@@ -24,12 +28,14 @@ A test module binds them to module names, which pytest collects:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -53,6 +59,7 @@ class Repo:
     access: str = "public"  # public | gated | forbidden | error500
     sha: str = ""
     branches: dict[str, str] = field(default_factory=dict)
+    faults: dict[str, str] = field(default_factory=dict)  # file name -> stall | 429 | short | loop | 404 | 500
 
     def __post_init__(self) -> None:
         digest = hashlib.sha1()
@@ -293,6 +300,8 @@ def _handler(server: HubServer, host: str) -> type[BaseHTTPRequestHandler]:
             if data is None:
                 self._error(404, "EntryNotFound", "Entry not found", head, **{"X-Repo-Commit": commit})
                 return
+            if self._fault(repo.faults.get(filename), data, head):
+                return
             headers = {"X-Repo-Commit": commit, "ETag": f'"{git_blob_sha1(data)}"'}
             if filename.endswith(LFS_SUFFIXES):
                 sha256 = hashlib.sha256(data).hexdigest()
@@ -304,6 +313,31 @@ def _handler(server: HubServer, host: str) -> type[BaseHTTPRequestHandler]:
                 self._send(302, headers, b"", head)
                 return
             self._body(data, headers, head)
+
+        def _fault(self, fault: str | None, data: bytes, head: bool) -> bool:
+            """Answer a file's fault (see the module's docstring); False when it has none for this request."""
+            if fault == "loop":
+                self._send(301, {"Location": self.path}, b"", head)
+            elif fault == "404":
+                self._send(404, {"Content-Type": "text/plain"}, b"Not Found", head)
+            elif head or fault is None:
+                return False
+            elif fault == "stall":
+                time.sleep(30)
+                with contextlib.suppress(OSError):  # the client gave up long ago
+                    self._send(200, {}, data, head)
+            elif fault == "500":
+                self._send(500, {"Content-Type": "text/plain"}, b"Internal Error", head)
+            elif fault == "429":
+                self._error(429, None, "Too many requests", head, **{"Retry-After": "1"})
+            elif fault == "short":
+                server.record(Request(self.command, host, self.path, None, 200, len(data), False))
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data) + 1000))
+                self.end_headers()
+                self.wfile.write(data)
+                self.close_connection = True
+            return True
 
         def _cdn(self, path: str, head: bool) -> None:
             m = re.fullmatch(r"/blobs/([0-9a-f]{64})", path)

@@ -67,14 +67,44 @@ def _hub(exc: BaseException) -> Outcome:
             f"{repo}: {file} is not in the local cache and HF_HUB_OFFLINE is set (offline)",
             f"unset HF_HUB_OFFLINE to fetch it, or download it first: `hf download {repo} {file}`",
         )
+    if (
+        isinstance(exc, HubUnreachable)
+        and exc.detail
+        and exc.detail.startswith(("no complete answer", "an incomplete"))
+    ):
+        return Outcome(
+            code,
+            f"the hub at {exc.endpoint} did not finish sending {file} of {repo} ({exc.detail})",
+            "check the network or try again later; HF_HUB_DOWNLOAD_TIMEOUT gives a slow link more seconds",
+        )
+    if isinstance(exc, HubUnreachable) and exc.detail and exc.detail.startswith("redirected in a loop"):
+        return Outcome(
+            code,
+            f"the hub at {exc.endpoint} redirected the request for {file} of {repo} in a loop",
+            "check HF_ENDPOINT and the proxy; try again later",
+        )
     if isinstance(exc, HubUnreachable):
         return Outcome(
             code,
             f"cannot reach the hub at {exc.endpoint} ({exc.detail}) for {repo}, and it is not in the cache",
             "check the network, the proxy or HF_ENDPOINT; with HF_HUB_OFFLINE=1 qcli reads the cache only",
         )
+    if isinstance(exc, HubServerError) and status == 429:
+        return Outcome(
+            code,
+            f"the hub at {exc.endpoint} is rate-limiting requests (HTTP 429) for {repo}",
+            f"wait a minute and try again; requests with a token get a higher limit ({login})",
+        )
+    if isinstance(exc, HubServerError) and status is not None and 400 <= status < 500:
+        return Outcome(
+            code,
+            f"the hub at {exc.endpoint} refused the request for {file} of {repo} at {rev} (HTTP {status})",
+            "check the id and the revision, and HF_ENDPOINT if it is set",
+        )
     if isinstance(exc, HubServerError):
         return Outcome(code, f"the hub at {exc.endpoint} answered HTTP {status} for {repo}", "try again later")
+    if isinstance(exc, HubAccessDenied) and exc.detail == "no token":
+        return Outcome(code, f"the hub refused access to {repo} (HTTP {status}) and no token was sent", login)
     if isinstance(exc, HubAccessDenied):
         return Outcome(code, f"the hub refused access to {repo} (HTTP {status})", "check the token's permissions")
     if isinstance(exc, HubGated):
@@ -86,6 +116,12 @@ def _hub(exc: BaseException) -> Outcome:
         return Outcome(code, f"{repo}: not found on the hub (or private)", f"check the id; for a private repo {login}")
     if isinstance(exc, HubRevisionNotFound):
         return Outcome(code, f"{repo}: revision {rev!r} not found", "give a branch, tag or commit of the repo")
+    if isinstance(exc, HubFileMissing) and file.endswith(".safetensors"):
+        return Outcome(
+            code,
+            f"{repo} has no {file} at revision {rev}, which its safetensors index lists",
+            "the checkpoint on the hub is incomplete: tell the repo's owners",
+        )
     if isinstance(exc, HubFileMissing):
         return Outcome(code, f"{repo} has no {file} at revision {rev}", "is it a transformers model?")
     return _qcli(exc)

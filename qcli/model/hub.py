@@ -6,14 +6,22 @@ times with backoff (~23 s of "Retrying in 8s", huggingface_hub file_download.py,
 path); a CLI should answer a dead endpoint in seconds. So qcli first asks for the file's metadata itself
 with `get_hf_file_metadata`, which does not retry, and only then lets `hf_hub_download` fetch the file.
 HF_TOKEN, HF_HOME, HF_ENDPOINT, HF_HUB_OFFLINE and the cache are huggingface_hub's, read there at call time.
+
+The downloads themselves (config.json, the safetensors index and headers) go through huggingface_hub,
+which retries a broken transfer five times and waits out each 429's Retry-After, printing a warning line
+each time. qcli runs them in a worker thread with a deadline (`_bounded`): its retry lines are kept
+from the terminal, and a config.json that has not arrived in HF_HUB_DOWNLOAD_TIMEOUT + 5 seconds (15 by
+default) is one line saying so.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from qcli.errors import (
     HubAccessDenied,
@@ -34,6 +42,24 @@ _NAME = r"[A-Za-z0-9][\w.\-]*"
 _URL = re.compile(
     rf"^https?://(?P<host>[^/]+)/(?P<repo>{_NAME}/{_NAME})(?:/(?:tree|blob|resolve)/(?P<rev>[^/]+)(?:/.*)?)?/?$"
 )
+# What a token may hold: visible ASCII (hub tokens are `hf_` and letters); it goes into an HTTP header.
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+T = TypeVar("T")
+
+
+class HeadersUnavailable(Exception):
+    """The hub did not give the safetensors headers (no answer, a server error, too slow): the estimate
+    goes on without stored bytes, and this message says why."""
+
+
+class _TimedOut(Exception):
+    """A huggingface_hub call that had not finished by its deadline; `status` is 429 when it was being
+    rate limited (its last warning said so)."""
+
+    def __init__(self, seconds: float, last_warning: str | None) -> None:
+        super().__init__(f"no complete answer in {seconds:g} s")
+        self.seconds = seconds
+        self.status = 429 if last_warning and last_warning.startswith("Rate limited") else None
 
 
 @dataclass(frozen=True)
@@ -61,53 +87,148 @@ def offline() -> bool:
 
 
 def parse_url(text: str) -> tuple[str, str | None] | None:
-    """Return (repo_id, revision or None) of a hub model URL; None if `text` is not a URL."""
+    """Return (repo_id, revision or None) of a hub model URL; None if `text` is not a URL.
+
+    A query or fragment (`?library=transformers`, `#files`) is dropped; the revision is URL-decoded, as the
+    hub's pages write a branch with a slash (`/tree/refs%2Fpr%2F1`)."""
     if not re.match(r"^https?://", text):
         return None
-    m = _URL.match(text)
+    from urllib.parse import unquote
+
+    m = _URL.match(re.split(r"[?#]", text, maxsplit=1)[0])
     own_host = re.sub(r"^https?://", "", endpoint()).split("/")[0].lower()
     if m is None or m.group("host").lower() not in (*HUB_HOSTS, own_host):
         raise UsageError(f"{text}: not a model URL on the hub", "give https://huggingface.co/ORG/NAME[/tree/REVISION]")
     if m.group("repo").split("/")[0] in {"datasets", "spaces", "buckets"}:
         raise UsageError(f"{text}: not a model repo", "qcli reads model repos")
-    return m.group("repo"), m.group("rev")
+    rev = m.group("rev")
+    return m.group("repo"), unquote(rev) if rev is not None else None
+
+
+def check_token(token: str | None) -> None:
+    """Raise a UsageError for a --token (or HF_TOKEN) that cannot be a token: empty, or holding spaces,
+    control or non-ASCII characters (it would go into an HTTP header as is). The token is never shown."""
+    hint = f"copy it again from {endpoint()}/settings/tokens"
+    if token is not None and not _TOKEN.fullmatch(token):
+        problem = "is empty" if not token.strip() else "holds spaces, control or non-ASCII characters"
+        raise UsageError(f"--token {problem}: not a hub token", f"{hint}, or leave --token out to use HF_TOKEN")
+    implicit = _implicit_token()
+    if token is None and implicit is not None and not _TOKEN.fullmatch(implicit):
+        raise UsageError("HF_TOKEN holds spaces, control or non-ASCII characters: not a hub token", hint)
 
 
 def _failures() -> tuple[type[BaseException], ...]:
     """Return the exception types that mean "the hub did not give the file" (all sorted by _raise_for)."""
-    import httpx2  # huggingface_hub 2.x's HTTP client: its transport errors mean "no answer"
+    # huggingface_hub 2.x's HTTP client: its request errors (transport, too many redirects, decoding) mean
+    # "no usable answer"
+    import httpx2
     from huggingface_hub import errors
 
-    return errors.HfHubHTTPError, errors.FileMetadataError, httpx2.TransportError
+    return errors.HfHubHTTPError, errors.FileMetadataError, httpx2.RequestError, _TimedOut
 
 
-def _raise_for(exc: BaseException, repo_id: str, revision: str, filename: str) -> None:
+def _raise_for(exc: BaseException, repo_id: str, revision: str, filename: str, token: str | None = None) -> None:
     """Raise the HubError that names why the hub did not give the file."""
     from huggingface_hub import errors
 
     where = {"repo_id": repo_id, "revision": revision, "filename": filename, "endpoint": endpoint()}
     status = _status(exc)
     if isinstance(exc, errors.GatedRepoError):  # a RepositoryNotFoundError: first
-        raise HubGated(**where, status=status) from None
+        raise HubGated(**where, status=status) from exc
     if isinstance(exc, errors.RepositoryNotFoundError):
-        raise HubRepoNotFound(**where, status=status) from None
+        raise HubRepoNotFound(**where, status=status) from exc
     if isinstance(exc, errors.RevisionNotFoundError):
-        raise HubRevisionNotFound(**where, status=status) from None
+        raise HubRevisionNotFound(**where, status=status) from exc
     if isinstance(exc, errors.RemoteEntryNotFoundError):
-        raise HubFileMissing(**where, status=status) from None
+        raise HubFileMissing(**where, status=status) from exc
     if status in (401, 403):
-        raise HubAccessDenied(**where, status=status) from None
+        raise HubAccessDenied(**where, status=status, detail=None if _token_sent(token) else "no token") from exc
     if status is not None:
-        raise HubServerError(**where, status=status) from None
-    raise HubUnreachable(**where, detail=type(exc).__name__) from None
+        raise HubServerError(**where, status=status) from exc
+    raise HubUnreachable(**where, detail=_no_answer(exc, filename)) from exc
+
+
+def _no_answer(exc: BaseException, filename: str) -> str:
+    """Return why a request got no usable answer: too slow, cut short, redirected in a loop, or no connection."""
+    import httpx2
+
+    if isinstance(exc, _TimedOut):
+        return str(exc)
+    if isinstance(exc, httpx2.TimeoutException) and not isinstance(exc, httpx2.ConnectTimeout):
+        return f"no complete answer in time: {type(exc).__name__}"
+    if isinstance(exc, (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.DecodingError)):
+        return f"an incomplete {filename}: {type(exc).__name__}"
+    if isinstance(exc, httpx2.TooManyRedirects):
+        return "redirected in a loop: TooManyRedirects"
+    return type(exc).__name__
+
+
+def _token_sent(token: str | None) -> bool:
+    """Return whether huggingface_hub sent a token: --token, HF_TOKEN or the one `hf auth login` saved."""
+    if token:
+        return True
+    from huggingface_hub import constants, get_token
+
+    return not constants.HF_HUB_DISABLE_IMPLICIT_TOKEN and get_token() is not None
 
 
 def _status(exc: BaseException) -> int | None:
     """Return the HTTP status of a hub error; None when there was no answer."""
     from huggingface_hub import errors
 
+    if isinstance(exc, _TimedOut):
+        return exc.status
     response = exc.response if isinstance(exc, errors.HfHubHTTPError) else None
     return response.status_code if response is not None else None
+
+
+def _deadline(transfers: int = 1) -> float:
+    """Seconds hub transfers may take in all, retries included: HF_HUB_DOWNLOAD_TIMEOUT (10) each, + 5."""
+    from huggingface_hub import constants
+
+    return transfers * constants.HF_HUB_DOWNLOAD_TIMEOUT + 5
+
+
+def _bounded(call: Callable[[], T], seconds: float) -> T:
+    """Return `call()` run in a worker thread, its exception raised here; _TimedOut after `seconds`.
+
+    huggingface_hub's retry warnings ("Trying to resume download", "Rate limited. Waiting…") are kept
+    from the terminal (with --debug they are shown); the last one tells a rate limit from a stall. A
+    thread still running at the deadline is left to the process's exit (it is a daemon).
+    """
+    import logging
+    import os
+    import threading
+
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # handed to the caller's thread as is
+            box["error"] = exc
+
+    class Last(logging.Handler):
+        message: str | None = None
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.message = record.getMessage()
+
+    logger, last = logging.getLogger("huggingface_hub"), Last(logging.WARNING)
+    quiet = os.environ.get("QCLI_DEBUG", "") in {"", "0"}
+    saved = logger.handlers[:], logger.propagate
+    if quiet:
+        logger.handlers, logger.propagate = [last], False
+    worker = threading.Thread(target=run, name="qcli-hub", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():  # its later warnings stay quiet too: the caller is about to say what happened
+        raise _TimedOut(seconds, last.message)
+    if quiet:
+        logger.handlers, logger.propagate = saved
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["value"]  # type: ignore[return-value]
 
 
 def _is_refusal(exc: BaseException) -> bool:
@@ -180,7 +301,7 @@ def fetch(repo_id: str, filename: str, revision: str | None, token: str | None) 
     from huggingface_hub import hf_hub_download
     from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url
 
-    try:
+    def download() -> HubFile:
         meta = get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=rev), token=token)
         commit = meta.commit_hash or rev
         path = _cached(repo_id, filename, commit)
@@ -188,18 +309,39 @@ def fetch(repo_id: str, filename: str, revision: str | None, token: str | None) 
             return HubFile(path, commit, "cache")
         path = Path(hf_hub_download(repo_id, filename, revision=rev, token=token))
         return HubFile(path, _commit_of(path), "hub")
+
+    try:
+        return _bounded(download, _deadline())
     except _failures() as exc:
-        return _cache_or_raise(exc, repo_id, filename, rev)
+        return _cache_or_raise(exc, repo_id, filename, rev, token)
+    except OSError as exc:  # writing the hub's cache, or a transfer that ended short ("Consistency check failed")
+        _raise_os_error(exc, repo_id, filename, rev)
+        raise
 
 
-def _cache_or_raise(exc: BaseException, repo_id: str, filename: str, revision: str) -> HubFile:
+def _raise_os_error(exc: OSError, repo_id: str, filename: str, revision: str) -> None:
+    """Raise the error for an OSError of a download: a short transfer, or the hub cache not writable."""
+    from huggingface_hub import constants
+
+    if exc.errno is None:  # huggingface_hub's own: the file it received is not the size the hub announced
+        where = {"repo_id": repo_id, "revision": revision, "filename": filename, "endpoint": endpoint()}
+        raise HubUnreachable(**where, detail=f"an incomplete {filename}: {str(exc)[:80]}") from exc
+    raise UsageError(
+        f"cannot write {filename} of {repo_id} into the hub cache {constants.HF_HUB_CACHE}: {exc.strerror}",
+        "set HF_HOME (or HF_HUB_CACHE) to a writable directory with free space",
+    ) from exc
+
+
+def _cache_or_raise(
+    exc: BaseException, repo_id: str, filename: str, revision: str, token: str | None = None
+) -> HubFile:
     """Return the cached copy when the hub gave no answer or a server error; raise the HubError otherwise."""
     cached = None if _is_refusal(exc) else _cached(repo_id, filename, revision)
     if cached is None:
-        _raise_for(exc, repo_id, revision, filename)
+        _raise_for(exc, repo_id, revision, filename, token)
         raise exc
     status = _status(exc)
-    why = f"HTTP {status}" if status is not None else type(exc).__name__
+    why = f"HTTP {status}" if status is not None else str(exc) if isinstance(exc, _TimedOut) else type(exc).__name__
     return HubFile(cached, _commit_of(cached), "cache", fallback=f"the hub at {endpoint()} failed ({why})")
 
 
@@ -294,8 +436,8 @@ def _implicit_token() -> str | None:
 
     if constants.HF_HUB_DISABLE_IMPLICIT_TOKEN:
         return None
-    token = (os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or "").strip()
-    return token or None
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or ""
+    return token.replace("\r", "").replace("\n", "").strip() or None  # cleaned as huggingface_hub does
 
 
 def _headers_record(cache_dir: Path, repo_id: str, commit: str) -> Path:
@@ -304,13 +446,21 @@ def _headers_record(cache_dir: Path, repo_id: str, commit: str) -> Path:
 
 
 def stored_bytes(
-    repo_id: str, commit: str, token: str | None, cache_dir: Path, online: bool = True
+    repo_id: str,
+    commit: str,
+    token: str | None,
+    cache_dir: Path,
+    online: bool = True,
+    revision: str | None = None,
 ) -> dict[str, int] | None:
     """Return bytes per stored dtype of the repo's safetensors at `commit`: the sum of the tensors'
     `data_offsets` spans, from the headers alone (huggingface_hub's `get_safetensors_metadata` reads them
-    with Range requests). None when the repo has no safetensors, or when not `online` (or HF_HUB_OFFLINE)
-    and not recorded.
+    with Range requests: model.safetensors, else the shards of model.safetensors.index.json, the files
+    transformers loads). Each header is checked as a local file's is (qcli.model.safetensors_header).
+    None when the repo has no safetensors, or when not `online` (or HF_HUB_OFFLINE) and not recorded.
 
+    A refusal (a shard the index lists and the repo lacks, gated, not found) and a bad header or index
+    raise, exit 2; no answer, a server error or a transfer past the deadline raise HeadersUnavailable.
     A commit's files never change, so the figures are recorded under `cache_dir` for the next run.
     """
     record = _headers_record(cache_dir, repo_id, commit)
@@ -319,25 +469,72 @@ def stored_bytes(
     if not online or offline():
         return None
     from huggingface_hub import HfApi, errors
-    from huggingface_hub.utils import disable_progress_bars
+
+    from qcli.model.safetensors_header import INDEX_NAME, SafetensorsError, check_entries, shard_names
+
+    rev = revision or commit
+    where = f"{repo_id} at {rev}"
+
+    def read() -> object:
+        import warnings
+
+        from huggingface_hub.utils import disable_progress_bars
+
+        # Its "Parse safetensors files" bar would break the one-screen output (unless the user asked for the
+        # hub's bars with HF_HUB_DISABLE_PROGRESS_BARS=0, which has priority: then no warning about it).
+        with warnings.catch_warnings(), disable_progress_bars():
+            warnings.simplefilter("ignore")
+            return HfApi(token=token).get_safetensors_metadata(repo_id, revision=commit)
 
     try:
-        with disable_progress_bars():  # its "Parse safetensors files" bar would break the one-screen output
-            meta = HfApi(token=token).get_safetensors_metadata(repo_id, revision=commit)
+        meta = _bounded(read, _deadline(3))  # the index, then the shards' headers (8 at a time)
     except errors.NotASafetensorsRepoError:
         return None
     except errors.SafetensorsParsingError as exc:
-        raise UsageError(f"{repo_id}: a safetensors header at commit {commit[:12]} cannot be read ({exc})") from None
+        first = " ".join(str(exc).split())[:120]
+        raise UsageError(
+            f"{where}: a safetensors header cannot be read ({first})", "the repo's checkpoint is damaged"
+        ) from None
     except _failures() as exc:
-        _raise_for(exc, repo_id, commit, "model.safetensors")
+        status = _status(exc)
+        if _is_refusal(exc):
+            _raise_for(exc, repo_id, rev, _requested_file(exc) or "model.safetensors", token)
+        raise HeadersUnavailable(
+            f"the hub at {endpoint()} did not give the safetensors headers "
+            f"({f'HTTP {status}' if status is not None else exc if isinstance(exc, _TimedOut) else type(exc).__name__})"
+        ) from exc
+    except OSError as exc:
+        _raise_os_error(exc, repo_id, INDEX_NAME, rev)
         raise
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # huggingface_hub parsing a hostile index
+        raise SafetensorsError(
+            where, f"huggingface_hub cannot parse it ({type(exc).__name__})", "safetensors index or header"
+        ) from None
+    if meta.sharded:
+        shard_names(f"{where}: {INDEX_NAME}", {"weight_map": meta.weight_map})
     totals: dict[str, int] = {}
-    for file_meta in meta.files_metadata.values():
-        for tensor in file_meta.tensors.values():
-            start, end = tensor.data_offsets
-            totals[tensor.dtype] = totals.get(tensor.dtype, 0) + end - start
+    for filename, file_meta in sorted(meta.files_metadata.items()):
+        header = {
+            name: {"dtype": t.dtype, "shape": t.shape, "data_offsets": list(t.data_offsets)}
+            for name, t in file_meta.tensors.items()
+        }
+        for dtype, _, nbytes in check_entries(f"{where}: {filename}", header, None).values():
+            totals[dtype] = totals.get(dtype, 0) + nbytes
     record.parent.mkdir(parents=True, exist_ok=True)
     partial = record.with_suffix(".partial")
     partial.write_text(json.dumps({"stored_bytes_by_dtype": totals}))
     partial.replace(record)
     return totals
+
+
+def _requested_file(exc: BaseException) -> str | None:
+    """Return the repo file a failed hub request asked for (`…/resolve/REV/FILE`), URL-decoded."""
+    from urllib.parse import unquote
+
+    response = getattr(exc, "response", None)
+    try:
+        path = str(response.request.url.path) if response is not None else ""
+    except Exception:  # a response built without a request
+        return None
+    _, sep, rest = path.partition("/resolve/")
+    return unquote(rest.split("/", 1)[1]) if sep and "/" in rest else None

@@ -31,8 +31,9 @@ class ModelSource:
     repo_id: str | None = None
     revision: str | None = None  # as asked for (default: main)
     commit_sha: str | None = None  # what the revision resolved to
-    # bytes per stored dtype: the sum of the tensors' data_offsets spans in the safetensors headers
-    stored_bytes: dict[str, int] = field(default_factory=dict)
+    # bytes per stored dtype: the sum of the tensors' data_offsets spans in the safetensors headers of the
+    # files transformers loads; None when unknown (no safetensors, or the hub did not give the headers)
+    stored_bytes: dict[str, int] | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -41,17 +42,19 @@ class ModelSource:
         return q if isinstance(q, dict) else None
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def _read_config(path: Path, shown: str | None = None) -> dict[str, Any]:
+    """Return a config.json's object; errors name it as `shown` (a hub file: repo, revision, file name)."""
+    name = shown or str(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        raise UsageError(f"{name}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     except RecursionError:
-        raise UsageError(f"{path}: JSON nested too deeply to be a model config") from None
+        raise UsageError(f"{name}: JSON nested too deeply to be a model config") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot be read ({exc})") from None
+        raise UsageError(f"{name}: cannot be read ({exc})") from None
     if not isinstance(data, dict):
-        raise UsageError(f"{path}: the top level must be a JSON object")
+        raise UsageError(f"{name}: the top level must be a JSON object")
     return data
 
 
@@ -59,6 +62,8 @@ def resolve(
     model: str, revision: str | None = None, read_safetensors: bool = True, token: str | None = None
 ) -> ModelSource:
     """Return the ModelSource for a local dir, a config.json path, `demo`, a hub id or a hub URL."""
+    if revision is not None and not revision.strip():
+        raise UsageError("--revision is empty", "give a branch, tag or commit, or leave --revision out for main")
     if model == DEMO_NAME:
         return ModelSource(name=DEMO_NAME, config=dict(DEMO_CONFIG), config_from="builtin")
     from_url = hub.parse_url(model)
@@ -76,9 +81,15 @@ def resolve(
             raise UsageError(f"{model}: no config.json in this directory", "point at a saved transformers model")
         # Headers are checked even when their sizes are not needed: a bad file is exit 2 before any load.
         stored = stored_bytes(path)
-        return ModelSource(
+        source = ModelSource(
             name=model, config=_read_config(cfg), config_from="local", local_dir=path, stored_bytes=stored
         )
+        if stored is None and any(path.glob("*.safetensors")):
+            source.notes.append(
+                "stored bytes unknown: no model.safetensors or model.safetensors.index.json, the files "
+                "transformers loads"
+            )
+        return source
     if model.startswith((".", "/", "~")) or not re.match(_HUB_ID, model):
         raise UsageError(
             f"{model}: no such file or directory", "give a model directory, a config.json, a hub id or a hub URL"
@@ -87,10 +98,13 @@ def resolve(
 
 
 def _from_hub(repo_id: str, revision: str | None, read_safetensors: bool, token: str | None) -> ModelSource:
+    hub.check_token(token)
     got = hub.fetch(repo_id, "config.json", revision, token)
+    rev = revision or hub.DEFAULT_REVISION
+    shown = f"{repo_id}: config.json at {rev}" + ("" if rev == got.commit_sha else f" (commit {got.commit_sha[:12]})")
     source = ModelSource(
         name=repo_id,
-        config=_read_config(got.path),
+        config=_read_config(got.path, shown),
         config_from=got.came_from,  # type: ignore[arg-type]
         repo_id=repo_id,
         revision=revision or hub.DEFAULT_REVISION,
@@ -100,12 +114,17 @@ def _from_hub(repo_id: str, revision: str | None, read_safetensors: bool, token:
         source.notes.append(f"{got.fallback}: used the cached config.json of commit {got.commit_sha[:12]}")
     if read_safetensors:
         online = got.fallback is None and not hub.offline()
-        stored = hub.stored_bytes(repo_id, got.commit_sha, token, cache_root(), online=online)
-        if stored is None:
-            source.notes.append(
-                "the repo has no safetensors weights: stored bytes unknown"
-                if online
-                else "stored bytes unknown: the hub was not asked and no earlier run recorded them"
+        try:
+            source.stored_bytes = hub.stored_bytes(
+                repo_id, got.commit_sha, token, cache_root(), online=online, revision=rev
             )
-        source.stored_bytes = stored or {}
+        except hub.HeadersUnavailable as exc:
+            source.notes.append(f"stored bytes unknown: {exc}")
+        else:
+            if source.stored_bytes is None:
+                source.notes.append(
+                    "the repo has no safetensors weights: stored bytes unknown"
+                    if online
+                    else "stored bytes unknown: the hub was not asked and no earlier run recorded them"
+                )
     return source

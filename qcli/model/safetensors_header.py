@@ -29,20 +29,24 @@ DTYPE_BYTES = {k: v // 8 for k, v in DTYPE_BITS.items() if v % 8 == 0}
 MAX_RANK = 16
 
 
+INDEX_NAME = "model.safetensors.index.json"  # transformers' SAFE_WEIGHTS_INDEX_NAME
+SINGLE_NAME = "model.safetensors"  # transformers' SAFE_WEIGHTS_NAME
+
+
 class SafetensorsError(UsageError):
-    """A .safetensors file that cannot be what it claims: exit 2 naming the file and the problem."""
+    """A .safetensors file (or its index) that cannot be what it claims: exit 2 naming the file and the problem."""
 
-    def __init__(self, path: Path, problem: str) -> None:
-        super().__init__(f"{path}: not a valid safetensors file: {problem}", "re-download or re-save the checkpoint")
+    def __init__(self, path: Path | str, problem: str, what: str = "safetensors file") -> None:
+        super().__init__(f"{path}: not a valid {what}: {problem}", "re-download or re-save the checkpoint")
 
 
-def _regular_file_size(path: Path) -> int:
+def _regular_file_size(path: Path, what: str = "safetensors file") -> int:
     try:
         st = path.stat()  # follows symlinks; a loop is ELOOP
     except OSError as exc:
-        raise SafetensorsError(path, exc.strerror or type(exc).__name__) from None
+        raise SafetensorsError(path, exc.strerror or type(exc).__name__, what) from None
     if not stat.S_ISREG(st.st_mode):
-        raise SafetensorsError(path, "not a regular file (a directory, FIFO or device)")
+        raise SafetensorsError(path, "not a regular file (a directory, FIFO or device)", what)
     return st.st_size
 
 
@@ -70,10 +74,17 @@ def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...], int]]:
         raise SafetensorsError(path, "the header is not valid JSON") from None
     if not isinstance(header, dict):
         raise SafetensorsError(path, "the header is not a JSON object")
-    return _entries(path, header, size - 8 - length)
+    return check_entries(path, header, size - 8 - length)
 
 
-def _entries(path: Path, header: dict, data_bytes: int) -> dict[str, tuple[str, tuple[int, ...], int]]:
+def check_entries(
+    path: Path | str, header: dict, data_bytes: int | None
+) -> dict[str, tuple[str, tuple[int, ...], int]]:
+    """Return {tensor name: (dtype, shape, bytes)} of a parsed header, checked; `path` names it in errors.
+
+    `data_bytes` is the size of the data after the header; None when unknown (a header read from the hub
+    with a Range request), and then only the offsets' own consistency is checked.
+    """
     out: dict[str, tuple[str, tuple[int, ...], int]] = {}
     meta = header.get("__metadata__")
     if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
@@ -100,7 +111,9 @@ def _entries(path: Path, header: dict, data_bytes: int) -> dict[str, tuple[str, 
         ):
             raise SafetensorsError(path, f"{where}: data_offsets must be [begin, end] integers")
         begin, end = offsets
-        if not 0 <= begin <= end <= data_bytes:
+        if not 0 <= begin <= end:
+            raise SafetensorsError(path, f"{where}: data_offsets {offsets} are not [begin, end] with begin ≤ end")
+        if data_bytes is not None and end > data_bytes:
             raise SafetensorsError(path, f"{where}: data_offsets {offsets} lie outside the {data_bytes:,} data bytes")
         nbytes = -(-prod(shape) * DTYPE_BITS[dtype] // 8)  # sub-byte types pack into whole bytes
         if end - begin != nbytes:
@@ -111,10 +124,58 @@ def _entries(path: Path, header: dict, data_bytes: int) -> dict[str, tuple[str, 
     return out
 
 
-def stored_bytes(directory: Path) -> dict[str, int]:
-    """Return the stored bytes per safetensors dtype over every *.safetensors file of a directory (checked)."""
+def checkpoint_files(directory: Path) -> list[Path] | None:
+    """Return the safetensors files transformers loads from `directory`: model.safetensors, else the shards
+    model.safetensors.index.json lists (checked: each one there, none outside the directory); None when
+    there is neither (other *.safetensors files, such as consolidated.safetensors, are not loaded)."""
+    single = directory / SINGLE_NAME
+    if single.exists():
+        return [single]
+    index = directory / INDEX_NAME
+    if not index.exists():
+        return None
+    if _regular_file_size(index, "index") > MAX_HEADER_BYTES:
+        raise SafetensorsError(index, f"larger than {MAX_HEADER_BYTES:,} bytes", "index")
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SafetensorsError(index, getattr(exc, "strerror", None) or type(exc).__name__, "index") from None
+    except (json.JSONDecodeError, RecursionError):
+        raise SafetensorsError(index, "not valid JSON", "index") from None
+    return [directory / name for name in shard_names(index, data)]
+
+
+def shard_names(index: Path | str, data: object) -> list[str]:
+    """Return the shard file names of a parsed safetensors index, checked (a `weight_map` of names to
+    relative file names, no `..`); `index` names it in errors."""
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise SafetensorsError(index, "weight_map must map tensor names to file names", "index")
+    names = sorted(set(weight_map.values()))
+    for name in names:
+        parts = name.replace("\\", "/").split("/")
+        if not name or name.startswith("/") or ".." in parts or "" in parts:
+            raise SafetensorsError(index, f"shard {name[:80]!r} is not a file name in the repo", "index")
+    return names
+
+
+def stored_bytes(directory: Path) -> dict[str, int] | None:
+    """Return the stored bytes per dtype of the safetensors transformers loads from `directory`; None when
+    it has neither model.safetensors nor an index. Every *.safetensors header there is checked, loaded or
+    not (a bad file is exit 2 before any load), and a shard the index lists and the directory lacks is an
+    error."""
+    files = checkpoint_files(directory)
+    for f in files or []:
+        if not f.exists():
+            raise UsageError(
+                f"{directory}: {INDEX_NAME} lists {f.relative_to(directory)}, which is missing",
+                "the checkpoint is incomplete: download or save it again",
+            )
+    headers = {f: read_header(f) for f in sorted({*directory.glob("*.safetensors"), *(files or [])})}
+    if files is None:
+        return None
     totals: dict[str, int] = {}
-    for f in sorted(directory.glob("*.safetensors")):
-        for dtype, _, nbytes in read_header(f).values():
+    for f in files:
+        for dtype, _, nbytes in headers[f].values():
             totals[dtype] = totals.get(dtype, 0) + nbytes
     return totals

@@ -359,8 +359,9 @@ def _checkpoint_lines(report: EstimateReport) -> list[str]:
         lines.append(
             f"hub: {escape(src.repo_id)} @ {escape(src.revision or 'main')} = {commit} (config from {src.config_from})"
         )
-    if m.stored_bytes is not None and m.stored_bytes_by_dtype:
+    if m.stored_bytes is not None and m.stored_bytes_by_dtype is not None:
         by_dtype = ", ".join(f"{escape(k)} {v:,}" for k, v in sorted(m.stored_bytes_by_dtype.items()))
+        by_dtype = by_dtype or "no tensors"
         line = f"stored: {m.stored_bytes:,} bytes ({human_bytes(m.stored_bytes)}) in safetensors: {by_dtype}"
         if len(report.plans) == 1:
             line += f"; planned weights: {report.plans[0].weight_bytes:,} bytes"
