@@ -44,6 +44,13 @@ def data_text(name: str) -> str:
 def cache_root() -> Path:
     """Return qcli's cache dir: $QCLI_CACHE, else $XDG_CACHE_HOME/qcli, else ~/.cache/qcli."""
     if os.environ.get("QCLI_CACHE"):
-        return Path(os.environ["QCLI_CACHE"]).expanduser()
+        from qcli.paths import user_path
+
+        root = user_path(os.environ["QCLI_CACHE"], "QCLI_CACHE")
+        if root.exists() and not root.is_dir():
+            from qcli.errors import UsageError
+
+            raise UsageError(f"QCLI_CACHE={root} is not a directory", "point QCLI_CACHE at a directory, or unset it")
+        return root
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "qcli"

@@ -65,7 +65,8 @@ def test_load_table_output(cli):
         (["demo", "--device", "cuda"], "no CUDA"),
         (["demo", "--device", "tpu"], "not a device"),
         (["demo", "--preset", "nope"], "unknown preset"),
-        (["demo", "--max-memory", "gpu0=20"], "DEVICE=SIZE"),
+        (["demo", "--max-memory", "gpu0=20"], "--device-map"),
+        (["demo", "--device-map", "auto", "--max-memory", "gpu0=20"], "DEVICE=SIZE"),
     ],
 )
 def test_load_bad_input(cli, args, needle):

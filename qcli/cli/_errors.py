@@ -157,6 +157,22 @@ def _terminated(exc: BaseException) -> Outcome:
     return Outcome(int(ExitCode.TERMINATED), "terminated (SIGTERM); temporary files were removed")
 
 
+def _os_error(exc: BaseException) -> Outcome:
+    """A file name the system refuses (too long) is the user's to fix; any other OSError is a bug."""
+    import errno
+
+    assert isinstance(exc, OSError)
+    if exc.errno == errno.ENAMETOOLONG:
+        name = str(exc.filename)[:60] + ("…" if len(str(exc.filename)) > 60 else "")
+        return Outcome(int(ExitCode.BAD_INPUT), f"{name}: file name too long", "give a shorter path")
+    return _internal(exc)
+
+
+def _internal(exc: BaseException) -> Outcome:
+    detail = _one_line(f"{type(exc).__name__}: {exc}")
+    return Outcome(int(ExitCode.FAILED), f"internal error, a bug in qcli: {detail}", DEBUG_HINT)
+
+
 def _broken_pipe(exc: BaseException) -> Outcome:
     return Outcome(int(ExitCode.FAILED), "")  # the reader went away (`qcli … | head`): nothing to say
 
@@ -172,6 +188,7 @@ ERROR_TABLE: list[tuple[type[BaseException], Callable[[BaseException], Outcome]]
     (KeyboardInterrupt, _interrupted),
     (Terminated, _terminated),
     (BrokenPipeError, _broken_pipe),
+    (OSError, _os_error),
 ]
 
 
@@ -180,5 +197,4 @@ def outcome_of(exc: BaseException) -> Outcome:
     for kind, handler in ERROR_TABLE:
         if isinstance(exc, kind):
             return handler(exc)
-    detail = _one_line(f"{type(exc).__name__}: {exc}")
-    return Outcome(int(ExitCode.FAILED), f"internal error, a bug in qcli: {detail}", DEBUG_HINT)
+    return _internal(exc)

@@ -8,6 +8,7 @@ on every run, and string annotations would be evaluated again each time (typing.
 was ~40 ms of `qcli estimate`'s start-up (docs/bench.md).
 """
 
+import contextlib
 import importlib
 import os
 import signal
@@ -18,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from qcli.cli._errors import outcome_of
-from qcli.errors import ExitCode, Terminated
+from qcli.errors import ExitCode, Terminated, UsageError
 
 # command name -> the module that defines it, in the order `qcli --help` lists them. Each module has a
 # function of the same name (or, for a group, a Typer app named `app`) and an EPILOG of examples.
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["QCLI_DEBUG"] = "1"  # workers report their tracebacks; the progress line keeps warnings
     if not args:
         args = ["--help"]  # bare `qcli` prints help and succeeds
+    _tolerate_narrow_encodings()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     # Pydantic plugins are found by scanning every installed distribution's entry points on the first
     # model build (~10 ms with the `load` extra installed); qcli's result models are not a user's to
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if plugins_unset:
         os.environ["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
     try:
+        _check_utf8(args)
         result = build_app(_commands_for(args))(args=args, prog_name="qcli", standalone_mode=False)
         return int(result) if isinstance(result, int) else int(ExitCode.OK)
     except (Exception, KeyboardInterrupt, Terminated) as exc:
@@ -122,6 +125,30 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.pop("PYDANTIC_DISABLE_PLUGINS", None)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _tolerate_narrow_encodings() -> None:
+    """Print what an ASCII or Latin-1 terminal cannot show as `?` (LC_ALL=C, PYTHONIOENCODING=latin-1):
+    qcli's tables use `≤`, `—` and `→`, and a UnicodeEncodeError after a whole load would lose the result."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("_", "-")
+        if reconfigure is not None and encoding not in {"utf-8", "utf8"}:
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="replace")
+
+
+def _check_utf8(args: list[str]) -> None:
+    """Refuse an argument that is not UTF-8 (Python keeps its raw bytes as lone surrogates): it would
+    fail deep inside a library, or be written into a report, instead of here with its position."""
+    for i, arg in enumerate(args, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "backslashreplace").decode("ascii", "replace")[:60]
+            raise UsageError(
+                f"argument {i} ({shown}) is not valid UTF-8", "use UTF-8 text, and UTF-8 file names"
+            ) from None
 
 
 def _main_thread() -> bool:

@@ -14,6 +14,7 @@ from qcli.errors import UsageError
 from qcli.model import hub
 from qcli.model.demo import DEMO_CONFIG, DEMO_NAME
 from qcli.model.safetensors_header import stored_bytes
+from qcli.paths import user_path
 from qcli.resources import cache_root
 
 _HUB_ID = r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$"
@@ -51,8 +52,10 @@ def _read_config(path: Path, shown: str | None = None) -> dict[str, Any]:
         raise UsageError(f"{name}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     except RecursionError:
         raise UsageError(f"{name}: JSON nested too deeply to be a model config") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{name}: cannot be read ({exc})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{name}: not UTF-8 text", "save config.json as UTF-8 JSON") from None
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot be read ({exc.strerror or exc})") from None
     if not isinstance(data, dict):
         raise UsageError(f"{name}: the top level must be a JSON object")
     return data
@@ -72,7 +75,13 @@ def resolve(
         if revision is not None and url_revision is not None and revision != url_revision:
             raise UsageError(f"{model} names revision {url_revision!r} and --revision says {revision!r}: give one")
         return _from_hub(repo_id, revision or url_revision, read_safetensors, token)
-    path = Path(model).expanduser()
+    if not model.strip():
+        raise UsageError("the model is empty", "give a model directory, a config.json, a hub id or a hub URL")
+    path = user_path(model, "model")
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise UsageError(
+            f"{model}: not a regular file or directory (a FIFO or device)", "give a model directory or a config.json"
+        )
     if path.is_file():
         return ModelSource(name=model, config=_read_config(path), config_from="local", local_dir=path.parent)
     if path.is_dir():

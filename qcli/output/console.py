@@ -34,14 +34,21 @@ from qcli.results import (
 from qcli.units import decimal_bytes, human_bytes, human_params, signed_percent
 
 PIPE_WIDTH = 120
+MIN_WIDTH = 40  # narrower, a table's numbers would have to wrap
 
 
 def console(stderr: bool = False) -> Console:
     """Return the console the views print to (120 columns when not a terminal)."""
     stream = sys.stderr if stderr else sys.stdout
-    # A pipe or a file gets 120 columns (logs read better unwrapped) unless COLUMNS says otherwise.
-    width = None if stream.isatty() or os.environ.get("COLUMNS") else PIPE_WIDTH
-    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
+    # A pipe or a file gets 120 columns (logs read better unwrapped) unless COLUMNS says otherwise; a
+    # COLUMNS that is not a width (0, -5, "abc") is ignored, and no layout goes below MIN_WIDTH.
+    columns = os.environ.get("COLUMNS", "").strip()
+    given = int(columns) if columns.isascii() and columns.isdigit() and int(columns) > 0 else None
+    width = given or (None if stream.isatty() else PIPE_WIDTH)
+    out = Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
+    if out.width < MIN_WIDTH:
+        out.width = MIN_WIDTH
+    return out
 
 
 def print_json(obj: BaseModel) -> None:
@@ -120,6 +127,13 @@ def _short_blocks(blocks: list[str]) -> list[str]:
     return [b.removeprefix(prefix) for b in blocks] if all(b.startswith(prefix) for b in blocks) else blocks
 
 
+def _free_cell(headroom: int | None) -> str:
+    """Return the room left on a device, or what it is short of (the JSON's negative headroom_bytes)."""
+    if headroom is None:
+        return "—"
+    return human_bytes(headroom) if headroom >= 0 else f"short {human_bytes(-headroom)}"
+
+
 def devices_table(plan: Plan) -> Table:
     """Return the fit table: one row per device (every row must fit)."""
     table = Table(box=box.HORIZONTALS, pad_edge=False, show_edge=False)
@@ -134,7 +148,7 @@ def devices_table(plan: Plan) -> Table:
             name,
             "—" if d.capacity_bytes is None else human_bytes(d.capacity_bytes),
             human_bytes(d.required_bytes),
-            "—" if d.headroom_bytes is None else human_bytes(d.headroom_bytes),
+            _free_cell(d.headroom_bytes),
             _fits_cell(d),
             escape(" to ".join(_short_blocks(d.blocks))) or "—",
         )

@@ -13,11 +13,13 @@ from qcli.model.describe import from_config
 from qcli.model.resolve import ModelSource, resolve
 from qcli.model.spec import ModelSpec, params_only
 from qcli.options import FromCli
+from qcli.paths import user_path
 from qcli.plan.distributed import STRATEGIES, check_offload, parse_strategy
 from qcli.plan.fit import CONTEXT_SEARCH_LIMIT, check_request, max_batch, max_context
 from qcli.plan.formats import COMPARISON_FORMATS, LOAD_DTYPES, Format, parse_format, parse_load_dtype
 from qcli.plan.gpus import Device, resolve_gpu
 from qcli.plan.limits import MAX_BATCH, MAX_CONTEXT, MAX_GPUS, MAX_LORA_RANK, check_int
+from qcli.plan.placement import MAX_MEMORY_HINT, parse_max_memory
 from qcli.plan.planner import (
     DEFAULT_CUDA_CONTEXT_BYTES,
     DEFAULT_MARGIN_FRACTION,
@@ -32,7 +34,7 @@ from qcli.plan.scaling import MAX_GPUS_PER_NODE, copies, how_many
 from qcli.plan.storages import cuda_prediction
 from qcli.plan.training import DEFAULT_TRAIN_SEQUENCE, TrainingRequest
 from qcli.results import EstimateReport, ModelInfo, Plan, Recommendation, SourceInfo
-from qcli.units import parse_bytes, parse_params
+from qcli.units import MAX_BYTES, parse_bytes, parse_params
 
 PARAMS_NOTE = (
     "bare --params: every parameter is taken as one quantized tensor; real models keep "
@@ -101,31 +103,52 @@ def preset_plan(spec: ModelSpec, preset: Preset, dtype: str | None = None, pre: 
     return plan
 
 
+MAX_LOAD_REPORT_BYTES = 16 * 2**20  # a `qcli load --json` report is a few kB
+
+
 def measured_cuda_context(path: Path) -> int:
     """Return the CUDA context an earlier `qcli load --json` measured (the largest over its devices)."""
+    import stat
+
     try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"--cuda-context {path}: not a regular file (a directory, FIFO or device)")
+        if st.st_size > MAX_LOAD_REPORT_BYTES:
+            raise UsageError(f"--cuda-context {path}: {st.st_size:,} bytes is too large for a `qcli load --json` file")
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"--cuda-context {path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"--cuda-context {path}: not a JSON file ({exc})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON, 4300+ digits
+        raise UsageError(f"--cuda-context {path}: not a JSON file ({_one_line(exc)})") from None
     hint = "write one on the GPU with `qcli load MODEL --device cuda --json > FILE`"
     if not isinstance(data, dict) or data.get("command") != "load":
         raise UsageError(f"--cuda-context {path}: not the output of `qcli load --json`", hint)
-    measured = [c.get("cuda_context_bytes") for c in data.get("cuda") or [] if isinstance(c, dict)]
+    cuda = data.get("cuda")
+    if not isinstance(cuda, list):
+        raise UsageError(f"--cuda-context {path}: that load ran without CUDA: it measured no CUDA context", hint)
+    measured = [c.get("cuda_context_bytes") for c in cuda if isinstance(c, dict)]
     if not measured:
         raise UsageError(f"--cuda-context {path}: that load ran without CUDA: it measured no CUDA context", hint)
-    if not all(isinstance(v, int) and v >= 0 for v in measured):
-        raise UsageError(f"--cuda-context {path}: cuda[].cuda_context_bytes must be byte counts, got {measured}")
+    if not all(type(v) is int and 0 <= v <= MAX_BYTES for v in measured):
+        shown = ", ".join(str(v)[:20] for v in measured)
+        raise UsageError(f"--cuda-context {path}: cuda[].cuda_context_bytes must be byte counts, got {shown}", hint)
     return max(measured)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:100] + ("…" if len(text) > 100 else "")
 
 
 def parse_cuda_context(value: str | None) -> tuple[int | None, str | None]:
     """Return the CUDA context bytes and their source: a size ("given"), or a `qcli load --json` file whose
     measured context is reused ("measured (FILE)"); (None, None) when not given."""
-    if not value:
+    if value is None:
         return None, None
-    path = Path(value)
+    if not value.strip():
+        raise UsageError("--cuda-context is empty", "give a size such as 500MiB, or a `qcli load --json` file")
+    path = user_path(value, "--cuda-context")
     if value.lower().endswith(".json") or path.is_file():
         return measured_cuda_context(path), f"measured ({path.name})"
     return parse_bytes(value, "--cuda-context"), "given"
@@ -169,25 +192,24 @@ def _gpu_count(opts: EstimateOptions) -> int | None:
     return check_int("--gpus", count, 1, MAX_GPUS)
 
 
-def _max_memory(text: str | None, n: int) -> list[int] | None:
-    """Return per-GPU budgets from --max-memory: '20GiB' (every GPU) or '0=20GiB,1=22GiB' (a cpu= entry
-    is read as --cpu-memory)."""
-    if text is None:
+def _max_memory(budgets: dict[int | str, int] | None, n: int) -> list[int] | None:
+    """Return per-GPU budgets from the parsed --max-memory (a cpu= entry is read as --cpu-memory)."""
+    if budgets is None:
         return None
-    parts = [p.strip() for p in text.split(",") if p.strip() and not p.strip().lower().startswith("cpu=")]
-    if not parts:
+    if "*" in budgets:
+        return [budgets["*"]] * n
+    gpus = {k: v for k, v in budgets.items() if isinstance(k, int)}
+    if not gpus:
         return None
-    if len(parts) == 1 and "=" not in parts[0]:
-        return [parse_bytes(parts[0], "--max-memory")] * n
-    budgets: dict[int, int] = {}
-    for part in parts:
-        key, _, value = part.partition("=")
-        if not key.strip().isdigit() or not value:
-            raise UsageError(f"--max-memory {text!r}: use 0=20GiB,1=22GiB or one size for every GPU")
-        budgets[int(key)] = parse_bytes(value, "--max-memory")
-    if sorted(budgets) != list(range(n)):
-        raise UsageError(f"--max-memory needs a budget for each of the {n} GPUs (0..{n - 1})")
-    return [budgets[i] for i in range(n)]
+    if n == 0:
+        raise UsageError("--max-memory budgets GPUs: give the --gpu to plan on", "e.g. --gpu A100-80GB --gpus 2")
+    if sorted(gpus) != list(range(n)):
+        raise UsageError(f"--max-memory needs a budget for each of the {n} GPU(s), {_indices(n)}", MAX_MEMORY_HINT)
+    return [gpus[i] for i in range(n)]
+
+
+def _indices(n: int) -> str:
+    return "0" if n == 1 else f"0..{n - 1}"
 
 
 def _training(opts: EstimateOptions, mode: str | None, strategy: str | None, gpus: int) -> TrainingRequest | None:
@@ -233,7 +255,37 @@ def _model_notes(source: ModelSource, spec: ModelSpec) -> list[str]:
     return notes
 
 
+# Options that only shape a training plan: given without --train they would change nothing.
+TRAINING_ONLY = (
+    "attention",
+    "optimizer",
+    "mixed_precision",
+    "master_weights",
+    "grad_checkpointing",
+    "lora_rank",
+    "lora_targets",
+)
+
+
 def _check_flags(opts: EstimateOptions) -> None:
+    for flag, value in (
+        ("--train", opts.train),
+        ("--bits", opts.bits),
+        ("--preset", opts.preset),
+        ("--cpu-memory", opts.cpu_memory),
+        ("--params", opts.params),
+        ("--gpus", opts.gpu_count),
+        ("--kv-dtype", opts.kv_dtype),
+    ):
+        if value is not None and not value.strip():
+            raise UsageError(f"{flag} is empty", "give a value, or leave the option out")
+    if any(not g.strip() for g in opts.gpus):
+        raise UsageError("--gpu is empty", "give a GPU name such as T4, or a size such as 24GB")
+    defaults = EstimateOptions()
+    given = [f for f in TRAINING_ONLY if getattr(opts, f) != getattr(defaults, f)]
+    if given and not opts.train:
+        flags = ", ".join("--" + f.replace("_", "-") for f in given)
+        raise UsageError(f"{flags} shape a training plan: add --train full|lora|qlora, or leave them out")
     if opts.params is None and opts.model is None:
         raise UsageError("give a MODEL (a directory, config.json, hub id or demo) or --params (e.g. --params 8b)")
     if opts.params is not None and opts.model is not None:
@@ -304,10 +356,12 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
     dtype_flag = parse_load_dtype(opts.dtype, "--dtype")
     kv_dtype = parse_load_dtype(opts.kv_dtype, "--kv-dtype")
     cuda_context, context_source = parse_cuda_context(opts.cuda_context)
-    cpu_memory = parse_bytes(opts.cpu_memory, "--cpu-memory") if opts.cpu_memory else None
-    for part in (opts.max_memory or "").split(","):
-        if part.strip().lower().startswith("cpu=") and cpu_memory is None:
-            cpu_memory = parse_bytes(part.strip()[4:], "--max-memory")
+    cpu_memory = parse_bytes(opts.cpu_memory, "--cpu-memory") if opts.cpu_memory is not None else None
+    budgets = parse_max_memory(opts.max_memory, opts.device_map)
+    if budgets is not None and "cpu" in budgets:
+        if cpu_memory is not None:
+            raise UsageError("--cpu-memory and --max-memory cpu= both give the CPU budget: give one")
+        cpu_memory = budgets["cpu"]
     if opts.model is None:
         source, spec, pre = None, params_only(parse_params(opts.params or "")), None
         notes = [PARAMS_NOTE]
@@ -346,7 +400,7 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
             margin_fraction=opts.margin,
             kv_dtype=kv_dtype,
             device_map=opts.device_map,
-            max_memory=_max_memory(opts.max_memory, len(devs)),
+            max_memory=_max_memory(budgets, len(devs)),
             cpu_memory=cpu_memory,
         )
         check_request(req)

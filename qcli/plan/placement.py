@@ -26,6 +26,44 @@ from qcli.model.spec import ModelSpec
 from qcli.results import LargestLayer
 
 DEVICE_MAPS = ("auto", "balanced", "sequential")
+MAX_MEMORY_HINT = "e.g. --max-memory 20GiB (every GPU) or 0=20GiB,1=22GiB,cpu=64GiB"
+
+
+def parse_max_memory(text: str | None, device_map: str | None) -> dict[int | str, int] | None:
+    """Return --max-memory as accelerate's keys (GPU index, "cpu", "disk") to bytes, checked; the one
+    reader of the flag for `estimate` and `load`. One bare size is keyed "*" (every GPU).
+
+    accelerate reads max_memory only where it places modules, so the flag needs --device-map.
+    """
+    from qcli.errors import UsageError
+    from qcli.units import parse_bytes
+
+    if text is None:
+        return None
+    if not text.strip():
+        raise UsageError("--max-memory is empty", MAX_MEMORY_HINT)
+    if device_map is None:
+        raise UsageError(
+            "--max-memory budgets what --device-map places, and no --device-map was given",
+            "add --device-map auto (or balanced, sequential)",
+        )
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) == 1 and "=" not in parts[0]:
+        return {"*": parse_bytes(parts[0], "--max-memory")}
+    out: dict[int | str, int] = {}
+    for part in parts:
+        key, sep, size = (x.strip() for x in part.partition("="))
+        # ASCII digits only: str.isdigit() is true for '²' and '٠', which int() refuses or reads as 0.
+        gpu = re.fullmatch(r"[0-9]{1,4}", key) is not None
+        if not sep or not (gpu or key.lower() in {"cpu", "disk"}):
+            raise UsageError(f"--max-memory {part[:40]!r} is not DEVICE=SIZE", MAX_MEMORY_HINT)
+        device: int | str = int(key) if gpu else key.lower()
+        if device in out:
+            raise UsageError(f"--max-memory names {key} twice", MAX_MEMORY_HINT)
+        out[device] = parse_bytes(size, "--max-memory")
+    return out
+
+
 _LAYER_RE = re.compile(r"^(.*?\.(?:layers|h|layer|blocks)\.\d+)\.")
 BALANCED_BUFFER = 1.25  # get_balanced_memory: buffer = int(1.25 * max(biggest no-split block, biggest leaf))
 SINGLE_GPU_SHARE = 0.9  # get_balanced_memory, one GPU and no max_memory given

@@ -7,12 +7,12 @@ from __future__ import annotations
 import difflib
 import re
 import reprlib
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qcli.errors import UsageError
+from qcli.paths import user_path
 from qcli.plan.formats import DENSE_FORMATS, Format, LoadDtype, normalize_dtype
 from qcli.resources import config_file, config_files
 from qcli.results import PresetInfo, PresetsReport
@@ -143,7 +143,7 @@ def builtin_names() -> list[str]:
 
 def _read(name_or_path: str) -> tuple[str, str]:
     """Return (source label, YAML text) for a preset name or a path to a YAML file."""
-    path = Path(name_or_path).expanduser()
+    path = user_path(name_or_path, "preset file")
     # A path when it looks like one or is a file: a directory named `bf16` in the cwd does not hide the preset.
     looks_like_path = path.suffix in {".yaml", ".yml"} or "/" in name_or_path or path.is_file()
     if looks_like_path:
@@ -153,8 +153,10 @@ def _read(name_or_path: str) -> tuple[str, str]:
             raise UsageError(f"preset file {name_or_path!r} does not exist", "give a YAML file or a built-in name")
         try:
             return str(path), path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"preset file {name_or_path!r} cannot be read: {exc}") from exc
+        except UnicodeDecodeError:
+            raise UsageError(f"preset file {name_or_path!r} is not UTF-8 text", "save it as UTF-8 YAML") from None
+        except OSError as exc:
+            raise UsageError(f"preset file {name_or_path!r} cannot be read: {exc.strerror or exc}") from exc
     names = {n.lower(): n for n in builtin_names()}  # preset names are case-insensitive: QLoRA is qlora
     name = names.get(name_or_path.strip().lower())
     if name is None:

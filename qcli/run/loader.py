@@ -31,7 +31,6 @@ from qcli.results import MEASURED_AT, CudaPrediction, Generation, LoadReport, Pl
 from qcli.run.demo import ensure_demo
 from qcli.run.flags import check_device_map, check_new_tokens, check_prompt, check_weights_present
 from qcli.run.measure import census, cuda_memory, reset_cuda_peaks, rss_bytes, tensor_memory
-from qcli.units import parse_bytes
 
 DEFAULT_PRESET = "qlora"
 DEFAULT_MAX_NEW_TOKENS = 16
@@ -74,7 +73,7 @@ class Prepared:
 def prepare(opts: LoadOptions) -> Prepared:
     """Return the resolved model, its description, the preset and the matching estimate; no torch."""
     check_device_map(opts.device_map)
-    parse_max_memory(opts.max_memory)
+    parse_max_memory(opts.max_memory, opts.device_map)
     check_prompt(opts.prompt)
     check_new_tokens(opts.max_new_tokens)
     if opts.device not in ("auto", "cpu"):
@@ -163,34 +162,28 @@ def resolve_device(device: str) -> str:
     return f"cuda:{index}"
 
 
-def parse_max_memory(text: str | None) -> dict[int | str, str] | None:
-    """Return accelerate's max_memory from '0=20GiB,cpu=64GiB'."""
-    if not text:
-        return None
-    out: dict[int | str, str] = {}
-    for part in text.split(","):
-        key, sep, size = part.partition("=")
-        key = key.strip()
-        # ASCII digits only: str.isdigit() is true for '²', which int() then refuses.
-        gpu = re.fullmatch(r"[0-9]{1,4}", key) is not None
-        if not sep or not (gpu or key in {"cpu", "disk"}):
-            raise UsageError(f"--max-memory {part[:40]!r} is not DEVICE=SIZE", "e.g. --max-memory 0=20GiB,cpu=64GiB")
-        parse_bytes(size, "--max-memory")
-        device: int | str = int(key) if gpu else key
-        if device in out:
-            raise UsageError(f"--max-memory names {key} twice")
-        out[device] = size.strip()
-    gpus = sorted(k for k in out if isinstance(k, int))
-    if gpus:
-        import torch
+def parse_max_memory(text: str | None, device_map: str | None) -> dict[int | str, int] | None:
+    """Return accelerate's max_memory (device -> bytes) from --max-memory, checked against this machine's
+    CUDA devices (qcli.plan.placement.parse_max_memory reads the flag)."""
+    from qcli.plan import placement
 
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if gpus[-1] >= count:
-            raise UsageError(
-                f"--max-memory names GPU {gpus[-1]}, and this machine has {count} CUDA device(s)",
-                "number GPUs from 0; use cpu= for CPU memory",
-            )
-    return out
+    budgets = placement.parse_max_memory(text, device_map)
+    if budgets is None:
+        return None
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if "*" in budgets:
+        if count == 0:
+            raise UsageError("--max-memory SIZE budgets each GPU, and this machine has no CUDA device")
+        return dict.fromkeys(range(count), budgets["*"])
+    gpus = sorted(k for k in budgets if isinstance(k, int))
+    if gpus and gpus[-1] >= count:
+        raise UsageError(
+            f"--max-memory names GPU {gpus[-1]}, and this machine has {count} CUDA device(s)",
+            "number GPUs from 0; use cpu= for CPU memory",
+        )
+    return budgets
 
 
 def model_path(source: ModelSource) -> str:
@@ -225,7 +218,7 @@ def _error_for(exc: BaseException, opts: LoadOptions) -> RunError:
 def load(opts: LoadOptions, prepared: Prepared) -> Loaded:
     """Return the model loaded with the prepared preset and dtype on the chosen device."""
     preset = prepared.preset
-    max_memory = parse_max_memory(opts.max_memory)
+    max_memory = parse_max_memory(opts.max_memory, opts.device_map)
     path = model_path(prepared.source)
     quiet_libraries(opts.progress)
     import torch

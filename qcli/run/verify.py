@@ -93,7 +93,7 @@ def validate(opts: VerifyOptions) -> Validated:
     preset = load_preset(opts.load.preset, opts.load.sets)
     if opts.reference:
         load_preset(opts.reference)
-    parse_max_memory(opts.load.max_memory)
+    parse_max_memory(opts.load.max_memory, opts.load.device_map)
     return Validated(tolerance, budget_bytes, preset)
 
 
