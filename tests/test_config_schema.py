@@ -162,3 +162,47 @@ def test_whole_number_floats_in_lists_and_text_config():
     assert type(checked["mlp_only_layers"][0]) is int
     raw = {"partial_rotary_factor": 1.0, "rope_theta": 10000.0}  # float keys stay floats
     assert validate_config(raw) == raw and type(validate_config(raw)["partial_rotary_factor"]) is float
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ({"num_key_value_heads": 64}, "num_key_value_heads 64 is more than num_attention_heads 4"),
+        ({"num_key_value_heads": 3}, "num_key_value_heads 3 does not divide num_attention_heads 4"),
+        ({"model_type": "falcon", "new_decoder_architecture": True, "num_kv_heads": 3}, "num_kv_heads 3 does not"),
+        ({"text_config": {"num_attention_heads": 8, "num_key_value_heads": 16}}, "text_config: num_key_value_heads"),
+    ],
+)
+def test_kv_heads_must_group_the_query_heads(override, needle):
+    """transformers' repeat_kv serves heads // kv_heads query heads per key/value head."""
+    with pytest.raises(UsageError, match=needle):
+        from_config({**BASES["llama"], **override})
+
+
+def test_kv_heads_that_group_the_heads_pass():
+    for kv in (1, 2, 4):
+        assert from_config({**BASES["llama"], "num_key_value_heads": kv}).attention.kv_heads == kv
+    validate_config({"num_attention_heads": [4, 8], "num_key_value_heads": [2, 2]})  # per-layer lists: unchecked
+
+
+@pytest.mark.parametrize(
+    ("layer_types", "needle"),
+    [
+        (["full_attention"], "layer_types has 1 entries and num_hidden_layers is 2"),
+        (["full_attention"] * 3, "layer_types has 3 entries and num_hidden_layers is 2"),
+        (["full_attention", "bogus"], "layer_types: unknown layer type 'bogus'"),
+        (["full_attention", "x" * 5000], r"layer_types: unknown layer type 'x{20,40}…"),
+    ],
+)
+def test_layer_types_of_an_analytic_family_follow_transformers_rule(layer_types, needle):
+    for model_type in ("llama", "qwen2", "gemma2", "mistral"):
+        with pytest.raises(UsageError, match=needle) as err:
+            from_config({**BASES[model_type], "layer_types": layer_types})
+        assert len(err.value.message) < 300
+
+
+def test_layer_types_transformers_accepts_pass():
+    for types in (["sliding_attention", "full_attention"], ["attention", "full_attention"], ["linear_attention"] * 2):
+        validate_config({**BASES["llama"], "layer_types": types})
+    # other families' config classes have their own rules (resnet's stage types, nemotron_h's "mlp")
+    validate_config({"model_type": "resnet", "num_hidden_layers": 2, "layer_types": ["basic", "bottleneck", "x"]})

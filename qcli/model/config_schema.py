@@ -2,16 +2,26 @@
 
 A pydantic model of those keys only (other keys pass through untouched): sizes are strict positive
 integers within bounds (a whole-number float such as `64.0` is read as 64), flags are real booleans
-(`"false"` is not false), fractions are numbers in (0, 1]. transformers' own config classes coerce
-silently (`bool("false")` is True) or fail deep inside a model constructor; qcli refuses with the key named
-instead.
+(`"false"` is not false), fractions are numbers in (0, 1]; cross-key checks where transformers could not
+build the model (key/value heads, layer_types). transformers' own config classes coerce silently
+(`bool("false")` is True) or fail deep inside a model constructor; qcli refuses with the key named instead.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
 from qcli.errors import UsageError
 
@@ -117,6 +127,51 @@ class _Keys(BaseModel):
     quantization_config: dict[str, Any] | None = None
     auto_map: dict[str, Any] | None = None
 
+    @model_validator(mode="after")
+    def _kv_heads_group_the_heads(self) -> _Keys:
+        # transformers repeats each key/value head over heads // kv_heads query heads (`repeat_kv`): a count
+        # that does not divide the heads describes a model no attention layer can run.
+        heads = self.num_attention_heads if self.num_attention_heads is not None else self.n_head
+        for key in ("num_key_value_heads", "num_kv_heads"):
+            kv = getattr(self, key)
+            if isinstance(heads, int) and isinstance(kv, int) and heads % kv:
+                relation = "is more than" if kv > heads else "does not divide"
+                raise ValueError(
+                    f"{key} {kv} {relation} num_attention_heads {heads} (each key/value head serves a whole "
+                    "group of query heads): fix one of the two"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _layer_types_fit(self) -> _Keys:
+        from qcli.model.architectures import BUILDERS  # the families whose formulas read layer_types
+
+        types, layers = self.layer_types, self.num_hidden_layers
+        if types is None or self.model_type not in BUILDERS:
+            return self  # other families: their config class checks its own (on the meta device)
+        unknown = next((t for t in types if t not in LAYER_TYPES), None)
+        if unknown is not None:
+            raise ValueError(
+                f"layer_types: unknown layer type {shown(unknown)} (transformers accepts "
+                "full_attention, sliding_attention, chunked_attention, linear_attention, …)"
+            )
+        if isinstance(layers, int) and len(types) != layers:
+            raise ValueError(
+                f"layer_types has {len(types)} entries and num_hidden_layers is {layers}: give one per layer"
+            )
+        return self
+
+
+# The layer types transformers' base config check accepts (transformers 5 configuration_utils:
+# ALLOWED_ATTN_LAYER_TYPES, plus the legacy names _LEGACY_LAYER_TYPE_REMAP renames first). The analytic
+# families use that base check (PreTrainedConfig.validate_layer_type), with its length rule.
+LAYER_TYPES = frozenset({
+    "full_attention", "sliding_attention", "chunked_attention", "window_attention", "indexed_attention",
+    "compressed_sparse_attention", "heavily_compressed_attention", "minimax_m3_sparse", "conv", "moe", "hybrid",
+    "hybrid_sliding", "reference_sliding_attention", "linear_attention",
+    "mamba", "attention", "deepseek_sparse_attention", "qwen_sparse_attention",  # legacy names
+})  # fmt: skip
+
 
 class ConfigKeys(_Keys):
     text_config: _Keys | None = None
@@ -138,8 +193,11 @@ def shown(value: Any, limit: int = 40) -> str:
 
 def _problem(err: Any) -> str:
     loc = ".".join(str(p) for p in _clean_loc(err))
+    where = f"{loc}: " if loc else ""
+    if err["type"] == "value_error":  # one of the checks above, which words its own message
+        return where + err["msg"].removeprefix("Value error, ")
     msg = err["msg"].replace(" or instance of _Keys", "")
-    return f"{loc}: {msg[:1].lower()}{msg[1:]}, got {shown(err.get('input'))}"
+    return f"{where}{msg[:1].lower()}{msg[1:]}, got {shown(err.get('input'))}"
 
 
 def _problems(exc: ValidationError) -> list[str]:
