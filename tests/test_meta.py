@@ -95,6 +95,20 @@ BERT_OUT_OF_VOCAB_IDS = {
 }
 
 
+def test_transformers_config_warnings_stay_off_stderr(tmp_path):
+    config = _write(tmp_path, BERT_OUT_OF_VOCAB_IDS)
+    env = {**os.environ, "QCLI_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT), "QCLI_NO_SPEC_CACHE": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "qcli", "estimate", config, "--bits", "4", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stderr == ""
+    json.loads(r.stdout)
+
+
 def test_a_config_transformers_refuses_is_bad_input_with_its_reason(cli, tmp_path):
     bad = {**BERT_OUT_OF_VOCAB_IDS, "layer_types": ["bogus", "bogus"]}
     r = cli("estimate", "--model", _write(tmp_path, bad), "--bits", "4")

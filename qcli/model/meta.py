@@ -124,7 +124,9 @@ def load_config(cfg: dict[str, Any], trust_remote_code: bool = False) -> Any:
     with tempfile.TemporaryDirectory(prefix="qcli-config-") as tmp:
         (Path(tmp) / "config.json").write_text(json.dumps(cfg))
         try:
-            return AutoConfig.from_pretrained(tmp, trust_remote_code=trust_remote_code)
+            # quiet: the config classes log their complaints (special token ids outside the vocabulary)
+            with _quiet():
+                return AutoConfig.from_pretrained(tmp, trust_remote_code=trust_remote_code)
         except (KeyError, ValueError, TypeError, AttributeError, *_strict_errors()) as exc:
             # huggingface_hub's strict dataclasses put the cause on the next line: keep both, bounded
             reason = " ".join(str(exc).split()) or type(exc).__name__
