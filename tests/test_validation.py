@@ -13,7 +13,8 @@ from safetensors.numpy import save_file
 
 from qcli.errors import UsageError
 from qcli.model.config_schema import validate_config
-from qcli.model.safetensors_header import SafetensorsError, read_header, stored_bytes
+from qcli.model.resolve import resolve
+from qcli.model.safetensors_header import SafetensorsError, checkpoint_files, read_header, stored_bytes
 from qcli.plan.limits import check_float, check_int
 from qcli.plan.safe_yaml import MAX_VALUES, load_yaml
 from qcli.units import parse_bytes, parse_params
@@ -74,6 +75,27 @@ def test_bad_headers_name_the_file_and_the_problem(tmp_path, header, length, nee
     with pytest.raises(SafetensorsError, match=needle) as err:
         read_header(path)
     assert str(path) in err.value.message
+
+
+def test_integers_past_pythons_digit_limit_are_bad_input_naming_the_file(tmp_path):
+    """json.loads raises a plain ValueError (not JSONDecodeError) past sys.get_int_max_str_digits()."""
+    huge = "9" * 5000
+    config = tmp_path / "config.json"
+    config.write_text('{"model_type": "llama", "foo": ' + huge + "}")
+    with pytest.raises(UsageError, match=r"config\.json: a number with more than 4300 digits"):
+        resolve(str(config))
+    config.write_bytes(b'{"model_type": "\xff"}')  # UnicodeDecodeError is a ValueError too: still "cannot be read"
+    with pytest.raises(UsageError, match="cannot be read"):
+        resolve(str(config))
+    raw = ('{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, ' + huge + "]}}").encode()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(8))
+    with pytest.raises(SafetensorsError, match=r"model\.safetensors: .* a number with more than 4300 digits"):
+        read_header(path)
+    path.unlink()
+    (tmp_path / "model.safetensors.index.json").write_text('{"metadata": {"total_size": ' + huge + "}}")
+    with pytest.raises(SafetensorsError, match=r"index\.json: .* a number with more than 4300 digits"):
+        checkpoint_files(tmp_path)
 
 
 def test_a_fifo_is_refused_without_blocking(tmp_path):

@@ -12,6 +12,7 @@ import json
 import os
 import stat
 import struct
+import sys
 from math import prod
 from pathlib import Path
 
@@ -72,6 +73,9 @@ def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...], int]]:
         raise SafetensorsError(path, "the header is not UTF-8") from None
     except (json.JSONDecodeError, RecursionError):
         raise SafetensorsError(path, "the header is not valid JSON") from None
+    except ValueError:  # JSONDecodeError's base: an integer past Python's int-digit limit
+        limit = sys.get_int_max_str_digits()
+        raise SafetensorsError(path, f"the header has a number with more than {limit} digits") from None
     if not isinstance(header, dict):
         raise SafetensorsError(path, "the header is not a JSON object")
     return check_entries(path, header, size - 8 - length)
@@ -142,6 +146,9 @@ def checkpoint_files(directory: Path) -> list[Path] | None:
         raise SafetensorsError(index, getattr(exc, "strerror", None) or type(exc).__name__, "index") from None
     except (json.JSONDecodeError, RecursionError):
         raise SafetensorsError(index, "not valid JSON", "index") from None
+    except ValueError:  # JSONDecodeError's base: an integer past Python's int-digit limit
+        limit = sys.get_int_max_str_digits()
+        raise SafetensorsError(index, f"a number with more than {limit} digits", "index") from None
     return [directory / name for name in shard_names(index, data)]
 
 
