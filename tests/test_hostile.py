@@ -403,6 +403,8 @@ CASES: list[Case] = [
     case("files-st-offsets-reversed", "estimate", "--model", "m", setup=model(weights=st({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}})), err_has="model.safetensors"),
     case("files-st-offsets-huge", "estimate", "--model", "m", setup=model(weights=st({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 10**30]}})), err_has="model.safetensors"),
     case("files-st-offsets-past-digit-limit", "estimate", "--model", "m", setup=model(weights=st(None, raw=b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, ' + b"9" * 5000 + b"]}}")), err_has="more than 4300 digits"),
+    case("files-st-offsets-overlap", "estimate", "--model", "m", setup=model(weights=st({"a": GOOD_HEADER["w"], "b": GOOD_HEADER["w"]})), err_has="overlaps"),
+    case("files-st-offsets-gap", "estimate", "--model", "m", setup=model(weights=st({"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})), err_has="gap"),
     case("files-st-offsets-past-eof", "estimate", "--model", "m", setup=model(weights=st({"w": {"dtype": "F32", "shape": [2000], "data_offsets": [0, 8000]}})), err_has="model.safetensors"),
     case("files-st-header-longer-than-file", "estimate", "--model", "m", setup=model(weights=st(GOOD_HEADER, length=100_000)), err_has="model.safetensors"),
     case("files-st-truncated-3-bytes", "estimate", "--model", "m", setup=model(weights=b"\x01\x02\x03"), err_has="model.safetensors"),

@@ -9,12 +9,19 @@ import time
 
 import numpy as np
 import pytest
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from qcli.errors import UsageError
 from qcli.model.config_schema import validate_config
 from qcli.model.resolve import resolve
-from qcli.model.safetensors_header import SafetensorsError, checkpoint_files, read_header, stored_bytes
+from qcli.model.safetensors_header import (
+    SafetensorsError,
+    check_entries,
+    checkpoint_files,
+    read_header,
+    stored_bytes,
+)
 from qcli.plan.limits import check_float, check_int
 from qcli.plan.safe_yaml import MAX_VALUES, load_yaml
 from qcli.units import parse_bytes, parse_params
@@ -96,6 +103,51 @@ def test_integers_past_pythons_digit_limit_are_bad_input_naming_the_file(tmp_pat
     (tmp_path / "model.safetensors.index.json").write_text('{"metadata": {"total_size": ' + huge + "}}")
     with pytest.raises(SafetensorsError, match=r"index\.json: .* a number with more than 4300 digits"):
         checkpoint_files(tmp_path)
+
+
+F32_2 = {"dtype": "F32", "shape": [2]}  # 8 bytes
+
+
+@pytest.mark.parametrize(
+    ("header", "data", "needle"),
+    [
+        ({"a": {**F32_2, "data_offsets": [0, 8]}, "b": {**F32_2, "data_offsets": [0, 8]}}, 8, "overlaps"),
+        ({"a": {**F32_2, "data_offsets": [0, 8]}, "b": {**F32_2, "data_offsets": [4, 12]}}, 12, "overlaps"),
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, 8, "gap after byte 0"),
+        ({"a": {**F32_2, "data_offsets": [0, 8]}, "b": {**F32_2, "data_offsets": [12, 20]}}, 20, "gap after byte 8"),
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, 8, "cover 4 of the 8 data bytes"),
+    ],
+)
+def test_data_offsets_must_tile_the_data_as_safetensors_requires(tmp_path, header, data, needle):
+    path = _file(tmp_path, header, data=bytes(data))
+    with pytest.raises(SafetensorsError, match=needle) as err:
+        read_header(path)
+    assert str(path) in err.value.message
+    with pytest.raises(SafetensorError, match=r"invalid offset|not fully covered"):  # what safetensors says
+        safe_open(str(path), "np")
+
+
+def test_tiling_without_the_data_size_checks_overlaps_and_gaps_only():
+    """A hub header (data size unknown): overlaps and gaps are refused, the end is not checked."""
+    twice = {"a": {**F32_2, "data_offsets": [0, 8]}, "b": {**F32_2, "data_offsets": [0, 8]}}
+    with pytest.raises(SafetensorsError, match="overlaps"):
+        check_entries("repo: model.safetensors", twice, None)
+    with pytest.raises(SafetensorsError, match="gap"):
+        check_entries("repo: model.safetensors", {"a": {**F32_2, "data_offsets": [8, 16]}}, None)
+    assert check_entries("r", {"a": {**F32_2, "data_offsets": [0, 8]}}, None) == {"a": ("F32", (2,), 8)}
+
+
+def test_empty_tensors_and_any_order_tile(tmp_path):
+    header = {
+        "z": {**F32_2, "data_offsets": [8, 16]},
+        "e1": {"dtype": "F32", "shape": [0], "data_offsets": [8, 8]},
+        "a": {**F32_2, "data_offsets": [0, 8]},
+        "e0": {"dtype": "F16", "shape": [0, 3], "data_offsets": [0, 0]},
+    }
+    path = _file(tmp_path, header, data=bytes(16))
+    assert read_header(path)["z"] == ("F32", (2,), 8)
+    with safe_open(str(path), "np") as f:  # safetensors agrees
+        assert sorted(f.keys()) == ["a", "e0", "e1", "z"]
 
 
 def test_a_fifo_is_refused_without_blocking(tmp_path):
