@@ -229,3 +229,35 @@ def test_every_config_transformers_ships_passes_the_schema():
                 refused[model_type] = str(exc)
     assert checked > 300
     assert refused == {}
+
+
+@pytest.mark.parametrize(
+    ("qconfig", "expected"),
+    [
+        (
+            {"quant_method": "bitsandbytes"},
+            "m: config.json quantization_config: set load_in_4bit or load_in_8bit to true (or drop the quantization "
+            "block)",
+        ),
+        (
+            {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "y" * 100_000},
+            "m: config.json quantization_config.bnb_4bit_quant_type: Input should be 'nf4' or 'fp4', got "
+            "'yyyyyyyyyyyyyyyyyyyyyyyyyyyyy…",
+        ),
+    ],
+)
+def test_a_checkpoints_quantization_config_is_named_cleanly(qconfig, expected):
+    from qcli.plan.prequantized import prequant_of
+
+    with pytest.raises(UsageError) as err:
+        prequant_of(qconfig, "m")
+    assert err.value.message == expected
+
+
+def test_an_unknown_quant_method_is_echoed_bounded():
+    from qcli.plan.prequantized import prequant_of
+
+    pre = prequant_of({"quant_method": "x" * 100_000}, "m")
+    assert pre is not None and len(pre.method) == 40 and pre.method.endswith("…")
+    assert len(pre.describe()) < 300 and len(pre.info().quant_method) == 40
+    assert prequant_of({"quant_method": "gptq"}, "m").method == "gptq"
