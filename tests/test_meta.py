@@ -79,3 +79,39 @@ def test_second_meta_estimate_reads_the_spec_cache_without_torch(tmp_path):
     assert "NO-TORCH" in runs[1].stderr.split()  # the second reads QCLI_CACHE/specs
     assert json.loads(runs[0].stdout)["plans"] == json.loads(runs[1].stdout)["plans"]
     assert len(list((tmp_path / "cache" / "specs").glob("*.json"))) == 1
+
+
+# A Llama-sized config under BERT's model_type: a meta-path family whose special token ids lie outside the
+# vocabulary (transformers' config class logs a warning about each).
+BERT_OUT_OF_VOCAB_IDS = {
+    "model_type": "bert",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "vocab_size": 257,
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+}
+
+
+def test_transformers_config_warnings_stay_off_stderr(tmp_path):
+    config = _write(tmp_path, BERT_OUT_OF_VOCAB_IDS)
+    env = {**os.environ, "QCLI_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT), "QCLI_NO_SPEC_CACHE": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "qcli", "estimate", config, "--bits", "4", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stderr == ""
+    json.loads(r.stdout)
+
+
+def test_a_config_transformers_refuses_is_bad_input_with_its_reason(cli, tmp_path):
+    bad = {**BERT_OUT_OF_VOCAB_IDS, "layer_types": ["bogus", "bogus"]}
+    r = cli("estimate", "--model", _write(tmp_path, bad), "--bits", "4")
+    assert r.code == 2, r.err
+    assert "transformers cannot read it" in r.err and "layer_types" in r.err
+    assert len(r.err.strip().splitlines()) == 1 and len(r.err) < 400

@@ -9,11 +9,19 @@ import time
 
 import numpy as np
 import pytest
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from qcli.errors import UsageError
 from qcli.model.config_schema import validate_config
-from qcli.model.safetensors_header import SafetensorsError, read_header, stored_bytes
+from qcli.model.resolve import resolve
+from qcli.model.safetensors_header import (
+    SafetensorsError,
+    check_entries,
+    checkpoint_files,
+    read_header,
+    stored_bytes,
+)
 from qcli.plan.limits import check_float, check_int
 from qcli.plan.safe_yaml import MAX_VALUES, load_yaml
 from qcli.units import parse_bytes, parse_params
@@ -74,6 +82,72 @@ def test_bad_headers_name_the_file_and_the_problem(tmp_path, header, length, nee
     with pytest.raises(SafetensorsError, match=needle) as err:
         read_header(path)
     assert str(path) in err.value.message
+
+
+def test_integers_past_pythons_digit_limit_are_bad_input_naming_the_file(tmp_path):
+    """json.loads raises a plain ValueError (not JSONDecodeError) past sys.get_int_max_str_digits()."""
+    huge = "9" * 5000
+    config = tmp_path / "config.json"
+    config.write_text('{"model_type": "llama", "foo": ' + huge + "}")
+    with pytest.raises(UsageError, match=r"config\.json: a number with more than 4300 digits"):
+        resolve(str(config))
+    config.write_bytes(b'{"model_type": "\xff"}')  # UnicodeDecodeError is a ValueError too: still "cannot be read"
+    with pytest.raises(UsageError, match="cannot be read"):
+        resolve(str(config))
+    raw = ('{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, ' + huge + "]}}").encode()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(8))
+    with pytest.raises(SafetensorsError, match=r"model\.safetensors: .* a number with more than 4300 digits"):
+        read_header(path)
+    path.unlink()
+    (tmp_path / "model.safetensors.index.json").write_text('{"metadata": {"total_size": ' + huge + "}}")
+    with pytest.raises(SafetensorsError, match=r"index\.json: .* a number with more than 4300 digits"):
+        checkpoint_files(tmp_path)
+
+
+F32_2 = {"dtype": "F32", "shape": [2]}  # 8 bytes
+
+
+@pytest.mark.parametrize(
+    ("header", "data", "needle"),
+    [
+        ({"a": {**F32_2, "data_offsets": [0, 8]}, "b": {**F32_2, "data_offsets": [0, 8]}}, 8, "overlaps"),
+        ({"a": {**F32_2, "data_offsets": [0, 8]}, "b": {**F32_2, "data_offsets": [4, 12]}}, 12, "overlaps"),
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, 8, "gap after byte 0"),
+        ({"a": {**F32_2, "data_offsets": [0, 8]}, "b": {**F32_2, "data_offsets": [12, 20]}}, 20, "gap after byte 8"),
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, 8, "cover 4 of the 8 data bytes"),
+    ],
+)
+def test_data_offsets_must_tile_the_data_as_safetensors_requires(tmp_path, header, data, needle):
+    path = _file(tmp_path, header, data=bytes(data))
+    with pytest.raises(SafetensorsError, match=needle) as err:
+        read_header(path)
+    assert str(path) in err.value.message
+    with pytest.raises(SafetensorError, match=r"invalid offset|not fully covered"):  # what safetensors says
+        safe_open(str(path), "np")
+
+
+def test_tiling_without_the_data_size_checks_overlaps_and_gaps_only():
+    """A hub header (data size unknown): overlaps and gaps are refused, the end is not checked."""
+    twice = {"a": {**F32_2, "data_offsets": [0, 8]}, "b": {**F32_2, "data_offsets": [0, 8]}}
+    with pytest.raises(SafetensorsError, match="overlaps"):
+        check_entries("repo: model.safetensors", twice, None)
+    with pytest.raises(SafetensorsError, match="gap"):
+        check_entries("repo: model.safetensors", {"a": {**F32_2, "data_offsets": [8, 16]}}, None)
+    assert check_entries("r", {"a": {**F32_2, "data_offsets": [0, 8]}}, None) == {"a": ("F32", (2,), 8)}
+
+
+def test_empty_tensors_and_any_order_tile(tmp_path):
+    header = {
+        "z": {**F32_2, "data_offsets": [8, 16]},
+        "e1": {"dtype": "F32", "shape": [0], "data_offsets": [8, 8]},
+        "a": {**F32_2, "data_offsets": [0, 8]},
+        "e0": {"dtype": "F16", "shape": [0, 3], "data_offsets": [0, 0]},
+    }
+    path = _file(tmp_path, header, data=bytes(16))
+    assert read_header(path)["z"] == ("F32", (2,), 8)
+    with safe_open(str(path), "np") as f:  # safetensors agrees
+        assert sorted(f.keys()) == ["a", "e0", "e1", "z"]
 
 
 def test_a_fifo_is_refused_without_blocking(tmp_path):
@@ -155,3 +229,35 @@ def test_every_config_transformers_ships_passes_the_schema():
                 refused[model_type] = str(exc)
     assert checked > 300
     assert refused == {}
+
+
+@pytest.mark.parametrize(
+    ("qconfig", "expected"),
+    [
+        (
+            {"quant_method": "bitsandbytes"},
+            "m: config.json quantization_config: set load_in_4bit or load_in_8bit to true (or drop the quantization "
+            "block)",
+        ),
+        (
+            {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "y" * 100_000},
+            "m: config.json quantization_config.bnb_4bit_quant_type: Input should be 'nf4' or 'fp4', got "
+            "'yyyyyyyyyyyyyyyyyyyyyyyyyyyyy…",
+        ),
+    ],
+)
+def test_a_checkpoints_quantization_config_is_named_cleanly(qconfig, expected):
+    from qcli.plan.prequantized import prequant_of
+
+    with pytest.raises(UsageError) as err:
+        prequant_of(qconfig, "m")
+    assert err.value.message == expected
+
+
+def test_an_unknown_quant_method_is_echoed_bounded():
+    from qcli.plan.prequantized import prequant_of
+
+    pre = prequant_of({"quant_method": "x" * 100_000}, "m")
+    assert pre is not None and len(pre.method) == 40 and pre.method.endswith("…")
+    assert len(pre.describe()) < 300 and len(pre.info().quant_method) == 40
+    assert prequant_of({"quant_method": "gptq"}, "m").method == "gptq"

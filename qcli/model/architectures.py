@@ -77,10 +77,10 @@ def _layer_types(cfg: Cfg, layers: int) -> list[str]:
         return ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers)]
     window = _window(cfg)
     if mt in {"qwen2", "qwen3"}:
-        first = cfg.get("max_window_layers", 28)
+        first = cfg_int(cfg, "max_window_layers", 28, minimum=0)
         return ["sliding_attention" if window and i >= first else "full_attention" for i in range(layers)]
     if mt == "qwen2_moe":
-        last = cfg.get("max_window_layers", 28)
+        last = cfg_int(cfg, "max_window_layers", 28, minimum=0)
         return ["sliding_attention" if window and (i + 1) % 2 and i < last else "full_attention" for i in range(layers)]
     return ["sliding_attention" if window else "full_attention"] * layers
 
@@ -107,15 +107,18 @@ def _windows(cfg: Cfg, layers: int) -> list[int | None]:
     return [window if t == "sliding_attention" else None for t in _layer_types(cfg, layers)]
 
 
+# gpt2 and falcon spell the common keys differently: attention_shape reads the first one present.
+KEY_ALIASES = {
+    "num_hidden_layers": ("num_hidden_layers", "n_layer"),
+    "hidden_size": ("hidden_size", "n_embd"),
+    "num_attention_heads": ("num_attention_heads", "n_head"),
+}
+
+
 def attention_shape(cfg: Cfg) -> AttentionShape:
     """Return the KV-cache shape of a decoder config (GQA/MQA aware)."""
-    names = {  # gpt2 and falcon spell the common keys differently
-        "num_hidden_layers": ("num_hidden_layers", "n_layer"),
-        "hidden_size": ("hidden_size", "n_embd"),
-        "num_attention_heads": ("num_attention_heads", "n_head"),
-    }
     norm = dict(cfg)
-    for key, aliases in names.items():
+    for key, aliases in KEY_ALIASES.items():
         for alias in aliases:
             if alias in cfg:
                 norm[key] = cfg[alias]
@@ -139,6 +142,11 @@ def attention_shape(cfg: Cfg) -> AttentionShape:
         heads=heads,
         windows=_windows(norm, layers),
     )
+
+
+def _fraction(cfg: Cfg, keys: tuple[str, ...], default: float) -> float:
+    """Return the first of `keys` the config sets (null counts as unset), else the family's default."""
+    return next((float(cfg[k]) for k in keys if cfg.get(k) is not None), default)
 
 
 def _rope_buffers(b: _Builder, prefix: str, rotary_dim: int, count: int = 1, names: tuple[str, ...] = ("",)) -> None:
@@ -272,7 +280,7 @@ def phi3(cfg: Cfg) -> ModelSpec:
     b.norm("model.norm", h)
     if not tied:
         b.add("lm_head.weight", (vocab, h), "lm_head")
-    rotary = int(hd * float(cfg.get("partial_rotary_factor", 1.0)))
+    rotary = int(hd * _fraction(cfg, ("partial_rotary_factor",), 1.0))
     _rope_buffers(b, "model.rotary_emb", rotary)
     return _spec(cfg, b, tied)
 
@@ -301,7 +309,7 @@ def phi(cfg: Cfg) -> ModelSpec:
     if not tied:
         b.add("lm_head.weight", (vocab, h), "lm_head")
     b.add("lm_head.bias", (vocab,), "bias")
-    rotary = int(hd * float(cfg.get("partial_rotary_factor", 0.5)))
+    rotary = int(hd * _fraction(cfg, ("partial_rotary_factor",), 0.5))
     _rope_buffers(b, "model.rotary_emb", rotary)
     return _spec(cfg, b, tied)
 
@@ -349,9 +357,7 @@ def gpt_neox(cfg: Cfg) -> ModelSpec:
     if not tied:
         b.add("lm_head.weight", (vocab, h), "lm_head")
     hd = _head_dim(cfg)
-    _rope_buffers(
-        b, "gpt_neox.rotary_emb", int(hd * float(cfg.get("rotary_pct", cfg.get("partial_rotary_factor", 0.25))))
-    )
+    _rope_buffers(b, "gpt_neox.rotary_emb", int(hd * _fraction(cfg, ("rotary_pct", "partial_rotary_factor"), 0.25)))
     return _spec(cfg, b, tied)
 
 
@@ -472,11 +478,13 @@ def deepseek_v3(cfg: Cfg) -> ModelSpec:
     """Return the DeepSeek-V3 tensor list (MLA attention, dense first layers, routed + shared experts)."""
     h, vocab = cfg_int(cfg, "hidden_size"), cfg_int(cfg, "vocab_size")
     layers, heads = cfg_int(cfg, "num_hidden_layers"), cfg_int(cfg, "num_attention_heads")
-    q_rank, kv_rank = cfg.get("q_lora_rank", 1536), cfg_int(cfg, "kv_lora_rank", 512)
+    # A null q_lora_rank is real (DeepSeek-V2-Lite): the query is projected without compression.
+    q_rank = cfg_int(cfg, "q_lora_rank", 1536) if cfg.get("q_lora_rank", 1536) is not None else None
+    kv_rank = cfg_int(cfg, "kv_lora_rank", 512)
     nope, rope = cfg_int(cfg, "qk_nope_head_dim", 128), cfg_int(cfg, "qk_rope_head_dim", 64)
     v_dim = cfg_int(cfg, "v_head_dim", 128)
     e, moe_inter = cfg_int(cfg, "n_routed_experts", 256), cfg_int(cfg, "moe_intermediate_size", 2048)
-    shared, dense = cfg_int(cfg, "n_shared_experts", 1), cfg.get("first_k_dense_replace", 3)
+    shared, dense = cfg_int(cfg, "n_shared_experts", 1), cfg_int(cfg, "first_k_dense_replace", 3, minimum=0)
     inter, bias = cfg_int(cfg, "intermediate_size"), bool(cfg.get("attention_bias", False))
     tied = bool(cfg.get("tie_word_embeddings", False))
     b = _Builder()

@@ -1,30 +1,44 @@
 """The config.json keys qcli reads, validated before anything is built from them.
 
 A pydantic model of those keys only (other keys pass through untouched): sizes are strict positive
-integers within bounds, flags are real booleans (`"false"` is not false), fractions are numbers in
-(0, 1]. transformers' own config classes coerce silently (`bool("false")` is True) or fail deep inside
-a model constructor; qcli refuses with the key named instead.
+integers within bounds (a whole-number float such as `64.0` is read as 64), flags are real booleans
+(`"false"` is not false), fractions are numbers in (0, 1]; cross-key checks where transformers could not
+build the model (key/value heads, layer_types). transformers' own config classes coerce silently
+(`bool("false")` is True) or fail deep inside a model constructor; qcli refuses with the key named instead.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
 from qcli.errors import UsageError
 
 # Bounds far beyond any released model (the largest have ~200 layers, hidden sizes of ~32k, vocabularies
 # of ~1M and contexts of ~10M tokens): a value past them is a typo or an attack, and a layer count of
-# 1e9 would make the analytic builders loop for minutes.
+# 1e9 would make the analytic builders loop for minutes. Products of sizes within these bounds can still be
+# absurd (2^31 x 2^31 x 10,000 layers): qcli.model.describe refuses a model past units.MAX_PARAMS.
 MAX_LAYERS = 10_000
 MAX_DIM = 2**31 - 1
 MAX_EXPERTS = 2**16
 
 
 def _whole(value: Any) -> Any:
-    """Return an integral float (JSON `1200.0`, as some shipped configs write it) as an int; leave the rest
-    for the strict check, so `100.5`, `"64"` and `true` are refused."""
+    """Return an integral float (JSON `1200.0`, as some shipped configs write it: transformers' own
+    musicflamingo config has max_position_embeddings 1200.0) as an int; leave the rest for the strict check,
+    so `100.5`, `"64"` and `true` are refused. validate_config returns the config with these ints, which is
+    what the builders read."""
     if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_DIM:
         return int(value)
     return value
@@ -32,6 +46,8 @@ def _whole(value: Any) -> Any:
 
 Whole = Annotated[StrictInt, BeforeValidator(_whole)]
 Layers = Annotated[Whole, Field(ge=1, le=MAX_LAYERS)]
+# A layer index or a count of layers that may be 0 (no dense layers first, no sliding layers).
+LayerIndex = Annotated[Whole, Field(ge=0, le=MAX_LAYERS)]
 Dim = Annotated[Whole, Field(ge=1, le=MAX_DIM)]
 # 0 is a real value for these in shipped configs: no sliding window (qwen2_moe), no token types (deberta),
 # head_dim derived from the hidden size (glm5_next), no shared expert or no experts at all.
@@ -78,8 +94,19 @@ class _Keys(BaseModel):
     moe_intermediate_size: Sizes0 | None = None
     shared_expert_intermediate_size: Size0 | None = None
     decoder_sparse_step: Layers | None = None
-    mlp_only_layers: list[Annotated[StrictInt, Field(ge=0, le=MAX_LAYERS)]] | None = None
-    num_ln_in_parallel_attn: Annotated[StrictInt, Field(ge=1, le=2)] | None = None
+    mlp_only_layers: list[LayerIndex] | None = None
+    num_ln_in_parallel_attn: Annotated[Whole, Field(ge=1, le=2)] | None = None
+    max_window_layers: LayerIndex | None = None  # qwen2/qwen3: sliding from this layer on
+    # DeepSeek-V3's MLA and MoE (other MLA families share the names): null q_lora_rank means no query
+    # compression; qk_rope_head_dim is 0 in glm5_next, first_k_dense_replace 0 in deepseek_v2.
+    q_lora_rank: Dim | None = None
+    kv_lora_rank: Dim | None = None
+    qk_nope_head_dim: Size0 | None = None
+    qk_rope_head_dim: Size0 | None = None
+    v_head_dim: Dim | None = None
+    n_routed_experts: Experts | None = None
+    n_shared_experts: Experts | None = None
+    first_k_dense_replace: LayerIndex | None = None
     partial_rotary_factor: Fraction | None = None
     rotary_pct: Fraction | None = None
     tie_word_embeddings: StrictBool | None = None
@@ -100,6 +127,51 @@ class _Keys(BaseModel):
     quantization_config: dict[str, Any] | None = None
     auto_map: dict[str, Any] | None = None
 
+    @model_validator(mode="after")
+    def _kv_heads_group_the_heads(self) -> _Keys:
+        # transformers repeats each key/value head over heads // kv_heads query heads (`repeat_kv`): a count
+        # that does not divide the heads describes a model no attention layer can run.
+        heads = self.num_attention_heads if self.num_attention_heads is not None else self.n_head
+        for key in ("num_key_value_heads", "num_kv_heads"):
+            kv = getattr(self, key)
+            if isinstance(heads, int) and isinstance(kv, int) and heads % kv:
+                relation = "is more than" if kv > heads else "does not divide"
+                raise ValueError(
+                    f"{key} {kv} {relation} num_attention_heads {heads} (each key/value head serves a whole "
+                    "group of query heads): fix one of the two"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _layer_types_fit(self) -> _Keys:
+        from qcli.model.architectures import BUILDERS  # the families whose formulas read layer_types
+
+        types, layers = self.layer_types, self.num_hidden_layers
+        if types is None or self.model_type not in BUILDERS:
+            return self  # other families: their config class checks its own (on the meta device)
+        unknown = next((t for t in types if t not in LAYER_TYPES), None)
+        if unknown is not None:
+            raise ValueError(
+                f"layer_types: unknown layer type {shown(unknown)} (transformers accepts "
+                "full_attention, sliding_attention, chunked_attention, linear_attention, …)"
+            )
+        if isinstance(layers, int) and len(types) != layers:
+            raise ValueError(
+                f"layer_types has {len(types)} entries and num_hidden_layers is {layers}: give one per layer"
+            )
+        return self
+
+
+# The layer types transformers' base config check accepts (transformers 5 configuration_utils:
+# ALLOWED_ATTN_LAYER_TYPES, plus the legacy names _LEGACY_LAYER_TYPE_REMAP renames first). The analytic
+# families use that base check (PreTrainedConfig.validate_layer_type), with its length rule.
+LAYER_TYPES = frozenset({
+    "full_attention", "sliding_attention", "chunked_attention", "window_attention", "indexed_attention",
+    "compressed_sparse_attention", "heavily_compressed_attention", "minimax_m3_sparse", "conv", "moe", "hybrid",
+    "hybrid_sliding", "reference_sliding_attention", "linear_attention",
+    "mamba", "attention", "deepseek_sparse_attention", "qwen_sparse_attention",  # legacy names
+})  # fmt: skip
+
 
 class ConfigKeys(_Keys):
     text_config: _Keys | None = None
@@ -110,16 +182,22 @@ def _clean_loc(err: Any) -> tuple[str | int, ...]:
     return tuple(p for p in err["loc"] if isinstance(p, int) or str(p).replace("_", "a").isalnum())
 
 
+def shown(value: Any, limit: int = 40) -> str:
+    """Return a value as echoed in a message: its repr, cut to `limit` characters (a 100 kB string is not
+    echoed); a list or dict by its type alone."""
+    if isinstance(value, (list, dict)):
+        return f"a {type(value).__name__}"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 10] + "…"
+
+
 def _problem(err: Any) -> str:
     loc = ".".join(str(p) for p in _clean_loc(err))
-    value = err.get("input")
-    if isinstance(value, (list, dict)):
-        shown = f"a {type(value).__name__}"
-    else:
-        shown = repr(value)
-        shown = shown if len(shown) <= 40 else shown[:30] + "…"
+    where = f"{loc}: " if loc else ""
+    if err["type"] == "value_error":  # one of the checks above, which words its own message
+        return where + err["msg"].removeprefix("Value error, ")
     msg = err["msg"].replace(" or instance of _Keys", "")
-    return f"{loc}: {msg[:1].lower()}{msg[1:]}, got {shown}"
+    return f"{where}{msg[:1].lower()}{msg[1:]}, got {shown(err.get('input'))}"
 
 
 def _problems(exc: ValidationError) -> list[str]:
@@ -133,14 +211,41 @@ def _problems(exc: ValidationError) -> list[str]:
     return [_problem(e) for e in best.values()]
 
 
-def validate_config(cfg: Any, source: str = "config.json") -> None:
-    """Raise a UsageError naming the first keys of `cfg` that qcli reads and cannot use."""
+def _normalized(raw: dict[str, Any], keys: _Keys) -> dict[str, Any]:
+    """Return `raw` with each key the schema declares as validated (a whole-number float of an integer key,
+    `64.0`, becomes `64`); other keys as they are, in their order."""
+    out = dict(raw)
+    for name, info in type(keys).model_fields.items():
+        key = info.alias or name
+        value = getattr(keys, name)
+        if isinstance(value, _Keys):
+            out[key] = _normalized(raw[key], value)
+        elif key in raw and _has_float(raw[key]) and not _has_float(value):
+            out[key] = value
+    return out
+
+
+def _has_float(value: Any) -> bool:
+    items = value if isinstance(value, list) else value.values() if isinstance(value, dict) else [value]
+    return any(isinstance(v, float) for v in items)
+
+
+def whole_floats(raw: dict[str, Any], checked: dict[str, Any]) -> list[str]:
+    """Return the top-level keys of `raw` whose whole-number floats `checked` (validate_config's answer)
+    reads as integers."""
+    return [k for k in raw if k in checked and _has_float(raw[k]) and not _has_float(checked[k])]
+
+
+def validate_config(cfg: Any, source: str = "config.json") -> dict[str, Any]:
+    """Return `cfg` with the keys qcli reads validated (whole-number floats of integer keys as ints); raise a
+    UsageError naming the first keys of `cfg` that qcli reads and cannot use."""
     if not isinstance(cfg, dict):
         raise UsageError(f"{source}: the top level must be a JSON object")
     try:
-        ConfigKeys.model_validate(cfg)
+        keys = ConfigKeys.model_validate(cfg)
     except ValidationError as exc:
         problems = _problems(exc)
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         problems = problems[:3]
         raise UsageError(f"{source}: " + "; ".join(problems) + more) from None
+    return _normalized(cfg, keys)

@@ -7,22 +7,37 @@ from typing import Any
 
 from qcli.errors import UsageError
 from qcli.model.architectures import BUILDERS, config_dtype
-from qcli.model.config_schema import validate_config
+from qcli.model.config_schema import validate_config, whole_floats
 from qcli.model.meta import from_meta
 from qcli.model.spec import ModelSpec
+from qcli.units import MAX_PARAMS
 
 
 def from_config(cfg: dict[str, Any], *, allow_meta: bool = True, trust_remote_code: bool = False) -> ModelSpec:
     """Return the ModelSpec of a config dict: analytic when the architecture is known, else meta."""
-    validate_config(cfg)  # the keys qcli reads, each checked and named before any builder runs
-    model_type = cfg.get("model_type")
+    # The keys qcli reads, each checked and named before any builder runs; builders read the checked values.
+    checked = validate_config(cfg)
+    model_type = checked.get("model_type")
     if not isinstance(model_type, str) or not model_type:
         raise UsageError("config.json: missing 'model_type'", "is this a transformers model config?")
     builder = BUILDERS.get(model_type)
     if builder is not None:
-        spec = builder(cfg)
-        spec.config_dtype = config_dtype(cfg)
-        return spec
-    if not allow_meta:
+        spec = builder(checked)
+        spec.config_dtype = config_dtype(checked)
+    elif not allow_meta:
         raise UsageError(f"config.json: model_type {model_type!r} has no analytic description")
-    return from_meta(cfg, trust_remote_code=trust_remote_code)
+    else:
+        spec = from_meta(checked, trust_remote_code=trust_remote_code)
+    if spec.params > MAX_PARAMS:
+        # Each size is bounded on its own (config_schema); their products are bounded here, as --params is.
+        raise UsageError(
+            f"config.json describes {spec.params:.3g} parameters, more than qcli's limit of {MAX_PARAMS:.0e}",
+            "check its sizes: hidden_size, intermediate_size, vocab_size, the layer and expert counts",
+        )
+    if floats := whole_floats(cfg, checked):
+        keys = ", ".join(floats[:3]) + (", …" if len(floats) > 3 else "")
+        spec.notes.append(
+            f"config.json writes {keys} with whole-number floats (such as 64.0), read as integers; transformers "
+            "5's config classes refuse a float for an integer key when loading: write integers"
+        )
+    return spec

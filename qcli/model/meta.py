@@ -124,10 +124,24 @@ def load_config(cfg: dict[str, Any], trust_remote_code: bool = False) -> Any:
     with tempfile.TemporaryDirectory(prefix="qcli-config-") as tmp:
         (Path(tmp) / "config.json").write_text(json.dumps(cfg))
         try:
-            return AutoConfig.from_pretrained(tmp, trust_remote_code=trust_remote_code)
-        except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UsageError(f"config.json: transformers cannot read it: {first}") from exc
+            # quiet: the config classes log their complaints (special token ids outside the vocabulary)
+            with _quiet():
+                return AutoConfig.from_pretrained(tmp, trust_remote_code=trust_remote_code)
+        except (KeyError, ValueError, TypeError, AttributeError, *_strict_errors()) as exc:
+            # huggingface_hub's strict dataclasses put the cause on the next line: keep both, bounded
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            reason = reason if len(reason) <= 240 else reason[:239] + "…"
+            raise UsageError(f"config.json: transformers cannot read it: {reason}") from exc
+
+
+def _strict_errors() -> tuple[type[Exception], ...]:
+    """Return huggingface_hub's strict-dataclass validation error (transformers 5's config classes raise it
+    for a value of the wrong type or a failed class check, such as layer_types); none on older versions."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # pragma: no cover - huggingface_hub before strict dataclasses
+        return ()
+    return (StrictDataclassError,)
 
 
 def model_class(config: Any) -> tuple[type, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -56,6 +57,8 @@ def _read_config(path: Path, shown: str | None = None) -> dict[str, Any]:
         raise UsageError(f"{name}: not UTF-8 text", "save config.json as UTF-8 JSON") from None
     except OSError as exc:
         raise UsageError(f"{name}: cannot be read ({exc.strerror or exc})") from None
+    except ValueError:  # JSONDecodeError's base (after UnicodeDecodeError, a subclass too): Python's int-digit limit
+        raise UsageError(f"{name}: a number with more than {sys.get_int_max_str_digits()} digits") from None
     if not isinstance(data, dict):
         raise UsageError(f"{name}: the top level must be a JSON object")
     return data

@@ -12,6 +12,7 @@ import json
 import os
 import stat
 import struct
+import sys
 from math import prod
 from pathlib import Path
 
@@ -72,6 +73,9 @@ def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...], int]]:
         raise SafetensorsError(path, "the header is not UTF-8") from None
     except (json.JSONDecodeError, RecursionError):
         raise SafetensorsError(path, "the header is not valid JSON") from None
+    except ValueError:  # JSONDecodeError's base: an integer past Python's int-digit limit
+        limit = sys.get_int_max_str_digits()
+        raise SafetensorsError(path, f"the header has a number with more than {limit} digits") from None
     if not isinstance(header, dict):
         raise SafetensorsError(path, "the header is not a JSON object")
     return check_entries(path, header, size - 8 - length)
@@ -83,9 +87,10 @@ def check_entries(
     """Return {tensor name: (dtype, shape, bytes)} of a parsed header, checked; `path` names it in errors.
 
     `data_bytes` is the size of the data after the header; None when unknown (a header read from the hub
-    with a Range request), and then only the offsets' own consistency is checked.
+    with a Range request), and then only the offsets' own consistency is checked: no overlap and no gap.
     """
     out: dict[str, tuple[str, tuple[int, ...], int]] = {}
+    spans: list[tuple[int, int, str]] = []
     meta = header.get("__metadata__")
     if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
         raise SafetensorsError(path, "__metadata__ must map strings to strings")
@@ -121,7 +126,27 @@ def check_entries(
                 path, f"{where}: shape {shape} of {dtype} needs {nbytes:,} bytes, offsets give {end - begin:,}"
             )
         out[name] = (dtype, tuple(shape), nbytes)
+        spans.append((begin, end, name))
+    _check_tiling(path, spans, data_bytes)
     return out
+
+
+def _check_tiling(path: Path | str, spans: list[tuple[int, int, str]], data_bytes: int | None) -> None:
+    """Raise unless the spans, sorted, follow each other from byte 0 with no overlap or gap and (when
+    `data_bytes` is known) end at its last byte: safetensors' own rule (its `validate` sorts the tensors by
+    data_offsets, each must begin where the previous one ended, "invalid offset"; the last must end at the
+    buffer's end, "incomplete metadata, file not fully covered"). Two tensors on the same bytes would
+    otherwise count them twice."""
+    at = 0
+    for begin, end, name in sorted(spans):
+        if begin != at:
+            problem = "overlaps the tensor before it" if begin < at else f"leaves a gap after byte {at:,}"
+            raise SafetensorsError(
+                path, f"tensor {name[:80]!r}: data_offsets [{begin}, {end}] {problem} (they must tile the data)"
+            )
+        at = end
+    if data_bytes is not None and at != data_bytes:
+        raise SafetensorsError(path, f"the tensors' data_offsets cover {at:,} of the {data_bytes:,} data bytes")
 
 
 def checkpoint_files(directory: Path) -> list[Path] | None:
@@ -142,6 +167,9 @@ def checkpoint_files(directory: Path) -> list[Path] | None:
         raise SafetensorsError(index, getattr(exc, "strerror", None) or type(exc).__name__, "index") from None
     except (json.JSONDecodeError, RecursionError):
         raise SafetensorsError(index, "not valid JSON", "index") from None
+    except ValueError:  # JSONDecodeError's base: an integer past Python's int-digit limit
+        limit = sys.get_int_max_str_digits()
+        raise SafetensorsError(index, f"a number with more than {limit} digits", "index") from None
     return [directory / name for name in shard_names(index, data)]
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from qcli.errors import UsageError
+from qcli.model.config_schema import shown
 from qcli.plan.formats import Format
 from qcli.plan.presets import Quantization
 from qcli.results import Prequantized
@@ -66,15 +67,19 @@ def prequant_of(quantization_config: dict[str, Any] | None, name: str) -> Prequa
         return None
     method = str(quantization_config.get("quant_method", "unknown"))
     if method not in LOADABLE_METHODS:
-        return Prequant(method, None)
+        # echoed in a note and in --json: a method name is a word, not 100 kB
+        return Prequant(method if len(method) <= 40 else method[:39] + "…", None)
     given = {k: v for k, v in quantization_config.items() if k in Quantization.model_fields and v is not None}
     try:
         return Prequant(method, Quantization.model_validate(given))
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise UsageError(
-            f"{name}: config.json quantization_config: {'.'.join(map(str, first['loc']))}: {first['msg']}"
-        ) from None
+        loc = ".".join(map(str, first["loc"]))
+        msg = first["msg"].removeprefix("Value error, ")
+        if loc:  # a field's own error: which value it was (bounded); a check of the whole block words its own
+            msg = f"{msg}, got {shown(first.get('input'))}"
+        where = "quantization_config" + (f".{loc}" if loc else "")
+        raise UsageError(f"{name}: config.json {where}: {msg}") from None
 
 
 def checked_format(pre: Prequant, asked: Format | None, asked_by: str) -> tuple[Format, list[str]]:
