@@ -119,6 +119,9 @@ def run_compare(
                 fail_for_test=opts.inject_failure.get(preset),
             )
             result = run_worker(spec, opts.timeout_seconds, debug=debug, extra_env=env)
+            if preset == reference and result.bad_input:
+                # The reference is loaded first: a checkpoint that does not match its config stops here, exit 2.
+                raise UsageError(result.row.error or f"preset {preset}: bad input")
             rows[preset] = result.row
             speed_method = result.speed_method or speed_method
             if result.ok:

@@ -28,6 +28,7 @@ from qcli.plan.prequantized import checked_format, prequant_of
 from qcli.plan.presets import Preset, load_preset
 from qcli.plan.storages import cuda_prediction
 from qcli.results import MEASURED_AT, CudaPrediction, Generation, LoadReport, Plan
+from qcli.run.checkpoint import check_loaded_weights
 from qcli.run.demo import ensure_demo
 from qcli.run.flags import check_device_map, check_new_tokens, check_prompt, check_weights_present
 from qcli.run.measure import census, cuda_memory, reset_cuda_peaks, rss_bytes, tensor_memory
@@ -247,6 +248,10 @@ def load(opts: LoadOptions, prepared: Prepared) -> Loaded:
         "revision": prepared.source.commit_sha or opts.revision,
         "token": opts.token,
         "trust_remote_code": opts.trust_remote_code,
+        # transformers' own report of missing, unexpected and mismatched weights, checked below; mismatched
+        # sizes are reported by qcli (exit 2 naming them) rather than raised mid-load with no names.
+        "output_loading_info": True,
+        "ignore_mismatched_sizes": True,
     }
     # A pre-quantized checkpoint's own quantization_config is the one transformers uses: pass none.
     bnb = None if prepared.prequantized else preset.to_bnb_config()
@@ -264,11 +269,12 @@ def load(opts: LoadOptions, prepared: Prepared) -> Loaded:
     reset_cuda_peaks()
     start = time.perf_counter()
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model, loading_info = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (UsageError, RunError):
         raise
     except Exception as exc:
         raise _error_for(exc, opts) from exc
+    check_loaded_weights(opts.model, model, loading_info, prepared.prequantized)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

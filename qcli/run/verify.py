@@ -159,6 +159,8 @@ def run_verify(opts: VerifyOptions, prepared: Prepared | None = None) -> VerifyR
             spec = reference_spec(opts, text, str(Path(tmp) / "reference"), prepared.source.commit_sha)
             env = {"HF_TOKEN": opts.load.token} if opts.load.token else None  # never in the spec file
             ref = run_worker(spec, opts.timeout_seconds, debug=debug_enabled(), extra_env=env)
+            if ref.bad_input:  # the checkpoint (or the reference preset) cannot be used: exit 2, as for the candidate
+                raise UsageError(ref.row.error or f"reference preset {opts.reference}: bad input")
             if ref.ok:
                 ref_logp = torch.load(spec.logits_path)
         ref_seconds = time.perf_counter() - start

@@ -1,0 +1,130 @@
+"""Whether the weights that loaded are the ones the config describes, read back after the load.
+
+Three sources, each the library's own word: transformers' loading report (`output_loading_info=True`:
+weights missing from the checkpoint, weights the model has no place for, weights of another shape); the
+bitsandbytes modules themselves, because transformers skips its shape check for a weight it quantizes
+(`core_model_loading`: "Shape errors result in mismatched key, except for quantized params"), so a
+quantized module's stored shape is compared with its in/out features here; and, for a checkpoint whose
+config.json says it is stored quantized, whether its modules really hold quantized weights.
+
+Keys transformers leaves missing on purpose (a tied lm_head, non-persistent buffers such as rotary
+`inv_freq`, a model's `_keys_to_ignore_on_load_missing`) are already out of its report.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from qcli.errors import UsageError
+
+NAMED = 3  # tensor names shown per kind of problem
+QUANTIZED_LAYERS = ("Linear4bit", "Linear8bitLt")
+
+
+def _natural(name: str) -> list[Any]:
+    """Sort key that puts layers.2 before layers.10."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def _shape(shape: Any) -> str:
+    return "×".join(str(int(d)) for d in shape) or "scalar"
+
+
+@dataclass
+class WeightReport:
+    """What did not load as the config describes it (names as transformers gives them)."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)  # name, stored, config
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.mismatched)
+
+    def describe(self) -> str:
+        """Return the problems as one clause per kind, each with its count and the first few names."""
+
+        def names(items: list[str]) -> str:
+            more = ", …" if len(items) > NAMED else ""
+            return ", ".join(items[:NAMED]) + more
+
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} weight(s) missing ({names(self.missing)})")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected weight(s) ({names(self.unexpected)})")
+        if self.mismatched:
+            shown = [f"{n} {_shape(s)} stored, {_shape(c)} in the config" for n, s, c in self.mismatched]
+            parts.append(f"{len(self.mismatched)} weight(s) of another shape ({names(shown)})")
+        return ", ".join(parts)
+
+
+def _stored_shape(module: Any) -> tuple[int, ...] | None:
+    """Return the shape a bitsandbytes module's weight was loaded with (None: not on a real device)."""
+    weight = module.weight
+    if weight.device.type == "meta":  # offloaded by accelerate: nothing was read into it here
+        return None
+    state = getattr(weight, "quant_state", None)
+    if state is not None:  # Params4bit is packed into a column of bytes; quant_state keeps the shape
+        return tuple(int(d) for d in state.shape)
+    return tuple(int(d) for d in weight.shape)
+
+
+def weight_report(loading_info: dict[str, Any], model: Any) -> WeightReport:
+    """Return transformers' loading report plus the quantized modules whose stored shape is not the config's."""
+    report = WeightReport(
+        missing=sorted(loading_info.get("missing_keys") or (), key=_natural),
+        unexpected=sorted(loading_info.get("unexpected_keys") or (), key=_natural),
+    )
+    mismatched = {
+        name: (tuple(int(d) for d in stored), tuple(int(d) for d in wanted))
+        for name, stored, wanted in loading_info.get("mismatched_keys") or ()
+    }
+    for name, module in model.named_modules():
+        if type(module).__name__ not in QUANTIZED_LAYERS:
+            continue
+        stored = _stored_shape(module)
+        wanted = (int(module.out_features), int(module.in_features))
+        if stored is not None and stored != wanted:
+            mismatched.setdefault(f"{name}.weight", (stored, wanted))
+    report.mismatched = [(n, *mismatched[n]) for n in sorted(mismatched, key=_natural)]
+    return report
+
+
+def unquantized_modules(model: Any) -> list[tuple[str, str]]:
+    """Return (module name, weight dtype) of bitsandbytes modules on a real device that hold no quantized weight."""
+    out = []
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if kind not in QUANTIZED_LAYERS or module.weight.device.type == "meta":
+            continue
+        weight = module.weight
+        quantized = (
+            getattr(weight, "quant_state", None) is not None
+            if kind == "Linear4bit"
+            else str(weight.dtype) == "torch.int8"
+        )
+        if not quantized:
+            out.append((name, str(weight.dtype).removeprefix("torch.")))
+    return out
+
+
+def check_loaded_weights(model_name: str, model: Any, loading_info: dict[str, Any], prequantized: bool) -> None:
+    """Raise a UsageError (exit 2) when the loaded weights are not the checkpoint its config describes."""
+    report = weight_report(loading_info, model)
+    if report:
+        raise UsageError(
+            f"{model_name}: the checkpoint does not match its config: {report.describe()}",
+            "the weights were saved for another config (layers, sizes or model_type): use the config.json they "
+            "were saved with, or download the checkpoint again",
+        )
+    if prequantized and (plain := unquantized_modules(model)):
+        name, dtype = plain[0]
+        raise UsageError(
+            f"{model_name}: config.json has a bitsandbytes quantization_config, but the weights are not stored "
+            f"quantized ({len(plain)} module(s) hold plain weights, e.g. {name}: {dtype})",
+            "remove quantization_config from config.json and quantize at load time with a preset "
+            "(e.g. --preset nf4), or download the quantized checkpoint again",
+        )
