@@ -3,6 +3,7 @@ else the meta-device build through transformers (imported lazily by qcli.model.m
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from qcli.errors import UsageError
@@ -12,8 +13,11 @@ from qcli.model.meta import from_meta
 from qcli.model.spec import ModelSpec
 
 
-def from_config(cfg: dict[str, Any], *, allow_meta: bool = True, trust_remote_code: bool = False) -> ModelSpec:
-    """Return the ModelSpec of a config dict: analytic when the architecture is known, else meta."""
+def from_config(
+    cfg: dict[str, Any], *, allow_meta: bool = True, trust_remote_code: bool = False, code_dir: Path | None = None
+) -> ModelSpec:
+    """Return the ModelSpec of a config dict: analytic when the architecture is known, else meta (`code_dir`:
+    the local model directory, whose own code runs under trust_remote_code)."""
     validate_config(cfg)  # the keys qcli reads, each checked and named before any builder runs
     model_type = cfg.get("model_type")
     if not isinstance(model_type, str) or not model_type:
@@ -25,4 +29,4 @@ def from_config(cfg: dict[str, Any], *, allow_meta: bool = True, trust_remote_co
         return spec
     if not allow_meta:
         raise UsageError(f"config.json: model_type {model_type!r} has no analytic description")
-    return from_meta(cfg, trust_remote_code=trust_remote_code)
+    return from_meta(cfg, trust_remote_code=trust_remote_code, code_dir=code_dir)

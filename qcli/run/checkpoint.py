@@ -1,6 +1,7 @@
-"""Whether the weights that loaded are the ones the config describes, read back after the load.
+"""Whether a checkpoint is what its config.json says: the files it names, checked before the load, and the
+weights that loaded, read back after it.
 
-Three sources, each the library's own word: transformers' loading report (`output_loading_info=True`:
+After the load, three sources, each the library's own word: transformers' loading report (`output_loading_info=True`:
 weights missing from the checkpoint, weights the model has no place for, weights of another shape); the
 bitsandbytes modules themselves, because transformers skips its shape check for a weight it quantizes
 (`core_model_loading`: "Shape errors result in mismatched key, except for quantized params"), so a
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from qcli.errors import UsageError
@@ -128,3 +130,25 @@ def check_loaded_weights(model_name: str, model: Any, loading_info: dict[str, An
             "remove quantization_config from config.json and quantize at load time with a preset "
             "(e.g. --preset nf4), or download the quantized checkpoint again",
         )
+
+
+def check_remote_code(directory: Path | None, config: dict[str, Any], trust_remote_code: bool) -> None:
+    """Raise a UsageError when --trust-remote-code is given and a local model lacks a file its auto_map names.
+
+    auto_map values are `module.Class` (a module.py beside config.json), `other/repo--module.Class` (code
+    from another repo, fetched by transformers) or, for tokenizers, lists of those; only the first kind is a file
+    this directory must have.
+    """
+    auto_map = config.get("auto_map")
+    if not trust_remote_code or directory is None or not isinstance(auto_map, dict):
+        return
+    refs = [r for v in auto_map.values() for r in (v if isinstance(v, list) else [v]) if isinstance(r, str)]
+    for ref in refs:
+        if "--" in ref or "." not in ref:
+            continue
+        module = ref.rsplit(".", 1)[0]
+        if not (directory / f"{module.replace('.', '/')}.py").is_file():
+            raise UsageError(
+                f"{directory}: config.json's auto_map names {ref}, and {module}.py is not in the directory",
+                "copy the repository's code files beside config.json, or download the model again",
+            )

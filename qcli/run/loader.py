@@ -28,7 +28,7 @@ from qcli.plan.prequantized import checked_format, prequant_of
 from qcli.plan.presets import Preset, load_preset
 from qcli.plan.storages import cuda_prediction
 from qcli.results import MEASURED_AT, CudaPrediction, Generation, LoadReport, Plan
-from qcli.run.checkpoint import check_loaded_weights
+from qcli.run.checkpoint import check_loaded_weights, check_remote_code
 from qcli.run.demo import ensure_demo
 from qcli.run.flags import check_device_map, check_new_tokens, check_prompt, check_weights_present
 from qcli.run.measure import census, cuda_memory, reset_cuda_peaks, rss_bytes, tensor_memory
@@ -92,10 +92,11 @@ def prepare(opts: LoadOptions) -> Prepared:
             f"`qcli estimate {opts.model}` still reports its stored bytes",
         )
     check_weights_present(source)
+    check_remote_code(source.local_dir, source.config, opts.trust_remote_code)
     validate_config(source.config)  # a config qcli cannot read is bad input, not "no estimate"
     spec: ModelSpec | None
     try:
-        spec = from_config(source.config, trust_remote_code=opts.trust_remote_code)
+        spec = from_config(source.config, trust_remote_code=opts.trust_remote_code, code_dir=source.local_dir)
     except UnknownModelType:
         if not opts.trust_remote_code:
             raise  # transformers cannot build it either
