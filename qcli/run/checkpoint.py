@@ -152,3 +152,60 @@ def check_remote_code(directory: Path | None, config: dict[str, Any], trust_remo
                 f"{directory}: config.json's auto_map names {ref}, and {module}.py is not in the directory",
                 "copy the repository's code files beside config.json, or download the model again",
             )
+
+
+def check_causal_lm(name: str, config: dict[str, Any], trust_remote_code: bool) -> None:
+    """Raise a UsageError when config.json names no architecture, or one with no causal-LM class in transformers
+    (what load, verify and compare build: AutoModelForCausalLM). Imports transformers."""
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type.strip():
+        raise UsageError(
+            f"{name}: config.json has no model_type, so transformers cannot tell which architecture it is",
+            'add the model\'s model_type (e.g. "llama") to config.json, or download the model again',
+        )
+    auto_map = config.get("auto_map")
+    if trust_remote_code and isinstance(auto_map, dict) and "AutoModelForCausalLM" in auto_map:
+        return  # the repository's own causal-LM class
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if model_type in CONFIG_MAPPING_NAMES and model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UsageError(
+            f"{name}: model_type {model_type!r} is not a causal language model (transformers has no "
+            "AutoModelForCausalLM class for it)",
+            "load, verify and compare run text-generation (causal LM) models; `qcli estimate` still sizes this one",
+        )
+
+
+# How torch.load says a file is not a checkpoint it can read (a pickle, a zip archive, or neither).
+_UNREADABLE_PICKLE = ("UnpicklingError", "PytorchStreamReader", "invalid load key", "Ran out of input", "weights_only")
+
+
+def unreadable_weights(exc: BaseException, name: str, directory: Path | None) -> UsageError | None:
+    """Return the UsageError for a PyTorch weight file torch.load refused (garbage, truncated, not a checkpoint);
+    None for any other failure. torch's own advice to retry with weights_only=False, which runs whatever
+    the file holds, is never passed on."""
+    text = f"{type(exc).__name__}: {exc}"
+    if not (isinstance(exc, EOFError) or any(marker in text for marker in _UNREADABLE_PICKLE)):  # EOF: an empty file
+        return None
+    bins = sorted(p.name for p in directory.glob("*.bin")) if directory is not None else []
+    what = bins[0] if len(bins) == 1 else "its PyTorch .bin weight files"
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(exc))
+    cause = found.group(1).strip() if found else ("" if "weights_only" in str(exc) else str(exc).strip())
+    cause = (cause.splitlines() or [""])[0][:120]
+    return UsageError(
+        f"{name}: {what} is not a readable PyTorch checkpoint (torch.load refused it{': ' + cause if cause else ''})",
+        "download the weights again, or save the model as model.safetensors",
+    )
+
+
+def missing_file(exc: BaseException, name: str) -> UsageError | None:
+    """Return the UsageError for a file transformers looked for in a model and did not find; None otherwise."""
+    found = re.search(r"does not appear to have a file named ([^\s.][^\s]*?)\.?(?:\s|$)", str(exc))
+    if isinstance(exc, OSError) and found:
+        return UsageError(
+            f"{name}: transformers found no {found.group(1)} in the model", "is the download complete? fetch it again"
+        )
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return UsageError(f"{name}: {exc.filename} is missing", "is the download complete? fetch it again")
+    return None

@@ -21,6 +21,7 @@ from qcli.plan.limits import MAX_TIMEOUT_SECONDS, check_float
 from qcli.plan.presets import load_preset
 from qcli.resources import data_text
 from qcli.results import CompareReport, CompareRow
+from qcli.run.checkpoint import check_causal_lm
 from qcli.run.demo import writable_cache
 from qcli.run.flags import check_new_tokens, check_prompt, check_text_file, check_weights_present
 from qcli.run.loader import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, resolve_device
@@ -69,6 +70,7 @@ def validate(opts: CompareOptions) -> Checked:
     # A missing model is bad input before any preset runs; every worker then loads the same commit.
     source = resolve(opts.model, opts.revision, read_safetensors=False, token=opts.token)
     check_weights_present(source)
+    check_causal_lm(opts.model, source.config, trust_remote_code=False)
     validate_config(source.config)
     try:
         spec = from_config(source.config)

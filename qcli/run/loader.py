@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qcli.errors import RunError, UsageError
+from qcli.errors import QcliError, RunError, UsageError
 from qcli.model.config_schema import validate_config
 from qcli.model.demo import DEMO_NAME, DEMO_PROMPT
 from qcli.model.describe import from_config
@@ -28,7 +28,13 @@ from qcli.plan.prequantized import checked_format, prequant_of
 from qcli.plan.presets import Preset, load_preset
 from qcli.plan.storages import cuda_prediction
 from qcli.results import MEASURED_AT, CudaPrediction, Generation, LoadReport, Plan
-from qcli.run.checkpoint import check_loaded_weights, check_remote_code
+from qcli.run.checkpoint import (
+    check_causal_lm,
+    check_loaded_weights,
+    check_remote_code,
+    missing_file,
+    unreadable_weights,
+)
 from qcli.run.demo import ensure_demo
 from qcli.run.flags import check_device_map, check_new_tokens, check_prompt, check_weights_present
 from qcli.run.measure import census, cuda_memory, reset_cuda_peaks, rss_bytes, tensor_memory
@@ -93,6 +99,7 @@ def prepare(opts: LoadOptions) -> Prepared:
         )
     check_weights_present(source)
     check_remote_code(source.local_dir, source.config, opts.trust_remote_code)
+    check_causal_lm(opts.model, source.config, opts.trust_remote_code)
     validate_config(source.config)  # a config qcli cannot read is bad input, not "no estimate"
     spec: ModelSpec | None
     try:
@@ -204,7 +211,12 @@ def model_path(source: ModelSource) -> str:
     return source.repo_id or source.name
 
 
-def _error_for(exc: BaseException, opts: LoadOptions) -> RunError:
+def _error_for(exc: BaseException, opts: LoadOptions, directory: Path | None) -> QcliError:
+    """Return the error to raise for an exception of from_pretrained: a damaged or incomplete checkpoint is bad
+    input naming the file, an out-of-memory or a bitsandbytes set-up failure says so, the rest is a run error."""
+    bad = unreadable_weights(exc, opts.model, directory) or missing_file(exc, opts.model)
+    if bad is not None:
+        return bad
     text = f"{type(exc).__name__}: {exc}"
     if "OutOfMemory" in type(exc).__name__ or "out of memory" in str(exc).lower():
         hint = (
@@ -274,7 +286,7 @@ def load(opts: LoadOptions, prepared: Prepared) -> Loaded:
     except (UsageError, RunError):
         raise
     except Exception as exc:
-        raise _error_for(exc, opts) from exc
+        raise _error_for(exc, opts, prepared.source.local_dir) from exc
     check_loaded_weights(opts.model, model, loading_info, prepared.prequantized)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
