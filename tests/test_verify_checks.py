@@ -292,6 +292,7 @@ def test_junit_holds_an_error_when_the_checkpoint_does_not_match(cli, tmp_path):
     from safetensors.numpy import save_file
 
     save_file({"model.embed_tokens.weight": np.zeros((3, 3), dtype=np.float32)}, tmp_path / "model.safetensors")
+    _with_demo_tokenizer(tmp_path)  # verify checks the tokenizer before the load
     junit = tmp_path / "v.xml"
     r = cli("verify", str(tmp_path), "--preset", "bf16", "--junit", str(junit))
     assert r.code == 2  # weights that do not match the config are bad input

@@ -209,3 +209,84 @@ def missing_file(exc: BaseException, name: str) -> UsageError | None:
     if isinstance(exc, FileNotFoundError) and exc.filename:
         return UsageError(f"{name}: {exc.filename} is missing", "is the download complete? fetch it again")
     return None
+
+
+# The vocabulary files transformers' tokenizers load from (fast tokenizer, sentencepiece, BPE, WordPiece, tiktoken).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+    "tekken.json",
+    "tiktoken.model",
+)
+# The JSON files a tokenizer reads, in the order a decode error is looked for.
+TOKENIZER_JSON = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+)
+NO_TOKENIZER_HINT = "copy the tokenizer files of the model the weights came from into the directory"
+
+
+def _check_tokenizer_files(directory: Path, name: str, trust_remote_code: bool) -> None:
+    """Raise a UsageError when a local model directory holds no vocabulary file a tokenizer could load."""
+    present = [directory / f for f in TOKENIZER_FILES if (directory / f).exists()]
+    present += [p for p in directory.glob("*.tiktoken") if p.exists()]
+    for path in present:
+        if not path.is_file():
+            raise UsageError(f"{name}: {path.name} is not a regular file (a directory, FIFO or device)")
+    if present or trust_remote_code:  # a repository's own tokenizer may keep its vocabulary elsewhere
+        return
+    raise UsageError(
+        f"{name}: no tokenizer in the directory (none of {', '.join(TOKENIZER_FILES[:5])}, …)", NO_TOKENIZER_HINT
+    )
+
+
+def _bad_json(directory: Path) -> str | None:
+    """Return 'file is not valid JSON (…)' for the first tokenizer JSON file that does not parse; None if all do."""
+    import json
+
+    for file in TOKENIZER_JSON:
+        path = directory / file
+        if not path.is_file():
+            continue
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            return f"{file} is not UTF-8 text"
+        except json.JSONDecodeError as exc:
+            return f"{file} is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})"
+        except (OSError, RecursionError):
+            return f"{file} cannot be read"
+    return None
+
+
+def load_tokenizer(
+    path: str, name: str, directory: Path | None, revision: str | None, token: str | None, trust_remote_code: bool
+) -> Any:
+    """Return the model's tokenizer (AutoTokenizer); a missing, damaged or empty one is a UsageError naming the
+    file or the cause. `directory` is the local model directory (None for a hub repo)."""
+    if directory is not None:
+        _check_tokenizer_files(directory, name, trust_remote_code)
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=revision, token=token, trust_remote_code=trust_remote_code
+        )
+    except Exception as exc:
+        cause = _bad_json(directory) if directory is not None else None
+        if cause is None:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            cause = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        raise UsageError(
+            f"{name}: the tokenizer cannot be loaded: {cause}", "download the tokenizer files again"
+        ) from exc
+    if tokenizer is None or not callable(tokenizer):
+        raise UsageError(f"{name}: transformers found no tokenizer for this model", NO_TOKENIZER_HINT)
+    return tokenizer

@@ -21,10 +21,10 @@ from qcli.plan.limits import MAX_TIMEOUT_SECONDS, check_float
 from qcli.plan.presets import load_preset
 from qcli.resources import data_text
 from qcli.results import CompareReport, CompareRow
-from qcli.run.checkpoint import check_causal_lm
+from qcli.run.checkpoint import check_causal_lm, load_tokenizer
 from qcli.run.demo import writable_cache
 from qcli.run.flags import check_new_tokens, check_prompt, check_text_file, check_weights_present
-from qcli.run.loader import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, resolve_device
+from qcli.run.loader import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, model_path, resolve_device
 from qcli.run.quality import agreement_and_kl
 from qcli.run.worker import WorkerSpec, debug_enabled, run_worker
 
@@ -82,6 +82,9 @@ def validate(opts: CompareOptions) -> Checked:
     resolve_device(opts.device)
     if opts.model == DEMO_NAME:
         writable_cache()  # each worker builds or reads the demo there
+    else:  # every row scores text with it: a missing or damaged tokenizer is bad input before any worker runs
+        revision = source.commit_sha or opts.revision
+        load_tokenizer(model_path(source), opts.model, source.local_dir, revision, opts.token, False)
     return presets, reference, text, source
 
 

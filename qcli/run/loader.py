@@ -32,6 +32,7 @@ from qcli.run.checkpoint import (
     check_causal_lm,
     check_loaded_weights,
     check_remote_code,
+    load_tokenizer,
     missing_file,
     unreadable_weights,
 )
@@ -76,6 +77,7 @@ class Prepared:
     plan: Plan | None  # the estimate for exactly this load (same spec, preset and dtype)
     quantizable: list[str]  # weight tensors bitsandbytes will quantize, by the same rules as the plan
     prequantized: bool = False  # a bitsandbytes checkpoint: loads as stored, with its own quantization_config
+    tokenizer: Any = None  # loaded up front by require_tokenizer when the run needs one; load() reuses it
 
 
 def prepare(opts: LoadOptions) -> Prepared:
@@ -121,7 +123,25 @@ def prepare(opts: LoadOptions) -> Prepared:
             skip = pre.skip_modules
         if fmt.kind != "dense":
             quantizable = sorted(quantized_tensors(spec, fmt, skip))
-    return Prepared(source, spec, preset, dtype, plan, quantizable, prequantized=pre is not None)
+    prepared = Prepared(source, spec, preset, dtype, plan, quantizable, prequantized=pre is not None)
+    if opts.prompt is not None:
+        require_tokenizer(opts, prepared)  # before the load: a missing or damaged tokenizer is bad input now
+    return prepared
+
+
+def require_tokenizer(opts: LoadOptions, prepared: Prepared) -> None:
+    """Load the model's tokenizer into `prepared` (once); UsageError naming the problem when there is none.
+    The demo's is built with it."""
+    source = prepared.source
+    if prepared.tokenizer is not None or source.name == DEMO_NAME:
+        return
+    prepared.tokenizer = _tokenizer(opts, prepared, model_path(source))
+
+
+def _tokenizer(opts: LoadOptions, prepared: Prepared, path: str) -> Any:
+    source = prepared.source
+    revision = source.commit_sha or opts.revision
+    return load_tokenizer(path, opts.model, source.local_dir, revision, opts.token, opts.trust_remote_code)
 
 
 @dataclass
@@ -136,6 +156,7 @@ class Loaded:
     load_seconds: float
     notes: list[str] = field(default_factory=list)
     offload_dir: Any = None  # a TemporaryDirectory kept alive as long as the model (disk-offloaded weights)
+    tokenizer_problem: str | None = None  # why `tokenizer` is None
 
 
 def quiet_libraries(progress: bool = False) -> None:
@@ -243,7 +264,7 @@ def load(opts: LoadOptions, prepared: Prepared) -> Loaded:
     path = model_path(prepared.source)
     quiet_libraries(opts.progress)
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     device = resolve_device(opts.device)
     notes = []
@@ -292,17 +313,16 @@ def load(opts: LoadOptions, prepared: Prepared) -> Loaded:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     model.eval()
-    tokenizer = None
-    with contextlib.suppress(Exception):
-        tokenizer = AutoTokenizer.from_pretrained(
-            path,
-            revision=prepared.source.commit_sha or opts.revision,
-            token=opts.token,
-            trust_remote_code=opts.trust_remote_code,
-        )
+    tokenizer, tokenizer_problem = prepared.tokenizer, None
+    if tokenizer is None:  # not needed up front (load without --prompt): its absence is only noted
+        try:
+            tokenizer = _tokenizer(opts, prepared, path)
+        except UsageError as exc:
+            tokenizer_problem = exc.message
     return Loaded(
         model=model,
         tokenizer=tokenizer,
+        tokenizer_problem=tokenizer_problem,
         path=path,
         device=device,
         preset=preset,
@@ -317,7 +337,7 @@ def generate(loaded: Loaded, prompt: str, max_new_tokens: int) -> Generation:
     import torch
 
     if loaded.tokenizer is None:
-        raise RunError(f"{loaded.path} has no tokenizer: cannot run --prompt")
+        raise UsageError(loaded.tokenizer_problem or f"{loaded.path}: no tokenizer")
     inputs = loaded.tokenizer(prompt, return_tensors="pt").to(loaded.device)
     start = time.perf_counter()
     with torch.no_grad():
@@ -473,7 +493,7 @@ def load_report(opts: LoadOptions, prepared: Prepared | None = None) -> tuple[Lo
     if opts.prompt:
         try:
             report.generation = generate(loaded, opts.prompt, opts.max_new_tokens)
-        except RunError:
+        except (RunError, UsageError):
             raise
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:200]

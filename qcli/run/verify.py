@@ -17,7 +17,16 @@ from qcli.plan.presets import Preset, load_preset
 from qcli.resources import data_text
 from qcli.results import CheckResult, VerifyReport
 from qcli.run import checks
-from qcli.run.loader import DEFAULT_PROMPT, LoadOptions, Prepared, generate, load_report, parse_max_memory, prepare
+from qcli.run.loader import (
+    DEFAULT_PROMPT,
+    LoadOptions,
+    Prepared,
+    generate,
+    load_report,
+    parse_max_memory,
+    prepare,
+    require_tokenizer,
+)
 from qcli.run.worker import WorkerResult, WorkerSpec, debug_enabled, run_worker
 from qcli.units import parse_bytes
 
@@ -146,6 +155,7 @@ def run_verify(opts: VerifyOptions, prepared: Prepared | None = None) -> VerifyR
     if opts.load.prompt is None:
         opts.load.prompt = DEFAULT_PROMPT
     prepared = prepared or prepare(opts.load)  # a bad model path is exit 2 before the reference runs
+    require_tokenizer(opts.load, prepared)  # the forward and generation checks need it: exit 2 now if it is broken
     model, preset_name = opts.load.model, v.preset.name
     text = data_text("sample.txt")
     ref: WorkerResult | None = None

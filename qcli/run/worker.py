@@ -95,6 +95,8 @@ def run(spec: WorkerSpec) -> WorkerResult:
         offload_dir=str(Path(spec.work_dir) / "offload"),
     )
     report, loaded = load_report(opts)
+    if loaded.tokenizer is None:  # the parent checked it up front; the files may have changed since
+        raise UsageError(loaded.tokenizer_problem or f"{spec.model}: no tokenizer")
     ids = token_ids(loaded.tokenizer, spec.text)
     ppl, logp = perplexity_and_logprobs(loaded.model, ids, loaded.device)
     torch.save(logp.to(torch.float16 if logp.numel() > 50_000_000 else torch.float32), spec.logits_path)
