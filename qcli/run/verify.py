@@ -49,6 +49,21 @@ class VerifyOptions(FromCli):
     timeout_seconds: float = 1800  # the reference worker's limit, as compare's per preset
 
 
+def check_reference_flags(reference: str | None, given: dict[str, object]) -> None:
+    """Raise a UsageError when flags that only the --reference check reads are given without --reference.
+
+    `given` maps each such flag to its value (None: not given): --min-agreement and --max-kl are the
+    reference check's thresholds, --timeout the reference worker's limit; without a reference nothing reads them.
+    """
+    named = [flag for flag, value in given.items() if value is not None]
+    if named and reference is None:
+        it = "it" if len(named) == 1 else "them"
+        raise UsageError(
+            f"{' and '.join(named)} given without --reference: only the reference check uses {it}",
+            f"add --reference PRESET (e.g. --reference bf16) to measure agreement and KL against it, or leave {it} out",
+        )
+
+
 def parse_tolerance(text: str) -> float:
     raw = text.strip().removesuffix("%")
     try:
@@ -97,6 +112,8 @@ def validate(opts: VerifyOptions) -> Validated:
     check_float("--min-agreement", opts.min_agreement, 0, 1)
     check_float("--max-kl", opts.max_kl, 0, MAX_KL)
     check_float("--timeout", opts.timeout_seconds, 0, MAX_TIMEOUT_SECONDS, lo_open=True)
+    if opts.expect is not None and not opts.expect.strip():  # '' is in every text: the check could never fail
+        raise UsageError("--expect is empty", "give the text the generation must contain, e.g. --expect Paris")
     tolerance = parse_tolerance(opts.tolerance)
     budget_bytes = parse_bytes(opts.budget, "--budget") if opts.budget else None
     preset = load_preset(opts.load.preset, opts.load.sets)
