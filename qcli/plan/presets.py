@@ -141,12 +141,39 @@ def builtin_names() -> list[str]:
     return [f.name.removesuffix(".yaml") for f in config_files() if f.name != "gpus.yaml"]
 
 
+def _as_path(name_or_path: str) -> Path | None:
+    """Return the path a preset argument names, or None when it is a built-in preset's name.
+
+    A path when it looks like one or is a file: a directory named `bf16` in the cwd does not hide the preset.
+    """
+    path = Path(name_or_path).expanduser()
+    return path if path.suffix in {".yaml", ".yml"} or "/" in name_or_path or path.is_file() else None
+
+
+def _builtin(name: str) -> str | None:
+    """Return the built-in preset a name means, or None; preset names are case-insensitive (QLoRA is qlora)."""
+    return {n.lower(): n for n in builtin_names()}.get(name.strip().lower())
+
+
+def preset_key(name_or_path: str) -> str:
+    """Return what a preset argument refers to, so that two spellings of one preset compare equal: the
+    resolved path of its file (a built-in's packaged file for a name, in any case)."""
+    path = _as_path(name_or_path)
+    if path is None:
+        name = _builtin(name_or_path)
+        if name is None:
+            return name_or_path
+        path = Path(str(config_file(f"{name}.yaml")))
+    try:
+        return str(path.resolve())
+    except OSError:
+        return str(path.absolute())
+
+
 def _read(name_or_path: str) -> tuple[str, str]:
     """Return (source label, YAML text) for a preset name or a path to a YAML file."""
-    path = Path(name_or_path).expanduser()
-    # A path when it looks like one or is a file: a directory named `bf16` in the cwd does not hide the preset.
-    looks_like_path = path.suffix in {".yaml", ".yml"} or "/" in name_or_path or path.is_file()
-    if looks_like_path:
+    path = _as_path(name_or_path)
+    if path is not None:
         if path.exists() and not path.is_file():
             raise UsageError(f"preset file {name_or_path!r} is not a regular file", "give a YAML file")
         if not path.is_file():
@@ -155,9 +182,9 @@ def _read(name_or_path: str) -> tuple[str, str]:
             return str(path), path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"preset file {name_or_path!r} cannot be read: {exc}") from exc
-    names = {n.lower(): n for n in builtin_names()}  # preset names are case-insensitive: QLoRA is qlora
-    name = names.get(name_or_path.strip().lower())
+    name = _builtin(name_or_path)
     if name is None:
+        names = {n.lower(): n for n in builtin_names()}
         close = difflib.get_close_matches(name_or_path.strip().lower(), list(names), n=2, cutoff=0.6)
         maybe = f"did you mean {' or '.join(names[c] for c in close)}? " if close else ""
         raise UsageError(

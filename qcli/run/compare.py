@@ -18,7 +18,7 @@ from qcli.model.meta import UnknownModelType
 from qcli.model.resolve import ModelSource, resolve
 from qcli.options import FromCli
 from qcli.plan.limits import MAX_TIMEOUT_SECONDS, check_float
-from qcli.plan.presets import load_preset
+from qcli.plan.presets import load_preset, preset_key
 from qcli.resources import data_text
 from qcli.results import CompareReport, CompareRow
 from qcli.run.checkpoint import check_causal_lm, load_tokenizer
@@ -52,16 +52,23 @@ Checked = tuple[list[str], str, str, ModelSource]  # what validate() returns
 
 def validate(opts: CompareOptions) -> Checked:
     """Check everything before anything loads; return (presets, reference, text, the resolved model)."""
-    presets = [p.strip() for p in opts.presets if p.strip()]
-    if not presets:
+    presets = [p.strip() for p in opts.presets]
+    if not any(presets):
         raise UsageError("--presets is empty", "e.g. --presets bf16,int8,nf4,qlora")
-    if len(set(presets)) != len(presets):
-        raise UsageError("--presets lists a preset twice")
+    if not all(presets):
+        raise UsageError("--presets has an empty entry (two commas in a row, or one at an end)")
     for p in presets:
         load_preset(p)  # unknown names and invalid files: exit 2 now
+    # One preset spelled two ways (bf16 and BF16, a name and its file) is one preset: compared by what it names.
+    keys: dict[str, str] = {}
+    for p in presets:
+        if (first := keys.setdefault(preset_key(p), p)) != p or presets.count(p) > 1:
+            same = f"{p!r} twice" if first == p else f"{first!r} and {p!r}, the same preset"
+            raise UsageError(f"--presets lists {same}", "list each preset once")
     if opts.reference is not None:
         load_preset(opts.reference)
-    reference = opts.reference or presets[0]
+    # The reference as the list spells it when it is listed (--reference QLORA with qlora): no extra worker.
+    reference = keys.get(preset_key(opts.reference), opts.reference) if opts.reference else presets[0]
     if reference not in presets:
         presets.insert(0, reference)
     check_float("--timeout", opts.timeout_seconds, 0, MAX_TIMEOUT_SECONDS, lo_open=True)
