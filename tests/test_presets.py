@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from qcli.errors import UsageError
@@ -69,3 +71,50 @@ def test_presets_cli(cli):
     data = r.json()
     assert len(data["presets"]) == 1 and data["command"] == "presets"
     assert data["presets"][0]["bitsandbytes_config"]["bnb_4bit_compute_dtype"] == "float16"
+
+
+Q = "name: x\ndtype: bfloat16\nquantization:\n"
+
+
+@pytest.mark.parametrize(
+    ("keys", "needles"),
+    [
+        ("  load_in_8bit: true\n  bnb_4bit_quant_type: nf4\n", ["load_in_8bit is true", "bnb_4bit_quant_type applies"]),
+        (
+            "  load_in_8bit: true\n  bnb_4bit_use_double_quant: true\n  bnb_4bit_compute_dtype: float16\n",
+            ["bnb_4bit_use_double_quant, bnb_4bit_compute_dtype apply to 4-bit"],
+        ),
+        ("  load_in_4bit: true\n  llm_int8_threshold: 5.0\n", ["load_in_4bit is true", "llm_int8_threshold"]),
+        ("  load_in_4bit: 'yes'\n", ["quantization.load_in_4bit: got 'yes'; use true or false"]),
+        ("  load_in_4bit: 'true'\n", ["quantization.load_in_4bit: got 'true'"]),
+        ("  load_in_4bit: 1\n", ["quantization.load_in_4bit: got 1"]),
+        ("  load_in_8bit: true\n  llm_int8_has_fp16_weight: 0\n", ["llm_int8_has_fp16_weight: got 0"]),
+    ],
+)
+def test_keys_of_the_other_mode_and_loose_booleans_are_refused(tmp_path, keys, needles):
+    """load_in_8bit with a 4-bit key silently loaded int8 without it; "yes" and 1 passed as true."""
+    f = tmp_path / "p.yaml"
+    f.write_text(Q + keys)
+    with pytest.raises(UsageError) as info:
+        load_preset(str(f))
+    assert info.value.message.startswith(f"{f}: quantization")
+    for needle in needles:
+        assert needle in info.value.message
+
+
+def test_a_mode_switched_by_set_names_the_keys_left_behind():
+    with pytest.raises(UsageError, match="bnb_4bit_quant_type, bnb_4bit_use_double_quant, bnb_4bit_compute_dtype"):
+        load_preset("qlora", ["quantization.load_in_4bit=false", "quantization.load_in_8bit=true"])
+
+
+def test_yaml_booleans_and_a_checkpoints_full_config_still_pass():
+    """YAML's own true/false/yes (parsed as booleans) pass; a checkpoint's saved quantization_config carries
+    every key of both modes (transformers writes them all) and is not held to the preset rule."""
+    from transformers import BitsAndBytesConfig
+
+    from qcli.plan.prequantized import prequant_of
+
+    assert load_preset("bf16", ["quantization.load_in_8bit=yes"]).weight_format().key == "int8"
+    saved = json.loads(BitsAndBytesConfig(load_in_8bit=True).to_json_string(use_diff=False))  # as config.json holds it
+    assert "bnb_4bit_quant_type" in saved
+    assert prequant_of(saved, "m").format.key == "int8"

@@ -284,7 +284,7 @@ def test_junit_holds_an_error_when_verify_stops_on_bad_input(cli, tmp_path):
     assert case.get("classname") == "qcli.verify[demo][nope]"
 
 
-def test_junit_holds_an_error_when_the_load_fails(cli, tmp_path):
+def test_junit_holds_an_error_when_the_checkpoint_does_not_match(cli, tmp_path):
     from qcli.model.demo import DEMO_CONFIG
 
     (tmp_path / "config.json").write_text(json.dumps(DEMO_CONFIG))
@@ -292,12 +292,14 @@ def test_junit_holds_an_error_when_the_load_fails(cli, tmp_path):
     from safetensors.numpy import save_file
 
     save_file({"model.embed_tokens.weight": np.zeros((3, 3), dtype=np.float32)}, tmp_path / "model.safetensors")
+    _with_demo_tokenizer(tmp_path)  # verify checks the tokenizer before the load
     junit = tmp_path / "v.xml"
     r = cli("verify", str(tmp_path), "--preset", "bf16", "--junit", str(junit))
-    assert r.code == 1
+    assert r.code == 2  # weights that do not match the config are bad input
     suite = ET.parse(junit).getroot().find("testsuite")
     errors = suite.findall("testcase/error")
-    assert suite.get("errors") == "1" and len(errors) == 1 and "loading" in errors[0].get("message")
+    assert suite.get("errors") == "1" and len(errors) == 1
+    assert "does not match its config" in errors[0].get("message")
 
 
 @pytest.mark.parametrize(

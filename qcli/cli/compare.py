@@ -62,7 +62,7 @@ def compare(
 
     require_load_extra("qcli compare")
     for flag, path in (("--csv", csv), ("--markdown", markdown), ("--plot", plot)):
-        if path:
+        if path is not None:
             check_output_path(path, flag)  # before any work: not after a long compare
     opts = CompareOptions.from_cli(
         model=model,
@@ -76,18 +76,18 @@ def compare(
         revision=revision,
         token=token,
     )
-    if plot and importlib.util.find_spec("matplotlib") is None:
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
         raise UsageError("--plot needs matplotlib", "pip install 'qcli[plot]'")
     checked = validate(opts)  # bad flags, presets and paths: exit 2 before anything is built or loaded
     with progress_line(progress_wanted(json_, quiet)) as line:
         if opts.model == DEMO_NAME:
             ensure_demo(line.demo_step)  # once, here, rather than racing in the first worker
         report = run_compare(opts, progress=line.step, checked=checked)
-    if csv:
+    if csv is not None:
         compare_csv(report, csv)
-    if markdown:
+    if markdown is not None:
         Path(markdown).write_text(compare_markdown(report), encoding="utf-8")
-    if plot:
+    if plot is not None:
         compare_plot(report, plot)
     if json_:
         print_json(report)

@@ -78,12 +78,13 @@ def verify(
     from qcli.output.progress import progress_line, progress_wanted
     from qcli.run.demo import ensure_demo
     from qcli.run.loader import DEFAULT_PRESET, LoadOptions, prepare
-    from qcli.run.verify import VerifyOptions, run_verify, validate
+    from qcli.run.verify import VerifyOptions, check_reference_flags, run_verify, validate
 
-    if junit:
+    if junit is not None:
         check_output_path(junit, "--junit")  # before any work: a bad path is exit 2 at once
     interactive = progress_wanted(json_, quiet)
     try:
+        check_reference_flags(reference, {"--min-agreement": min_agreement, "--max-kl": max_kl, "--timeout": timeout})
         require_load_extra("qcli verify")
         opts = VerifyOptions.from_cli(
             load=LoadOptions.from_cli(
@@ -116,11 +117,11 @@ def verify(
             line.step(f"verifying {opts.load.model} with preset {opts.load.preset}")
             report = run_verify(opts, prepared)  # resolved and described once
     except (Exception, KeyboardInterrupt, Terminated) as exc:
-        if junit:  # a CI reporter still gets a result: one errored testcase naming the cause
+        if junit is not None:  # a CI reporter still gets a result: one errored testcase naming the cause
             outcome = outcome_of(exc)
             write_junit(None, junit, model, preset or DEFAULT_PRESET, error=outcome.line() or type(exc).__name__)
         raise
-    if junit:
+    if junit is not None:
         write_junit(report, junit, opts.load.model, opts.load.preset)
     if json_:
         print_json(report)

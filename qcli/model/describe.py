@@ -3,6 +3,7 @@ else the meta-device build through transformers (imported lazily by qcli.model.m
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from qcli.errors import UsageError
@@ -13,8 +14,11 @@ from qcli.model.spec import ModelSpec
 from qcli.units import MAX_PARAMS
 
 
-def from_config(cfg: dict[str, Any], *, allow_meta: bool = True, trust_remote_code: bool = False) -> ModelSpec:
-    """Return the ModelSpec of a config dict: analytic when the architecture is known, else meta."""
+def from_config(
+    cfg: dict[str, Any], *, allow_meta: bool = True, trust_remote_code: bool = False, code_dir: Path | None = None
+) -> ModelSpec:
+    """Return the ModelSpec of a config dict: analytic when the architecture is known, else meta (`code_dir`:
+    the local model directory, whose own code runs under trust_remote_code)."""
     # The keys qcli reads, each checked and named before any builder runs; builders read the checked values.
     checked = validate_config(cfg)
     model_type = checked.get("model_type")
@@ -27,7 +31,7 @@ def from_config(cfg: dict[str, Any], *, allow_meta: bool = True, trust_remote_co
     elif not allow_meta:
         raise UsageError(f"config.json: model_type {model_type!r} has no analytic description")
     else:
-        spec = from_meta(checked, trust_remote_code=trust_remote_code)
+        spec = from_meta(checked, trust_remote_code=trust_remote_code, code_dir=code_dir)
     if spec.params > MAX_PARAMS:
         # Each size is bounded on its own (config_schema); their products are bounded here, as --params is.
         raise UsageError(

@@ -253,6 +253,11 @@ def _cached(repo_id: str, filename: str, revision: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def cached_file(repo_id: str, filename: str, revision: str) -> Path | None:
+    """Return the cached copy of `filename` at `revision` (branch, tag or commit); None if it is not cached."""
+    return _cached(repo_id, filename, revision)
+
+
 def check_repo_id(repo_id: str) -> None:
     """Raise a UsageError when huggingface_hub would refuse `repo_id` (`a..b/c`, over 96 characters, ...).
 

@@ -11,6 +11,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -38,11 +40,32 @@ class UnknownModelType(UsageError):
     """A model_type the installed transformers does not know (without the repository's own code)."""
 
 
-def _spec_cache_path(cfg: dict[str, Any], trust_remote_code: bool, cache_dir: Path) -> Path | None:
+def code_files(code_dir: Path | None) -> list[Path]:
+    """Return the repository's own Python files beside its config.json (what auto_map names), sorted."""
+    if code_dir is None:
+        return []
+    return sorted(p for p in code_dir.glob("*.py") if p.is_file())
+
+
+def _code_digest(code_dir: Path | None) -> str | None:
+    """Return a digest of the repository's own code: the class it builds changes with it."""
+    files = code_files(code_dir)
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _spec_cache_path(
+    cfg: dict[str, Any], trust_remote_code: bool, cache_dir: Path, code_dir: Path | None = None
+) -> Path | None:
     version = transformers_version()
     if version is None:
         return None
-    key = json.dumps([SPEC_CACHE_VERSION, version, trust_remote_code, cfg], sort_keys=True, default=str)
+    code = _code_digest(code_dir) if trust_remote_code else None
+    key = json.dumps([SPEC_CACHE_VERSION, version, trust_remote_code, cfg, code], sort_keys=True, default=str)
     return cache_dir / "specs" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
 
@@ -72,21 +95,24 @@ def _cache_layer_from_json(c: dict[str, Any]) -> CacheLayer:
     return CacheLayer(kind=c["kind"], window=c["window"], compress_rate=c["compress_rate"], **elems)
 
 
-def from_meta(cfg: dict[str, Any], trust_remote_code: bool = False, cache_dir: Path | None = None) -> ModelSpec:
+def from_meta(
+    cfg: dict[str, Any], trust_remote_code: bool = False, cache_dir: Path | None = None, code_dir: Path | None = None
+) -> ModelSpec:
     """Return the ModelSpec of the class `load` builds, from the meta device or the spec cache.
 
-    The cache (qcli's cache dir, `specs/`) is keyed by the config's content, the transformers version
-    and trust_remote_code; `QCLI_NO_SPEC_CACHE=1` bypasses it.
+    `code_dir` is the local model directory whose own code (`auto_map`) runs under trust_remote_code.
+    The cache (qcli's cache dir, `specs/`) is keyed by the config's content, the transformers version,
+    trust_remote_code and that code; `QCLI_NO_SPEC_CACHE=1` bypasses it.
     """
     path = None
     if not os.environ.get("QCLI_NO_SPEC_CACHE"):
-        path = _spec_cache_path(cfg, trust_remote_code, cache_dir or cache_root())
+        path = _spec_cache_path(cfg, trust_remote_code, cache_dir or cache_root(), code_dir)
     if path is not None and path.is_file():
         try:
             return spec_from_json(json.loads(path.read_text()))
         except (ValueError, TypeError, KeyError):
             pass  # an entry from another qcli: rebuild it
-    spec = _build(cfg, trust_remote_code)
+    spec = _build(cfg, trust_remote_code, code_dir)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -109,29 +135,62 @@ def _unknown_type(cfg: dict[str, Any]) -> UnknownModelType:
     )
 
 
-def load_config(cfg: dict[str, Any], trust_remote_code: bool = False) -> Any:
-    """Return the transformers config of a config.json dict, read by transformers' own loader.
+@contextlib.contextmanager
+def _config_dir(cfg: dict[str, Any], remote: bool, code_dir: Path | None) -> Iterator[Path]:
+    """Yield a temporary directory holding the config dict as config.json and, for remote code, the repository's
+    *.py files (auto_map names them).
 
-    The dict goes through `AutoConfig.from_pretrained` on a temporary directory, exactly as a checkpoint's
-    config.json would: transformers 5 writes infinities as `{"__float__": "Infinity"}` and only its loader
-    decodes them; it also applies each config class's own defaults and legacy keys.
+    The dict is read by transformers' own loader (`AutoConfig.from_pretrained` on this directory), exactly as
+    a checkpoint's config.json would be: transformers 5 writes infinities as `{"__float__": "Infinity"}` and
+    only its loader decodes them; it also applies each config class's own defaults and legacy keys.
     """
-    from transformers import AutoConfig
+    with tempfile.TemporaryDirectory(prefix="qcli-config-") as tmp:
+        folder = Path(tmp)
+        if remote and code_dir is not None:
+            # transformers caches a local repo's code under HF_MODULES_CACHE by the folder's name and the code's
+            # hash: the model directory's own name reuses the entry the load makes, not a new one per run.
+            folder = folder / (code_dir.resolve().name or "model")
+            folder.mkdir()
+            for path in code_files(code_dir):
+                shutil.copyfile(path, folder / path.name)
+        (folder / "config.json").write_text(json.dumps(cfg))
+        yield folder
+
+
+@contextlib.contextmanager
+def _code_errors(tmp: Path) -> Iterator[None]:
+    """Turn transformers' errors about a config or a repository's code into one-line UsageErrors."""
+    try:
+        yield
+    except (KeyError, ValueError, TypeError, AttributeError, *_strict_errors()) as exc:
+        # huggingface_hub's strict dataclasses put the cause on the next line: keep both, bounded
+        reason = " ".join(str(exc).replace(str(tmp), ".").split()) or type(exc).__name__
+        reason = reason if len(reason) <= 240 else reason[:239] + "…"
+        raise UsageError(f"config.json: transformers cannot read it: {reason}") from exc
+    except OSError as exc:  # a file auto_map names is not there (a hub repo's code is not fetched here)
+        raise UsageError(f"config.json: {_missing_code(exc, tmp)}", "is the repository's code complete?") from exc
+    except ImportError as exc:  # the repository's code needs a package that is not installed
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"config.json: the repository's code cannot be imported: {first}") from exc
+
+
+def _missing_code(exc: OSError, tmp: Path) -> str:
+    """Return transformers' OSError about a repository's code as one line without the temporary directory."""
+    found = re.search(r"named (\S+?)\.? ", str(exc) + " ")
+    if found:
+        return f"auto_map names {found.group(1)}, which is not beside config.json"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"the repository's code cannot be read: {first.replace(str(tmp), '.')}"
+
+
+def _remote(cfg: dict[str, Any], trust_remote_code: bool) -> bool:
+    """Return whether the config's own code (auto_map) runs; an unknown model_type without it is refused."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    if cfg.get("model_type") not in CONFIG_MAPPING and not (trust_remote_code and cfg.get("auto_map")):
+    remote = trust_remote_code and bool(cfg.get("auto_map"))
+    if cfg.get("model_type") not in CONFIG_MAPPING and not remote:
         raise _unknown_type(cfg)
-    with tempfile.TemporaryDirectory(prefix="qcli-config-") as tmp:
-        (Path(tmp) / "config.json").write_text(json.dumps(cfg))
-        try:
-            # quiet: the config classes log their complaints (special token ids outside the vocabulary)
-            with _quiet():
-                return AutoConfig.from_pretrained(tmp, trust_remote_code=trust_remote_code)
-        except (KeyError, ValueError, TypeError, AttributeError, *_strict_errors()) as exc:
-            # huggingface_hub's strict dataclasses put the cause on the next line: keep both, bounded
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            reason = reason if len(reason) <= 240 else reason[:239] + "…"
-            raise UsageError(f"config.json: transformers cannot read it: {reason}") from exc
+    return remote
 
 
 def _strict_errors() -> tuple[type[Exception], ...]:
@@ -144,11 +203,21 @@ def _strict_errors() -> tuple[type[Exception], ...]:
     return (StrictDataclassError,)
 
 
-def model_class(config: Any) -> tuple[type, str]:
-    """Return the class `qcli load` builds (AutoModelForCausalLM) and which auto class found it."""
+def model_class(config: Any, remote: bool = False) -> tuple[type, str]:
+    """Return the class `qcli load` builds (AutoModelForCausalLM) and which auto class found it.
+
+    With `remote`, a class the config's auto_map names comes first, as in from_pretrained; it is read from
+    the directory the config was loaded from (config.name_or_path), which must still exist.
+    """
     from transformers import AutoModel, AutoModelForCausalLM
     from transformers.models.auto.auto_factory import _get_model_class
 
+    auto_map = (getattr(config, "auto_map", None) or {}) if remote else {}
+    for auto in (AutoModelForCausalLM, AutoModel):
+        if isinstance(ref := auto_map.get(auto.__name__), str):
+            from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+            return get_class_from_dynamic_module(ref, config.name_or_path), auto.__name__
     for auto in (AutoModelForCausalLM, AutoModel):
         if type(config) in auto._model_mapping:
             return _get_model_class(config, auto._model_mapping), auto.__name__
@@ -185,13 +254,17 @@ def _instantiate(cls: type, config: Any, dtype: Any) -> Any:
         return cls(config)
 
 
-def _build(cfg: dict[str, Any], trust_remote_code: bool) -> ModelSpec:
+def _build(cfg: dict[str, Any], trust_remote_code: bool, code_dir: Path | None = None) -> ModelSpec:
     what = f"model_type {cfg.get('model_type')!r} has no analytic description; counting it on the meta device"
     require_load_extra(what, ("torch", "transformers"))
     import torch
+    from transformers import AutoConfig
 
-    config = load_config(cfg, trust_remote_code)
-    cls, auto = model_class(config)
+    remote = _remote(cfg, trust_remote_code)
+    with _config_dir(cfg, remote, code_dir) as tmp, _code_errors(tmp):
+        with _quiet():  # the config classes log their complaints (special token ids outside the vocabulary)
+            config = AutoConfig.from_pretrained(tmp, trust_remote_code=trust_remote_code)
+        cls, auto = model_class(config, remote)
     dtype = getattr(torch, PROBE_DTYPE)
     with _quiet():
         try:

@@ -124,6 +124,9 @@ def compare_plot(report: CompareReport, path: str) -> None:
     plt.close(fig)
 
 
+EXAMPLE_NAMES = {"--junit": "verify.xml", "--csv": "compare.csv", "--markdown": "report.md", "--plot": "compare.png"}
+
+
 def check_output_path(path: str, flag: str) -> Path:
     """Return the path once it is known to be writable; UsageError (exit 2) before any work otherwise.
 
@@ -131,6 +134,8 @@ def check_output_path(path: str, flag: str) -> Path:
     create a file in are bad input. The probe really opens the file for appending (never truncating) and
     removes it again when it did not exist, so permissions, read-only mounts and root all answer truly.
     """
+    if not path.strip():  # Path("") is the current directory: an empty value would write nothing, silently
+        raise UsageError(f"{flag} needs a file path", f"e.g. {flag} {EXAMPLE_NAMES.get(flag, 'out.txt')}")
     target = Path(path).expanduser()
     if target.is_dir():
         raise UsageError(f"{flag} {path}: is a directory", "give a file name inside it")

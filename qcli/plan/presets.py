@@ -7,9 +7,19 @@ from __future__ import annotations
 import difflib
 import re
 import reprlib
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from qcli.errors import UsageError
 from qcli.paths import user_path
@@ -28,21 +38,28 @@ def _dtype(value: Any) -> Any:
     return normalize_dtype(value) if isinstance(value, str) else value
 
 
+# BitsAndBytesConfig keys only one mode reads (bitsandbytes' Linear4bit has no outlier threshold or fp16
+# weights; Linear8bitLt has no 4-bit quant type, double quantization, compute or storage dtype).
+FOUR_BIT_ONLY = ("bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype", "bnb_4bit_quant_storage")
+EIGHT_BIT_ONLY = ("llm_int8_threshold", "llm_int8_has_fp16_weight")
+
+
 class Quantization(BaseModel):
     """The BitsAndBytesConfig fields a preset may set (names as transformers spells them)."""
 
     model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: see qcli.results.Model
 
-    load_in_4bit: bool = False
-    load_in_8bit: bool = False
+    # Strict: YAML's true/false only; "yes", "true" or 1 would pass as true unnoticed.
+    load_in_4bit: StrictBool = False
+    load_in_8bit: StrictBool = False
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
-    bnb_4bit_use_double_quant: bool = False
+    bnb_4bit_use_double_quant: StrictBool = False
     bnb_4bit_compute_dtype: LoadDtype | None = None
     bnb_4bit_quant_storage: StorageDtype = "uint8"
     llm_int8_threshold: float = Field(6.0, ge=0)
     llm_int8_skip_modules: list[str] | None = None
-    llm_int8_enable_fp32_cpu_offload: bool = False
-    llm_int8_has_fp16_weight: bool = False
+    llm_int8_enable_fp32_cpu_offload: StrictBool = False
+    llm_int8_has_fp16_weight: StrictBool = False
 
     _norm = field_validator("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage", mode="before")(_dtype)
 
@@ -58,11 +75,26 @@ class Quantization(BaseModel):
         return names
 
     @model_validator(mode="after")
-    def _one_mode(self) -> Quantization:
+    def _one_mode(self, info: ValidationInfo) -> Quantization:
         if self.load_in_4bit and self.load_in_8bit:
             raise ValueError("load_in_4bit and load_in_8bit cannot both be true; choose one")
         if not (self.load_in_4bit or self.load_in_8bit):
             raise ValueError("set load_in_4bit or load_in_8bit to true (or drop the quantization block)")
+        # A preset's keys of the other mode would be dropped without a word (BitsAndBytesConfig keeps them,
+        # bitsandbytes never reads them). Checkpoint configs are not held to this: transformers saves every key.
+        if (info.context or {}).get("preset"):
+            mode, other, kind, alternative = (
+                ("load_in_8bit", FOUR_BIT_ONLY, "4-bit", "load_in_4bit")
+                if self.load_in_8bit
+                else ("load_in_4bit", EIGHT_BIT_ONLY, "int8", "load_in_8bit")
+            )
+            stray = [k for k in other if k in self.model_fields_set]
+            if stray:
+                one = len(stray) == 1
+                raise ValueError(
+                    f"{mode} is true, but {', '.join(stray)} {'applies' if one else 'apply'} to {kind} quantization "
+                    f"only and would be ignored; drop {'it' if one else 'them'}, or use {alternative} instead"
+                )
         return self
 
     def format(self) -> Format:
@@ -141,12 +173,39 @@ def builtin_names() -> list[str]:
     return [f.name.removesuffix(".yaml") for f in config_files() if f.name != "gpus.yaml"]
 
 
+def _as_path(name_or_path: str) -> Path | None:
+    """Return the path a preset argument names, or None when it is a built-in preset's name.
+
+    A path when it looks like one or is a file: a directory named `bf16` in the cwd does not hide the preset.
+    """
+    path = user_path(name_or_path, "preset file")
+    return path if path.suffix in {".yaml", ".yml"} or "/" in name_or_path or path.is_file() else None
+
+
+def _builtin(name: str) -> str | None:
+    """Return the built-in preset a name means, or None; preset names are case-insensitive (QLoRA is qlora)."""
+    return {n.lower(): n for n in builtin_names()}.get(name.strip().lower())
+
+
+def preset_key(name_or_path: str) -> str:
+    """Return what a preset argument refers to, so that two spellings of one preset compare equal: the
+    resolved path of its file (a built-in's packaged file for a name, in any case)."""
+    path = _as_path(name_or_path)
+    if path is None:
+        name = _builtin(name_or_path)
+        if name is None:
+            return name_or_path
+        path = Path(str(config_file(f"{name}.yaml")))
+    try:
+        return str(path.resolve())
+    except OSError:
+        return str(path.absolute())
+
+
 def _read(name_or_path: str) -> tuple[str, str]:
     """Return (source label, YAML text) for a preset name or a path to a YAML file."""
-    path = user_path(name_or_path, "preset file")
-    # A path when it looks like one or is a file: a directory named `bf16` in the cwd does not hide the preset.
-    looks_like_path = path.suffix in {".yaml", ".yml"} or "/" in name_or_path or path.is_file()
-    if looks_like_path:
+    path = _as_path(name_or_path)
+    if path is not None:
         if path.exists() and not path.is_file():
             raise UsageError(f"preset file {name_or_path!r} is not a regular file", "give a YAML file")
         if not path.is_file():
@@ -157,9 +216,9 @@ def _read(name_or_path: str) -> tuple[str, str]:
             raise UsageError(f"preset file {name_or_path!r} is not UTF-8 text", "save it as UTF-8 YAML") from None
         except OSError as exc:
             raise UsageError(f"preset file {name_or_path!r} cannot be read: {exc.strerror or exc}") from exc
-    names = {n.lower(): n for n in builtin_names()}  # preset names are case-insensitive: QLoRA is qlora
-    name = names.get(name_or_path.strip().lower())
+    name = _builtin(name_or_path)
     if name is None:
+        names = {n.lower(): n for n in builtin_names()}
         close = difflib.get_close_matches(name_or_path.strip().lower(), list(names), n=2, cutoff=0.6)
         maybe = f"did you mean {' or '.join(names[c] for c in close)}? " if close else ""
         raise UsageError(
@@ -206,6 +265,8 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif err["type"] == "bool_type":
+            msg = f"got {reprlib.repr(err.get('input'))}; use true or false"
         elif err["type"] == "literal_error":
             # reprlib: a bounded repr (an alias-expanded value must not be printed in full)
             msg = f"got {reprlib.repr(err.get('input'))}; {msg.lower()}"
@@ -233,7 +294,7 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Preset
     for assignment in overrides or []:
         _apply_set(data, assignment, source)
     try:
-        preset = Preset.model_validate(data)
+        preset = Preset.model_validate(data, context={"preset": True})
     except ValidationError as exc:
         raise UsageError(format_validation_error(source, exc)) from None
     preset.source = source

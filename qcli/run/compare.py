@@ -18,12 +18,13 @@ from qcli.model.meta import UnknownModelType
 from qcli.model.resolve import ModelSource, resolve
 from qcli.options import FromCli
 from qcli.plan.limits import MAX_TIMEOUT_SECONDS, check_float
-from qcli.plan.presets import load_preset
+from qcli.plan.presets import load_preset, preset_key
 from qcli.resources import data_text
 from qcli.results import CompareReport, CompareRow
+from qcli.run.checkpoint import check_causal_lm, load_tokenizer
 from qcli.run.demo import writable_cache
 from qcli.run.flags import check_new_tokens, check_prompt, check_text_file, check_weights_present
-from qcli.run.loader import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, resolve_device
+from qcli.run.loader import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, model_path, resolve_device
 from qcli.run.quality import agreement_and_kl
 from qcli.run.worker import WorkerSpec, debug_enabled, run_worker
 
@@ -51,16 +52,23 @@ Checked = tuple[list[str], str, str, ModelSource]  # what validate() returns
 
 def validate(opts: CompareOptions) -> Checked:
     """Check everything before anything loads; return (presets, reference, text, the resolved model)."""
-    presets = [p.strip() for p in opts.presets if p.strip()]
-    if not presets:
+    presets = [p.strip() for p in opts.presets]
+    if not any(presets):
         raise UsageError("--presets is empty", "e.g. --presets bf16,int8,nf4,qlora")
-    if len(set(presets)) != len(presets):
-        raise UsageError("--presets lists a preset twice")
+    if not all(presets):
+        raise UsageError("--presets has an empty entry (two commas in a row, or one at an end)")
     for p in presets:
         load_preset(p)  # unknown names and invalid files: exit 2 now
+    # One preset spelled two ways (bf16 and BF16, a name and its file) is one preset: compared by what it names.
+    keys: dict[str, str] = {}
+    for p in presets:
+        if (first := keys.setdefault(preset_key(p), p)) != p or presets.count(p) > 1:
+            same = f"{p!r} twice" if first == p else f"{first!r} and {p!r}, the same preset"
+            raise UsageError(f"--presets lists {same}", "list each preset once")
     if opts.reference is not None:
         load_preset(opts.reference)
-    reference = opts.reference or presets[0]
+    # The reference as the list spells it when it is listed (--reference QLORA with qlora): no extra worker.
+    reference = keys.get(preset_key(opts.reference), opts.reference) if opts.reference else presets[0]
     if reference not in presets:
         presets.insert(0, reference)
     check_float("--timeout", opts.timeout_seconds, 0, MAX_TIMEOUT_SECONDS, lo_open=True)
@@ -69,6 +77,7 @@ def validate(opts: CompareOptions) -> Checked:
     # A missing model is bad input before any preset runs; every worker then loads the same commit.
     source = resolve(opts.model, opts.revision, read_safetensors=False, token=opts.token)
     check_weights_present(source)
+    check_causal_lm(opts.model, source.config, trust_remote_code=False)
     validate_config(source.config)
     try:
         spec = from_config(source.config)
@@ -80,6 +89,9 @@ def validate(opts: CompareOptions) -> Checked:
     resolve_device(opts.device)
     if opts.model == DEMO_NAME:
         writable_cache()  # each worker builds or reads the demo there
+    else:  # every row scores text with it: a missing or damaged tokenizer is bad input before any worker runs
+        revision = source.commit_sha or opts.revision
+        load_tokenizer(model_path(source), opts.model, source.local_dir, revision, opts.token, False)
     return presets, reference, text, source
 
 
@@ -119,6 +131,9 @@ def run_compare(
                 fail_for_test=opts.inject_failure.get(preset),
             )
             result = run_worker(spec, opts.timeout_seconds, debug=debug, extra_env=env)
+            if preset == reference and result.bad_input:
+                # The reference is loaded first: a checkpoint that does not match its config stops here, exit 2.
+                raise UsageError(result.row.error or f"preset {preset}: bad input")
             rows[preset] = result.row
             speed_method = result.speed_method or speed_method
             if result.ok:

@@ -3,11 +3,13 @@ built, loaded or spawned, so a bad flag is exit 2 in well under a second (issue 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from qcli.errors import UsageError
 from qcli.model.demo import DEMO_NAME
 from qcli.model.resolve import ModelSource
+from qcli.model.safetensors_header import shard_names
 from qcli.model.spec import ModelSpec
 from qcli.plan.limits import MAX_NEW_TOKENS, check_int
 from qcli.plan.placement import DEVICE_MAPS as PLANNED_DEVICE_MAPS
@@ -59,8 +61,46 @@ def check_text_file(path_text: str, flag: str = "--text") -> str:
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.index.json")
 
 
+# The weight files transformers' from_pretrained looks for in a hub repo, in its order (single file, then index).
+HUB_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def _uncached_weights(repo_id: str, revision: str) -> str | None:
+    """Return the first weight file transformers would need that the hub cache lacks; None when it has them."""
+    from qcli.model.hub import cached_file
+
+    for name in HUB_WEIGHT_FILES:
+        path = cached_file(repo_id, name, revision)
+        if path is None:
+            continue
+        if not name.endswith(".index.json"):
+            return None
+        try:
+            shards = shard_names(path, json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            return None  # transformers reports a bad index itself
+        return next((s for s in shards if cached_file(repo_id, s, revision) is None), None)
+    return "model.safetensors"
+
+
 def check_weights_present(source: ModelSource) -> None:
-    """Raise a UsageError when a local model directory holds no weight file to load."""
+    """Raise a UsageError when a local model directory holds no weight file to load, or when offline
+    (HF_HUB_OFFLINE) the hub cache holds a repo's config.json without its weights."""
+    if source.repo_id is not None:
+        from qcli.model.hub import offline
+
+        if offline() and (missing := _uncached_weights(source.repo_id, source.commit_sha or source.revision or "main")):
+            raise UsageError(
+                f"{source.repo_id}: the weights ({missing}) are not in the local cache and HF_HUB_OFFLINE is set "
+                "(offline); only the config is cached",
+                f"unset HF_HUB_OFFLINE to fetch them, or download the model first: `hf download {source.repo_id}`",
+            )
+        return
     directory = source.local_dir
     if directory is None or source.name == DEMO_NAME:
         return

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qcli.errors import RunError, UsageError
+from qcli.errors import QcliError, RunError, UsageError
 from qcli.model.config_schema import validate_config
 from qcli.model.demo import DEMO_NAME, DEMO_PROMPT
 from qcli.model.describe import from_config
@@ -28,6 +28,14 @@ from qcli.plan.prequantized import checked_format, prequant_of
 from qcli.plan.presets import Preset, load_preset
 from qcli.plan.storages import cuda_prediction
 from qcli.results import MEASURED_AT, CudaPrediction, Generation, LoadReport, Plan
+from qcli.run.checkpoint import (
+    check_causal_lm,
+    check_loaded_weights,
+    check_remote_code,
+    load_tokenizer,
+    missing_file,
+    unreadable_weights,
+)
 from qcli.run.demo import ensure_demo
 from qcli.run.flags import check_device_map, check_new_tokens, check_prompt, check_weights_present
 from qcli.run.measure import census, cuda_memory, reset_cuda_peaks, rss_bytes, tensor_memory
@@ -68,6 +76,7 @@ class Prepared:
     plan: Plan | None  # the estimate for exactly this load (same spec, preset and dtype)
     quantizable: list[str]  # weight tensors bitsandbytes will quantize, by the same rules as the plan
     prequantized: bool = False  # a bitsandbytes checkpoint: loads as stored, with its own quantization_config
+    tokenizer: Any = None  # loaded up front by require_tokenizer when the run needs one; load() reuses it
 
 
 def prepare(opts: LoadOptions) -> Prepared:
@@ -90,10 +99,12 @@ def prepare(opts: LoadOptions) -> Prepared:
             f"`qcli estimate {opts.model}` still reports its stored bytes",
         )
     check_weights_present(source)
+    check_remote_code(source.local_dir, source.config, opts.trust_remote_code)
+    check_causal_lm(opts.model, source.config, opts.trust_remote_code)
     validate_config(source.config)  # a config qcli cannot read is bad input, not "no estimate"
     spec: ModelSpec | None
     try:
-        spec = from_config(source.config, trust_remote_code=opts.trust_remote_code)
+        spec = from_config(source.config, trust_remote_code=opts.trust_remote_code, code_dir=source.local_dir)
     except UnknownModelType:
         if not opts.trust_remote_code:
             raise  # transformers cannot build it either
@@ -111,7 +122,25 @@ def prepare(opts: LoadOptions) -> Prepared:
             skip = pre.skip_modules
         if fmt.kind != "dense":
             quantizable = sorted(quantized_tensors(spec, fmt, skip))
-    return Prepared(source, spec, preset, dtype, plan, quantizable, prequantized=pre is not None)
+    prepared = Prepared(source, spec, preset, dtype, plan, quantizable, prequantized=pre is not None)
+    if opts.prompt is not None:
+        require_tokenizer(opts, prepared)  # before the load: a missing or damaged tokenizer is bad input now
+    return prepared
+
+
+def require_tokenizer(opts: LoadOptions, prepared: Prepared) -> None:
+    """Load the model's tokenizer into `prepared` (once); UsageError naming the problem when there is none.
+    The demo's is built with it."""
+    source = prepared.source
+    if prepared.tokenizer is not None or source.name == DEMO_NAME:
+        return
+    prepared.tokenizer = _tokenizer(opts, prepared, model_path(source))
+
+
+def _tokenizer(opts: LoadOptions, prepared: Prepared, path: str) -> Any:
+    source = prepared.source
+    revision = source.commit_sha or opts.revision
+    return load_tokenizer(path, opts.model, source.local_dir, revision, opts.token, opts.trust_remote_code)
 
 
 @dataclass
@@ -126,6 +155,7 @@ class Loaded:
     load_seconds: float
     notes: list[str] = field(default_factory=list)
     offload_dir: Any = None  # a TemporaryDirectory kept alive as long as the model (disk-offloaded weights)
+    tokenizer_problem: str | None = None  # why `tokenizer` is None
 
 
 def quiet_libraries(progress: bool = False) -> None:
@@ -195,7 +225,12 @@ def model_path(source: ModelSource) -> str:
     return source.repo_id or source.name
 
 
-def _error_for(exc: BaseException, opts: LoadOptions) -> RunError:
+def _error_for(exc: BaseException, opts: LoadOptions, directory: Path | None) -> QcliError:
+    """Return the error to raise for an exception of from_pretrained: a damaged or incomplete checkpoint is bad
+    input naming the file, an out-of-memory or a bitsandbytes set-up failure says so, the rest is a run error."""
+    bad = unreadable_weights(exc, opts.model, directory) or missing_file(exc, opts.model)
+    if bad is not None:
+        return bad
     text = f"{type(exc).__name__}: {exc}"
     if "OutOfMemory" in type(exc).__name__ or "out of memory" in str(exc).lower():
         hint = (
@@ -222,7 +257,7 @@ def load(opts: LoadOptions, prepared: Prepared) -> Loaded:
     path = model_path(prepared.source)
     quiet_libraries(opts.progress)
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     device = resolve_device(opts.device)
     notes = []
@@ -240,6 +275,10 @@ def load(opts: LoadOptions, prepared: Prepared) -> Loaded:
         "revision": prepared.source.commit_sha or opts.revision,
         "token": opts.token,
         "trust_remote_code": opts.trust_remote_code,
+        # transformers' own report of missing, unexpected and mismatched weights, checked below; mismatched
+        # sizes are reported by qcli (exit 2 naming them) rather than raised mid-load with no names.
+        "output_loading_info": True,
+        "ignore_mismatched_sizes": True,
     }
     # A pre-quantized checkpoint's own quantization_config is the one transformers uses: pass none.
     bnb = None if prepared.prequantized else preset.to_bnb_config()
@@ -257,26 +296,26 @@ def load(opts: LoadOptions, prepared: Prepared) -> Loaded:
     reset_cuda_peaks()
     start = time.perf_counter()
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model, loading_info = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (UsageError, RunError):
         raise
     except Exception as exc:
-        raise _error_for(exc, opts) from exc
+        raise _error_for(exc, opts, prepared.source.local_dir) from exc
+    check_loaded_weights(opts.model, model, loading_info, prepared.prequantized)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     model.eval()
-    tokenizer = None
-    with contextlib.suppress(Exception):
-        tokenizer = AutoTokenizer.from_pretrained(
-            path,
-            revision=prepared.source.commit_sha or opts.revision,
-            token=opts.token,
-            trust_remote_code=opts.trust_remote_code,
-        )
+    tokenizer, tokenizer_problem = prepared.tokenizer, None
+    if tokenizer is None:  # not needed up front (load without --prompt): its absence is only noted
+        try:
+            tokenizer = _tokenizer(opts, prepared, path)
+        except UsageError as exc:
+            tokenizer_problem = exc.message
     return Loaded(
         model=model,
         tokenizer=tokenizer,
+        tokenizer_problem=tokenizer_problem,
         path=path,
         device=device,
         preset=preset,
@@ -291,7 +330,7 @@ def generate(loaded: Loaded, prompt: str, max_new_tokens: int) -> Generation:
     import torch
 
     if loaded.tokenizer is None:
-        raise RunError(f"{loaded.path} has no tokenizer: cannot run --prompt")
+        raise UsageError(loaded.tokenizer_problem or f"{loaded.path}: no tokenizer")
     inputs = loaded.tokenizer(prompt, return_tensors="pt").to(loaded.device)
     start = time.perf_counter()
     with torch.no_grad():
@@ -447,7 +486,7 @@ def load_report(opts: LoadOptions, prepared: Prepared | None = None) -> tuple[Lo
     if opts.prompt:
         try:
             report.generation = generate(loaded, opts.prompt, opts.max_new_tokens)
-        except RunError:
+        except (RunError, UsageError):
             raise
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:200]

@@ -17,7 +17,16 @@ from qcli.plan.presets import Preset, load_preset
 from qcli.resources import data_text
 from qcli.results import CheckResult, VerifyReport
 from qcli.run import checks
-from qcli.run.loader import DEFAULT_PROMPT, LoadOptions, Prepared, generate, load_report, parse_max_memory, prepare
+from qcli.run.loader import (
+    DEFAULT_PROMPT,
+    LoadOptions,
+    Prepared,
+    generate,
+    load_report,
+    parse_max_memory,
+    prepare,
+    require_tokenizer,
+)
 from qcli.run.worker import WorkerResult, WorkerSpec, debug_enabled, run_worker
 from qcli.units import parse_bytes
 
@@ -38,6 +47,21 @@ class VerifyOptions(FromCli):
     max_kl: float = 0.1
     allow_offload: bool = False
     timeout_seconds: float = 1800  # the reference worker's limit, as compare's per preset
+
+
+def check_reference_flags(reference: str | None, given: dict[str, object]) -> None:
+    """Raise a UsageError when flags that only the --reference check reads are given without --reference.
+
+    `given` maps each such flag to its value (None: not given): --min-agreement and --max-kl are the
+    reference check's thresholds, --timeout the reference worker's limit; without a reference nothing reads them.
+    """
+    named = [flag for flag, value in given.items() if value is not None]
+    if named and reference is None:
+        it = "it" if len(named) == 1 else "them"
+        raise UsageError(
+            f"{' and '.join(named)} given without --reference: only the reference check uses {it}",
+            f"add --reference PRESET (e.g. --reference bf16) to measure agreement and KL against it, or leave {it} out",
+        )
 
 
 def parse_tolerance(text: str) -> float:
@@ -88,6 +112,8 @@ def validate(opts: VerifyOptions) -> Validated:
     check_float("--min-agreement", opts.min_agreement, 0, 1)
     check_float("--max-kl", opts.max_kl, 0, MAX_KL)
     check_float("--timeout", opts.timeout_seconds, 0, MAX_TIMEOUT_SECONDS, lo_open=True)
+    if opts.expect is not None and not opts.expect.strip():  # '' is in every text: the check could never fail
+        raise UsageError("--expect is empty", "give the text the generation must contain, e.g. --expect Paris")
     tolerance = parse_tolerance(opts.tolerance)
     budget_bytes = parse_bytes(opts.budget, "--budget") if opts.budget else None
     preset = load_preset(opts.load.preset, opts.load.sets)
@@ -146,6 +172,7 @@ def run_verify(opts: VerifyOptions, prepared: Prepared | None = None) -> VerifyR
     if opts.load.prompt is None:
         opts.load.prompt = DEFAULT_PROMPT
     prepared = prepared or prepare(opts.load)  # a bad model path is exit 2 before the reference runs
+    require_tokenizer(opts.load, prepared)  # the forward and generation checks need it: exit 2 now if it is broken
     model, preset_name = opts.load.model, v.preset.name
     text = data_text("sample.txt")
     ref: WorkerResult | None = None
@@ -159,6 +186,8 @@ def run_verify(opts: VerifyOptions, prepared: Prepared | None = None) -> VerifyR
             spec = reference_spec(opts, text, str(Path(tmp) / "reference"), prepared.source.commit_sha)
             env = {"HF_TOKEN": opts.load.token} if opts.load.token else None  # never in the spec file
             ref = run_worker(spec, opts.timeout_seconds, debug=debug_enabled(), extra_env=env)
+            if ref.bad_input:  # the checkpoint (or the reference preset) cannot be used: exit 2, as for the candidate
+                raise UsageError(ref.row.error or f"reference preset {opts.reference}: bad input")
             if ref.ok:
                 ref_logp = torch.load(spec.logits_path)
         ref_seconds = time.perf_counter() - start

@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from qcli.errors import ExitCode, UsageError
 from qcli.model.demo import DEMO_NAME
 from qcli.results import CompareRow
 from qcli.run.loader import LoadOptions, generate, load_report
@@ -71,6 +72,11 @@ class WorkerResult(BaseModel):
     def ok(self) -> bool:
         return self.row.error is None
 
+    @property
+    def bad_input(self) -> bool:
+        """Whether the worker stopped on bad input (exit 2): the model or preset cannot be used as given."""
+        return self.exit_code == ExitCode.BAD_INPUT
+
 
 def run(spec: WorkerSpec) -> WorkerResult:
     """Return the measured row for one preset; writes the fp32 log-probs next to the result."""
@@ -89,6 +95,8 @@ def run(spec: WorkerSpec) -> WorkerResult:
         offload_dir=str(Path(spec.work_dir) / "offload"),
     )
     report, loaded = load_report(opts)
+    if loaded.tokenizer is None:  # the parent checked it up front; the files may have changed since
+        raise UsageError(loaded.tokenizer_problem or f"{spec.model}: no tokenizer")
     ids = token_ids(loaded.tokenizer, spec.text)
     ppl, logp = perplexity_and_logprobs(loaded.model, ids, loaded.device)
     torch.save(logp.to(torch.float16 if logp.numel() > 50_000_000 else torch.float32), spec.logits_path)
@@ -135,7 +143,8 @@ def main() -> int:
         message = getattr(exc, "message", None) or f"{type(exc).__name__}: {line}"
         row = CompareRow(preset=spec.preset, error=message[:500], traceback=traceback.format_exc()[-4000:])
         spec.result_path.write_text(WorkerResult(row=row).model_dump_json(), encoding="utf-8")
-        return 1
+        # Bad input (a checkpoint that does not match its config, ...) keeps its exit code: the parent stops on it.
+        return int(ExitCode.BAD_INPUT) if isinstance(exc, UsageError) else int(ExitCode.FAILED)
     spec.result_path.write_text(result.model_dump_json(), encoding="utf-8")
     return 0
 
@@ -225,7 +234,7 @@ def run_worker(
         return WorkerResult(row=row, exit_code=code)
     result.exit_code = code
     result.row.preset = spec.preset  # as the user named it, not the absolute path the worker was given
-    if result.row.error and code != 0:
+    if result.row.error and code not in (0, ExitCode.BAD_INPUT):  # bad input's message is written for the user
         result.row.error = f"{result.row.error} (worker exit code {code})"
     if not debug:
         result.row.traceback = None
