@@ -13,6 +13,15 @@ def test_builtins():
     assert load_preset("nf4").weight_format().key == "nf4" and load_preset("fp4").weight_format().key == "fp4"
 
 
+def test_a_preset_changed_by_set_says_so_in_its_name_and_source():
+    changed = load_preset("qlora", ["quantization=null"])
+    assert changed.name == "qlora (--set)" and changed.weight_format().key == "bf16"
+    assert changed.source == "configs/qlora.yaml with --set quantization=null"
+    assert load_preset("qlora", ["dtype=bfloat16"]).name == "qlora"  # the value it had: still qlora
+    with pytest.raises(UsageError, match=r"configs/qlora\.yaml with --set dtype=float17: dtype"):
+        load_preset("qlora", ["dtype=float17"])
+
+
 def test_set_override():
     p = load_preset("qlora", ["quantization.bnb_4bit_compute_dtype=float16"])
     assert p.quantization.bnb_4bit_compute_dtype == "float16"

@@ -4,6 +4,7 @@ overridden with `--set key=value`, converted to a BitsAndBytesConfig (transforme
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 import reprlib
@@ -291,8 +292,14 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Preset
         raise UsageError(f"{source}: the file is empty", "a preset needs at least name and dtype")
     if not isinstance(data, dict):
         raise UsageError(f"{source}: the top level must be a mapping of keys (name, dtype, quantization)")
+    before = copy.deepcopy(data)
     for assignment in overrides or []:
         _apply_set(data, assignment, source)
+    if data != before and data.get("name") == before.get("name") and isinstance(data.get("name"), str):
+        data["name"] = f"{data['name']} (--set)"  # no longer the preset its name promises: reports say so
+    if overrides:
+        # What the errors and reports name: the file and the overrides (a value may come from either).
+        source = f"{source} with --set {', '.join(overrides)}"
     try:
         preset = Preset.model_validate(data, context={"preset": True})
     except ValidationError as exc:

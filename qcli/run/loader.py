@@ -77,6 +77,9 @@ class Prepared:
     quantizable: list[str]  # weight tensors bitsandbytes will quantize, by the same rules as the plan
     prequantized: bool = False  # a bitsandbytes checkpoint: loads as stored, with its own quantization_config
     tokenizer: Any = None  # loaded up front by require_tokenizer when the run needs one; load() reuses it
+    # why qcli could not describe it (the meta-device build failed): when from_pretrained fails too, the config
+    # is what transformers cannot build, and this is the error the user sees (exit 2)
+    describe_error: UsageError | None = None
 
 
 def prepare(opts: LoadOptions) -> Prepared:
@@ -103,14 +106,15 @@ def prepare(opts: LoadOptions) -> Prepared:
     check_causal_lm(opts.model, source.config, opts.trust_remote_code)
     validate_config(source.config)  # a config qcli cannot read is bad input, not "no estimate"
     spec: ModelSpec | None
+    describe_error: UsageError | None = None
     try:
         spec = from_config(source.config, trust_remote_code=opts.trust_remote_code, code_dir=source.local_dir)
     except UnknownModelType:
         if not opts.trust_remote_code:
             raise  # transformers cannot build it either
         spec = None
-    except UsageError:
-        spec = None
+    except UsageError as exc:
+        spec, describe_error = None, exc
     if opts.prompt is not None:
         check_new_tokens(opts.max_new_tokens, spec)
     plan, quantizable = None, []
@@ -122,7 +126,9 @@ def prepare(opts: LoadOptions) -> Prepared:
             skip = pre.skip_modules
         if fmt.kind != "dense":
             quantizable = sorted(quantized_tensors(spec, fmt, skip))
-    prepared = Prepared(source, spec, preset, dtype, plan, quantizable, prequantized=pre is not None)
+    prepared = Prepared(
+        source, spec, preset, dtype, plan, quantizable, prequantized=pre is not None, describe_error=describe_error
+    )
     if opts.prompt is not None:
         require_tokenizer(opts, prepared)  # before the load: a missing or damaged tokenizer is bad input now
     return prepared
@@ -300,7 +306,10 @@ def load(opts: LoadOptions, prepared: Prepared) -> Loaded:
     except (UsageError, RunError):
         raise
     except Exception as exc:
-        raise _error_for(exc, opts, prepared.source.local_dir) from exc
+        error = _error_for(exc, opts, prepared.source.local_dir)
+        if isinstance(error, RunError) and prepared.describe_error is not None:
+            raise prepared.describe_error from exc  # the meta build failed the same way: the config is at fault
+        raise error from exc
     check_loaded_weights(opts.model, model, loading_info, prepared.prequantized)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
