@@ -10,6 +10,20 @@ from qcli.cli import main
 FIXTURES = Path(__file__).parent / "fixtures" / "configs"
 
 
+def save_tiny_llama(out: Path, vocab_size: int = 128) -> Path:
+    """Save a tiny random Llama (2 layers, hidden 32, GQA 4/2) into `out` with transformers; return `out`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def qcli_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache dir per test session: the demo model is built once."""

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import save_tiny_llama
+
 pytestmark = pytest.mark.slow
 
 CONFIGURATION = """from transformers import LlamaConfig
@@ -32,16 +34,8 @@ class XForCausalLM(LlamaForCausalLM):
 
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     out = tmp_path_factory.mktemp("remote") / "xmodel"
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-    )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(out)
+    save_tiny_llama(out)
     data = json.loads((out / "config.json").read_text())
     data |= {
         "model_type": "qcli_x",

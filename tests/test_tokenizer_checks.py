@@ -9,26 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import save_tiny_llama
+
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from qcli.model.demo import DEMO_VOCAB
     from qcli.resources import data_text
     from qcli.run.demo import _tokenizer
 
     root = tmp_path_factory.mktemp("tok")
     good = root / "good"
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=DEMO_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-    )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(good)
+    save_tiny_llama(good, vocab_size=DEMO_VOCAB)
     _tokenizer(data_text("sample.txt")).save_pretrained(good)
     out = {"good": str(good)}
 
