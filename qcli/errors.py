@@ -80,6 +80,14 @@ class HubUnreachable(HubError):
     """No answer from the endpoint: connection refused, DNS, timeout, TLS."""
 
 
+class HubIncomplete(HubUnreachable):
+    """The endpoint answered, but the file did not arrive whole: too slow (a deadline) or cut short."""
+
+
+class HubRedirectLoop(HubUnreachable):
+    """The endpoint redirected the request in a loop."""
+
+
 class HubServerError(HubError):
     """The endpoint answered with a server error (5xx) or another unexpected status."""
 

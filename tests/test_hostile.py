@@ -585,7 +585,7 @@ CASES: list[Case] = [
     case("numbers-cuda-context-5000-digits", "estimate", "m", "--gpu", "T4", "--cuda-context", "c.json", setup=(*M, write("c.json", '{"command": "load", "cuda": [{"cuda_context_bytes": ' + "9" * 5000 + "}]}")), err_has="--cuda-context"),
     case("numbers-cuda-context-1e40", "estimate", "m", "--gpu", "T4", "--cuda-context", "c.json", setup=(*M, write("c.json", {"command": "load", "cuda": [{"cuda_context_bytes": 10**40}]})), err_has="--cuda-context"),
     case("numbers-cuda-context-bool", "estimate", "m", "--gpu", "T4", "--cuda-context", "c.json", setup=(*M, write("c.json", {"command": "load", "cuda": [{"cuda_context_bytes": True}]})), err_has="--cuda-context"),
-    case("numbers-cuda-context-not-a-list", "estimate", "m", "--gpu", "T4", "--cuda-context", "c.json", setup=(*M, write("c.json", {"command": "load", "cuda": 5})), err_has="--cuda-context"),
+    case("numbers-cuda-context-not-a-list", "estimate", "m", "--gpu", "T4", "--cuda-context", "c.json", setup=(*M, write("c.json", {"command": "load", "cuda": 5})), err_has=("--cuda-context", "a list")),
     case("flags-max-memory-superscript-estimate", "estimate", "m", "--gpu", "T4", "--device-map", "auto", "--max-memory", "²=20GiB", setup=M, err_has="--max-memory"),
     case("flags-max-memory-arabic-zero-estimate", "estimate", "m", "--gpu", "T4", "--device-map", "auto", "--max-memory", "٠=20GiB", setup=M, err_has="--max-memory"),
     case("flags-max-memory-twice-estimate", "estimate", "m", "--gpu", "T4", "--device-map", "auto", "--max-memory", "0=20GiB,0=30GiB", setup=M, err_has="twice"),

@@ -127,7 +127,7 @@ def qcli(*args: str, env: dict[str, str | None] | None = None) -> Ran:
     [
         ("stall", ["did not finish sending config.json", "no complete answer"]),
         ("429", ["rate-limiting", "429"]),
-        ("short", ["did not finish sending config.json", "incomplete"]),
+        ("short", ["did not finish sending config.json", "cut short"]),
         ("loop", ["redirected the request for config.json", "in a loop"]),
         ("404", ["refused the request for config.json", "HTTP 404"]),
     ],

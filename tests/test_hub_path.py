@@ -491,12 +491,12 @@ def test_cache_reads_agree_with_huggingface_hub(cli, hub: HubServer, hub_repos):
     """qcli reads the hub cache's layout itself on the fast path: it must find what huggingface_hub finds."""
     from huggingface_hub import try_to_load_from_cache
 
-    from qcli.model.hub import _cached
+    from qcli.model.hub import cached_file
 
     assert cli("estimate", "acme/tiny-llama").code == 0
     sha = hub_repos["acme/tiny-llama"].sha
     for rev in ("main", sha, "no-such-branch"):
         theirs = try_to_load_from_cache("acme/tiny-llama", "config.json", revision=rev)
-        ours = _cached("acme/tiny-llama", "config.json", rev)
+        ours = cached_file("acme/tiny-llama", "config.json", rev)
         assert (str(ours) if ours else None) == (theirs if isinstance(theirs, str) else None)
-    assert _cached("acme/tiny-llama", "config.json", "main") is not None
+    assert cached_file("acme/tiny-llama", "config.json", "main") is not None

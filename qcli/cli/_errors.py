@@ -19,7 +19,9 @@ from qcli.errors import (
     HubError,
     HubFileMissing,
     HubGated,
+    HubIncomplete,
     HubOffline,
+    HubRedirectLoop,
     HubRepoNotFound,
     HubRevisionNotFound,
     HubServerError,
@@ -67,17 +69,13 @@ def _hub(exc: BaseException) -> Outcome:
             f"{repo}: {file} is not in the local cache and HF_HUB_OFFLINE is set (offline)",
             f"unset HF_HUB_OFFLINE to fetch it, or download it first: `hf download {repo} {file}`",
         )
-    if (
-        isinstance(exc, HubUnreachable)
-        and exc.detail
-        and exc.detail.startswith(("no complete answer", "an incomplete"))
-    ):
+    if isinstance(exc, HubIncomplete):
         return Outcome(
             code,
             f"the hub at {exc.endpoint} did not finish sending {file} of {repo} ({exc.detail})",
             "check the network or try again later; HF_HUB_DOWNLOAD_TIMEOUT gives a slow link more seconds",
         )
-    if isinstance(exc, HubUnreachable) and exc.detail and exc.detail.startswith("redirected in a loop"):
+    if isinstance(exc, HubRedirectLoop):
         return Outcome(
             code,
             f"the hub at {exc.endpoint} redirected the request for {file} of {repo} in a loop",

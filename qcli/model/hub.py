@@ -27,7 +27,9 @@ from qcli.errors import (
     HubAccessDenied,
     HubFileMissing,
     HubGated,
+    HubIncomplete,
     HubOffline,
+    HubRedirectLoop,
     HubRepoNotFound,
     HubRevisionNotFound,
     HubServerError,
@@ -145,22 +147,30 @@ def _raise_for(exc: BaseException, repo_id: str, revision: str, filename: str, t
         raise HubAccessDenied(**where, status=status, detail=None if _token_sent(token) else "no token") from exc
     if status is not None:
         raise HubServerError(**where, status=status) from exc
-    raise HubUnreachable(**where, detail=_no_answer(exc, filename)) from exc
+    kind, detail = _no_answer(exc)
+    raise kind(**where, detail=detail) from exc
 
 
-def _no_answer(exc: BaseException, filename: str) -> str:
-    """Return why a request got no usable answer: too slow, cut short, redirected in a loop, or no connection."""
+def _no_answer(exc: BaseException) -> tuple[type[HubUnreachable], str]:
+    """Return why a request got no usable answer: too slow or cut short, redirected in a loop, or no
+    connection at all; and the detail the message shows."""
     import httpx2
 
     if isinstance(exc, _TimedOut):
-        return str(exc)
+        return HubIncomplete, str(exc)
     if isinstance(exc, httpx2.TimeoutException) and not isinstance(exc, httpx2.ConnectTimeout):
-        return f"no complete answer in time: {type(exc).__name__}"
+        return HubIncomplete, f"no complete answer in time: {type(exc).__name__}"
     if isinstance(exc, (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.DecodingError)):
-        return f"an incomplete {filename}: {type(exc).__name__}"
+        return HubIncomplete, f"cut short: {type(exc).__name__}"
     if isinstance(exc, httpx2.TooManyRedirects):
-        return "redirected in a loop: TooManyRedirects"
-    return type(exc).__name__
+        return HubRedirectLoop, type(exc).__name__
+    return HubUnreachable, type(exc).__name__
+
+
+def _why(exc: BaseException) -> str:
+    """Return a hub failure in a few words for a note: its status, or what the answer lacked."""
+    status = _status(exc)
+    return f"HTTP {status}" if status is not None else _no_answer(exc)[1]
 
 
 def _token_sent(token: str | None) -> bool:
@@ -237,7 +247,7 @@ def _is_refusal(exc: BaseException) -> bool:
     return status is not None and status < 500 and status != 429
 
 
-def _cached(repo_id: str, filename: str, revision: str) -> Path | None:
+def cached_file(repo_id: str, filename: str, revision: str) -> Path | None:
     """Return the cached copy of `filename` at `revision` (branch, tag or commit); None if not cached.
 
     Reads the hub cache's documented layout as huggingface_hub's `try_to_load_from_cache` does
@@ -251,11 +261,6 @@ def _cached(repo_id: str, filename: str, revision: str) -> Path | None:
     commit = ref.read_text().strip() if ref.is_file() else revision
     path = repo_dir / "snapshots" / commit / filename
     return path if path.is_file() else None
-
-
-def cached_file(repo_id: str, filename: str, revision: str) -> Path | None:
-    """Return the cached copy of `filename` at `revision` (branch, tag or commit); None if it is not cached."""
-    return _cached(repo_id, filename, revision)
 
 
 def check_repo_id(repo_id: str) -> None:
@@ -289,7 +294,7 @@ def fetch(repo_id: str, filename: str, revision: str | None, token: str | None) 
     if offline() or _COMMIT.fullmatch(rev):
         # Nothing to ask the hub: offline, or a commit's files, which never change (hf_hub_download
         # shortcuts a cached commit the same way).
-        path = _cached(repo_id, filename, rev)
+        path = cached_file(repo_id, filename, rev)
         if path is not None:
             return HubFile(path, _commit_of(path), "cache")
         if offline():
@@ -299,7 +304,7 @@ def fetch(repo_id: str, filename: str, revision: str | None, token: str | None) 
         commit = _probe_commit(repo_id, filename, rev, token)
     except TimeoutError as exc:  # asked once: huggingface_hub would wait as long again
         return _cache_or_raise(exc, repo_id, filename, rev)
-    path = _cached(repo_id, filename, commit) if commit else None
+    path = cached_file(repo_id, filename, commit) if commit else None
     if path is not None:
         return HubFile(path, commit, "cache")
     check_repo_id(repo_id)
@@ -309,7 +314,7 @@ def fetch(repo_id: str, filename: str, revision: str | None, token: str | None) 
     def download() -> HubFile:
         meta = get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=rev), token=token)
         commit = meta.commit_hash or rev
-        path = _cached(repo_id, filename, commit)
+        path = cached_file(repo_id, filename, commit)
         if path is not None:
             return HubFile(path, commit, "cache")
         path = Path(hf_hub_download(repo_id, filename, revision=rev, token=token))
@@ -330,7 +335,7 @@ def _raise_os_error(exc: OSError, repo_id: str, filename: str, revision: str) ->
 
     if exc.errno is None:  # huggingface_hub's own: the file it received is not the size the hub announced
         where = {"repo_id": repo_id, "revision": revision, "filename": filename, "endpoint": endpoint()}
-        raise HubUnreachable(**where, detail=f"an incomplete {filename}: {str(exc)[:80]}") from exc
+        raise HubIncomplete(**where, detail=f"cut short: {str(exc)[:80]}") from exc
     raise UsageError(
         f"cannot write {filename} of {repo_id} into the hub cache {constants.HF_HUB_CACHE}: {exc.strerror}",
         "set HF_HOME (or HF_HUB_CACHE) to a writable directory with free space",
@@ -341,13 +346,11 @@ def _cache_or_raise(
     exc: BaseException, repo_id: str, filename: str, revision: str, token: str | None = None
 ) -> HubFile:
     """Return the cached copy when the hub gave no answer or a server error; raise the HubError otherwise."""
-    cached = None if _is_refusal(exc) else _cached(repo_id, filename, revision)
+    cached = None if _is_refusal(exc) else cached_file(repo_id, filename, revision)
     if cached is None:
         _raise_for(exc, repo_id, revision, filename, token)
         raise exc
-    status = _status(exc)
-    why = f"HTTP {status}" if status is not None else str(exc) if isinstance(exc, _TimedOut) else type(exc).__name__
-    return HubFile(cached, _commit_of(cached), "cache", fallback=f"the hub at {endpoint()} failed ({why})")
+    return HubFile(cached, _commit_of(cached), "cache", fallback=f"the hub at {endpoint()} failed ({_why(exc)})")
 
 
 def _probe_commit(repo_id: str, filename: str, revision: str, token: str | None) -> str | None:
@@ -501,13 +504,9 @@ def stored_bytes(
             f"{where}: a safetensors header cannot be read ({first})", "the repo's checkpoint is damaged"
         ) from None
     except _failures() as exc:
-        status = _status(exc)
         if _is_refusal(exc):
             _raise_for(exc, repo_id, rev, _requested_file(exc) or "model.safetensors", token)
-        raise HeadersUnavailable(
-            f"the hub at {endpoint()} did not give the safetensors headers "
-            f"({f'HTTP {status}' if status is not None else exc if isinstance(exc, _TimedOut) else type(exc).__name__})"
-        ) from exc
+        raise HeadersUnavailable(f"the hub at {endpoint()} did not give the safetensors headers ({_why(exc)})") from exc
     except OSError as exc:
         _raise_os_error(exc, repo_id, INDEX_NAME, rev)
         raise

@@ -124,9 +124,9 @@ def measured_cuda_context(path: Path) -> int:
     hint = "write one on the GPU with `qcli load MODEL --device cuda --json > FILE`"
     if not isinstance(data, dict) or data.get("command") != "load":
         raise UsageError(f"--cuda-context {path}: not the output of `qcli load --json`", hint)
-    cuda = data.get("cuda")
+    cuda = data.get("cuda") or []
     if not isinstance(cuda, list):
-        raise UsageError(f"--cuda-context {path}: that load ran without CUDA: it measured no CUDA context", hint)
+        raise UsageError(f"--cuda-context {path}: `cuda` must be a list of devices, as `qcli load --json` writes", hint)
     measured = [c.get("cuda_context_bytes") for c in cuda if isinstance(c, dict)]
     if not measured:
         raise UsageError(f"--cuda-context {path}: that load ran without CUDA: it measured no CUDA context", hint)

@@ -9,7 +9,7 @@ from pathlib import Path
 from qcli.errors import UsageError
 from qcli.model.demo import DEMO_NAME
 from qcli.model.resolve import ModelSource
-from qcli.model.safetensors_header import shard_names
+from qcli.model.safetensors_header import INDEX_NAME, SINGLE_NAME, shard_names
 from qcli.model.spec import ModelSpec
 from qcli.plan.limits import MAX_NEW_TOKENS, check_int
 from qcli.plan.placement import DEVICE_MAPS as PLANNED_DEVICE_MAPS
@@ -63,8 +63,8 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", 
 
 # The weight files transformers' from_pretrained looks for in a hub repo, in its order (single file, then index).
 HUB_WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
+    SINGLE_NAME,
+    INDEX_NAME,
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
@@ -85,7 +85,7 @@ def _uncached_weights(repo_id: str, revision: str) -> str | None:
         except (OSError, ValueError):
             return None  # transformers reports a bad index itself
         return next((s for s in shards if cached_file(repo_id, s, revision) is None), None)
-    return "model.safetensors"
+    return SINGLE_NAME
 
 
 def check_weights_present(source: ModelSource) -> None:
