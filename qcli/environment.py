@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from qcli import __version__
 from qcli.extras import missing
-from qcli.results import Environment, EnvReport, GPUInfo
+from qcli.results.run import Environment, EnvReport, GPUInfo
 
 # Distribution names, in the order a bug report lists them.
 PACKAGES: tuple[str, ...] = (

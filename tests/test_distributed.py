@@ -17,7 +17,7 @@ from qcli.plan.gpus import Device
 from qcli.plan.planner import PlanRequest, build_plan
 from qcli.plan.presets import load_preset
 from qcli.plan.training import TrainingRequest
-from qcli.results import Component
+from qcli.results.plan import Component
 from qcli.units import GIB, MIB
 from tests.conftest import fixture_config
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from qcli.output.console import render_compare, render_estimate
 from qcli.output.files import compare_csv, compare_markdown, write_junit
 from qcli.plan.estimate import EstimateOptions, run_estimate
-from qcli.results import CheckResult, CompareReport, CompareRow, Environment, GPUInfo, VerifyReport
+from qcli.results.run import CheckResult, CompareReport, CompareRow, Environment, GPUInfo, VerifyReport
 from qcli.units import decimal_bytes, human_bytes
 
 LLAMA = "tests/fixtures/configs/llama3-8b.json"
@@ -22,7 +22,7 @@ LLAMA = "tests/fixtures/configs/llama3-8b.json"
 
 def text_of(render, report, width: int = 80) -> str:
     out = io.StringIO()
-    render(report, Console(file=out, width=width, no_color=True, highlight=False, soft_wrap=False))
+    render(report, Console(file=out, width=width, no_color=True, highlight=False, soft_wrap=False, emoji=False))
     return out.getvalue()
 
 

@@ -1,8 +1,6 @@
 """`qcli env`: versions and GPUs for a bug report (transformers, accelerate and hf have one too)."""
 
 from qcli.cli._options import JsonOpt
-from qcli.environment import env_report
-from qcli.output.console import console, print_json, render_env
 
 EPILOG = """Examples:
 
@@ -14,6 +12,9 @@ EPILOG = """Examples:
 
 def env(json_: JsonOpt = False) -> None:
     """Print qcli's, Python's and the libraries' versions and the GPUs torch sees; paste it into bug reports."""
+    from qcli.environment import env_report  # here, not at the top: see qcli.cli.estimate
+    from qcli.output.console import console, print_json, render_env
+
     report = env_report(probe_torch=True)
     if json_:
         print_json(report)

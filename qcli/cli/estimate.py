@@ -7,8 +7,6 @@ from typing import Annotated
 import typer
 
 from qcli.cli._options import DeviceMapOpt, DtypeOpt, JsonOpt, MaxMemoryOpt, PresetOpt, RevisionOpt, SetOpt, TokenOpt
-from qcli.output.console import console, print_json, render_estimate
-from qcli.plan.estimate import EstimateOptions, run_estimate
 
 EPILOG = """Examples:
 
@@ -127,6 +125,11 @@ def estimate(
 
     MODEL is a model directory, a config.json, a hub id (org/name) or URL, or demo; or give --params instead.
     """
+    # Imported here, not at the top: `qcli --help` and completion import every command module, and these
+    # (rich, the result models, the planner) were most of their start-up (docs/bench.md).
+    from qcli.output.console import console, print_json, render_estimate
+    from qcli.plan.estimate import EstimateOptions, run_estimate
+
     if model_arg is not None and model is not None and model_arg != model:
         raise typer.BadParameter("give the MODEL once: positionally or with --model")
     targets = [t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets is not None else None

@@ -5,8 +5,6 @@ from typing import Annotated
 import typer
 
 from qcli.cli._options import JsonOpt, SetOpt
-from qcli.output.console import console, print_json, render_preset_code, render_presets
-from qcli.plan.presets import presets_report
 
 app = typer.Typer(
     help="List the presets or show one as a BitsAndBytesConfig.", no_args_is_help=False, invoke_without_command=True
@@ -19,6 +17,9 @@ def presets_list(ctx: typer.Context, json_: JsonOpt = False) -> None:
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"json": json_}  # `qcli presets --json show NAME` means JSON too
         return
+    from qcli.output.console import console, print_json, render_presets  # here: see qcli.cli.estimate
+    from qcli.plan.presets import presets_report
+
     report = presets_report()
     if json_:
         print_json(report)
@@ -37,6 +38,9 @@ def presets_show(
 
     NAME is a built-in preset (see `qcli presets`) or a YAML file.
     """
+    from qcli.output.console import console, print_json, render_preset_code
+    from qcli.plan.presets import presets_report
+
     report = presets_report([name], set_)
     if json_ or (ctx.obj or {}).get("json"):
         print_json(report)

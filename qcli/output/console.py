@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 from rich import box
@@ -15,23 +16,21 @@ from rich.markup import escape
 from rich.table import Table
 
 from qcli.output.labels import GROUP_LABELS, STRATEGY_LABELS, component_label, format_label
-from qcli.results import (
-    CompareReport,
+from qcli.results.plan import (
     Component,
     CudaPrediction,
     DeviceFit,
-    Environment,
     EstimateReport,
-    LoadReport,
     ModelInfo,
     Option,
     Plan,
     PresetInfo,
     PresetsReport,
-    QuantGroup,
-    VerifyReport,
 )
 from qcli.units import decimal_bytes, human_bytes, human_params, signed_percent
+
+if TYPE_CHECKING:  # annotations only: estimate does not define the models of load, verify, compare and env
+    from qcli.results.run import CompareReport, Environment, LoadReport, QuantGroup, VerifyReport
 
 PIPE_WIDTH = 120
 MIN_WIDTH = 40  # narrower, a table's numbers would have to wrap
@@ -45,7 +44,7 @@ def console(stderr: bool = False) -> Console:
     columns = os.environ.get("COLUMNS", "").strip()
     given = int(columns) if columns.isascii() and columns.isdigit() and int(columns) > 0 else None
     width = given or (None if stream.isatty() else PIPE_WIDTH)
-    out = Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
+    out = Console(stderr=stderr, highlight=False, soft_wrap=False, width=width, emoji=False)  # "a:smile:b" is a name
     if out.width < MIN_WIDTH:
         out.width = MIN_WIDTH
     return out

@@ -8,7 +8,7 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from qcli.errors import UsageError
-from qcli.results import CompareReport, CompareRow, VerifyReport
+from qcli.results.run import CompareReport, CompareRow, VerifyReport
 
 # The environment columns every CSV row carries (so a row stands alone when rows are concatenated).
 ENV_PACKAGES = ("torch", "transformers", "accelerate", "bitsandbytes", "huggingface_hub")

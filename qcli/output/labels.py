@@ -3,7 +3,7 @@ stored in the results, so the JSON stays stable while the wording can change."""
 
 from __future__ import annotations
 
-from qcli.results import Component
+from qcli.results.plan import Component
 
 GROUP_LABELS: dict[str, str] = {
     "quantized_linear": "quantized linears",

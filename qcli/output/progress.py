@@ -56,7 +56,7 @@ class ProgressLine:
             BarColumn(bar_width=20),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            console=Console(stderr=True, highlight=False),
+            console=Console(stderr=True, highlight=False, emoji=False),
             transient=True,
         )
         self._progress.start()

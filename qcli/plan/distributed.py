@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from qcli.errors import UsageError
-from qcli.results import Component
+from qcli.results.plan import Component
 
 Strategy = Literal["single", "ddp", "zero1", "zero2", "zero3", "fsdp", "fsdp_shard_grad_op"]
 STRATEGIES: tuple[str, ...] = ("single", "ddp", "zero1", "zero2", "zero3", "fsdp", "fsdp_shard_grad_op")

@@ -33,7 +33,7 @@ from qcli.plan.recommend import recommend
 from qcli.plan.scaling import MAX_GPUS_PER_NODE, copies, how_many
 from qcli.plan.storages import cuda_prediction
 from qcli.plan.training import DEFAULT_TRAIN_SEQUENCE, TrainingRequest
-from qcli.results import EstimateReport, ModelInfo, Plan, Recommendation, SourceInfo
+from qcli.results.plan import EstimateReport, ModelInfo, Plan, Recommendation, SourceInfo
 from qcli.units import MAX_BYTES, parse_bytes, parse_params
 
 PARAMS_NOTE = (

@@ -39,7 +39,7 @@ OFFSET_BYTES = 4  # fp32 mean subtracted from absmax before the nested quantizat
 SCB_BYTES_PER_ROW = 4  # LLM.int8: one fp32 scale per output row (Int8Params.SCB)
 
 FormatKind = Literal["dense", "int8", "4bit"]
-# (component kind, bytes): the kinds are qcli.results.ComponentKind values.
+# (component kind, bytes): the kinds are qcli.results.plan.ComponentKind values.
 Part = tuple[str, int]
 
 

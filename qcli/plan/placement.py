@@ -23,7 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from qcli.model.spec import ModelSpec
-from qcli.results import LargestLayer
+from qcli.results.plan import LargestLayer
 
 DEVICE_MAPS = ("auto", "balanced", "sequential")
 MAX_MEMORY_HINT = "e.g. --max-memory 20GiB (every GPU) or 0=20GiB,1=22GiB,cpu=64GiB"

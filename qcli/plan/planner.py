@@ -15,7 +15,7 @@ from qcli.plan.formats import Format, dtype_bytes, storage_parts
 from qcli.plan.gpus import Device
 from qcli.plan.placement import DeviceMap, block_of, infer_device_map, is_layer, largest_layer
 from qcli.plan.training import TrainingRequest, kbit_prepared, training_state
-from qcli.results import Component, DeviceFit, LargestLayer, Plan
+from qcli.results.plan import Component, DeviceFit, LargestLayer, Plan
 from qcli.units import MIB
 
 # The CUDA context (driver, kernels, cuBLAS workspace) never shows in torch's counters: 300-700 MiB

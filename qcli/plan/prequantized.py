@@ -19,7 +19,7 @@ from qcli.errors import UsageError
 from qcli.model.config_schema import shown
 from qcli.plan.formats import Format
 from qcli.plan.presets import Quantization
-from qcli.results import Prequantized
+from qcli.results.plan import Prequantized
 
 LOADABLE_METHODS = ("bitsandbytes",)
 

@@ -26,7 +26,7 @@ from qcli.errors import UsageError
 from qcli.paths import user_path
 from qcli.plan.formats import DENSE_FORMATS, Format, LoadDtype, normalize_dtype
 from qcli.resources import config_file, config_files
-from qcli.results import PresetInfo, PresetsReport
+from qcli.results.plan import PresetInfo, PresetsReport
 
 StorageDtype = Literal["uint8", "int8", "float16", "bfloat16", "float32"]
 # transformers matches each llm_int8_skip_modules entry with re.match against every module name, so a

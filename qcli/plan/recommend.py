@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from qcli.results import Option, Plan, Recommendation
+from qcli.results.plan import Option, Plan, Recommendation
 from qcli.units import human_bytes
 
 SMALL_MODEL_PARAMS = 1_000_000_000

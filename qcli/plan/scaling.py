@@ -8,7 +8,7 @@ from qcli.errors import UsageError
 from qcli.plan.distributed import check_offload, parse_strategy
 from qcli.plan.gpus import Device
 from qcli.plan.recommend import STRATEGY_ORDER
-from qcli.results import GpusNeeded, Plan
+from qcli.results.plan import GpusNeeded, Plan
 
 # `--gpus auto` tries 1..this many GPUs per node.
 MAX_GPUS_PER_NODE = 64

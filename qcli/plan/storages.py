@@ -27,7 +27,7 @@ from qcli.plan.formats import (
     dtype_bytes,
 )
 from qcli.plan.planner import kept_in_fp32, quantized_tensors, stored_dtype
-from qcli.results import CudaPrediction
+from qcli.results.plan import CudaPrediction
 
 # bitsandbytes caches the 256-entry fp32 dynamic map in `functional.name2qmap["dynamic"]` the first time a
 # process double-quantizes on a device; it stays allocated (not a model tensor, once per process).

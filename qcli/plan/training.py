@@ -22,7 +22,7 @@ from qcli.errors import UsageError
 from qcli.model.spec import ModelSpec
 from qcli.plan.distributed import ZERO, StateInput, model_states
 from qcli.plan.formats import Format, dtype_bytes
-from qcli.results import Component, Training
+from qcli.results.plan import Component, Training
 
 TrainMode = Literal["full", "lora", "qlora"]
 OPTIMIZER_STATE_BYTES = {"adamw": 8, "paged_adamw": 8, "adamw8bit": 2, "paged_adamw8bit": 2, "sgd": 4}

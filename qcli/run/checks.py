@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from qcli.plan.presets import Preset
-from qcli.results import CheckResult, LoadReport, QuantGroup
+from qcli.results.run import CheckResult, LoadReport, QuantGroup
 from qcli.units import human_bytes
 
 

@@ -20,7 +20,7 @@ from qcli.options import FromCli
 from qcli.plan.limits import MAX_TIMEOUT_SECONDS, check_float
 from qcli.plan.presets import load_preset, preset_key
 from qcli.resources import data_text
-from qcli.results import CompareReport, CompareRow
+from qcli.results.run import CompareReport, CompareRow
 from qcli.run.checkpoint import check_causal_lm, load_tokenizer
 from qcli.run.demo import writable_cache
 from qcli.run.flags import check_new_tokens, check_prompt, check_text_file, check_weights_present

@@ -27,7 +27,8 @@ from qcli.plan.planner import quantized_tensors
 from qcli.plan.prequantized import checked_format, prequant_of
 from qcli.plan.presets import Preset, load_preset
 from qcli.plan.storages import cuda_prediction
-from qcli.results import MEASURED_AT, CudaPrediction, Generation, LoadReport, Plan
+from qcli.results.plan import CudaPrediction, Plan
+from qcli.results.run import MEASURED_AT, Generation, LoadReport
 from qcli.run.checkpoint import (
     check_causal_lm,
     check_loaded_weights,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qcli.plan.formats import Format
-from qcli.results import Census, CudaMemory, QuantGroup
+from qcli.results.run import Census, CudaMemory, QuantGroup
 
 OFFLOAD_PLACES = ("cpu", "disk")  # accelerate device-map values that keep a module's weights off the GPU
 

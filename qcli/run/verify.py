@@ -15,7 +15,7 @@ from qcli.options import FromCli
 from qcli.plan.limits import MAX_TIMEOUT_SECONDS, check_float
 from qcli.plan.presets import Preset, load_preset
 from qcli.resources import data_text
-from qcli.results import CheckResult, VerifyReport
+from qcli.results.run import CheckResult, VerifyReport
 from qcli.run import checks
 from qcli.run.loader import (
     DEFAULT_PROMPT,

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from qcli.errors import ExitCode, UsageError
 from qcli.model.demo import DEMO_NAME
-from qcli.results import CompareRow
+from qcli.results.run import CompareRow
 from qcli.run.loader import LoadOptions, generate, load_report
 from qcli.run.quality import perplexity_and_logprobs, speed, token_ids
 
