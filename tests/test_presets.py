@@ -127,3 +127,28 @@ def test_yaml_booleans_and_a_checkpoints_full_config_still_pass():
     saved = json.loads(BitsAndBytesConfig(load_in_8bit=True).to_json_string(use_diff=False))  # as config.json holds it
     assert "bnb_4bit_quant_type" in saved
     assert prequant_of(saved, "m").format.key == "int8"
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, cli):
+    """PyYAML keeps the last of two equal keys silently: the author of this preset reads fp4, PyYAML loads nf4."""
+    path = tmp_path / "dup.yaml"
+    path.write_text(
+        "name: dup\ndtype: bfloat16\nquantization:\n  load_in_4bit: true\n"
+        "  bnb_4bit_quant_type: fp4\n  bnb_4bit_quant_type: nf4\n"
+    )
+    with pytest.raises(UsageError, match=r"line 6: found the key 'bnb_4bit_quant_type' twice \(first at line 5\)"):
+        load_preset(str(path))
+    r = cli("estimate", "--params", "8b", "--preset", str(path))
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and "twice" in r.err
+    with pytest.raises(UsageError, match=r"--set 'quantization'.*'load_in_4bit' twice"):
+        load_preset("bf16", ["quantization={load_in_4bit: true, load_in_4bit: false}"])
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path):
+    """A `<<` merge is not a duplicate: the mapping's own key wins over the merged one, as YAML says."""
+    path = tmp_path / "merge.yaml"
+    path.write_text(
+        "name: merged\ndtype: bfloat16\nquantization:\n  <<: {load_in_4bit: true, bnb_4bit_quant_type: fp4}\n"
+        "  bnb_4bit_quant_type: nf4\n"
+    )
+    assert load_preset(str(path)).weight_format().key == "nf4"

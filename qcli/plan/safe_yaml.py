@@ -4,6 +4,10 @@ yaml.safe_load never runs code, but its aliases are shared references: nine anch
 aliases each describe 9**9 values in a few hundred bytes (the "billion laughs"), which anything
 that walks or prints the result (a validation error message) then expands. An anchor may also
 contain itself. Both are refused here, as is nesting deeper than any preset needs.
+
+A key given twice in one mapping is refused too: PyYAML keeps the last one silently, so a preset
+with `bnb_4bit_quant_type: fp4` above a forgotten `bnb_4bit_quant_type: nf4` would load as nf4 while
+its author reads fp4. (YAML 1.2 says keys are unique; `<<` merge keys may still be overridden.)
 """
 
 from __future__ import annotations
@@ -14,9 +18,37 @@ import yaml
 
 from qcli.errors import UsageError
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 # libyaml's parser when PyYAML was built with it (the wheels are): the same safe constructor, about ten
 # times quicker to parse than the pure-Python one, which was most of reading gpus.yaml (docs/bench.md).
-SAFE_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+class SafeLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """PyYAML's safe loader, refusing a key given twice in one mapping (with its line and column)."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == MERGE_TAG:
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: PyYAML's own construct_mapping reports it
+                    continue
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found the key {key!r} twice (first at line {first.start_mark.line + 1}); "
+                        "YAML keeps only the last, so give it once",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+SAFE_LOADER: type = SafeLoader
 
 MAX_VALUES = 10_000  # values after alias expansion; a preset has about twenty
 MAX_DEPTH = 32  # a preset nests three levels
