@@ -278,3 +278,22 @@ def test_a_pull_request_url_reads_that_revision(faulty):
 def test_an_empty_revision_is_refused(faulty):
     r = qcli("estimate", "odd/with-pr", "--revision", "")
     assert r.code == 2 and "--revision is empty" in r.line()
+
+
+# -- qcli's own record of the headers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["{trunc", '{"stored_bytes_by_dtype": {"BF16": "x"}}', "[]"])
+def test_a_damaged_record_of_the_headers_is_read_again_from_the_hub(faulty, damage, tmp_path):
+    first = _stored(qcli("estimate", "odd/single-and-consolidated", "--json"))
+    (record,) = (tmp_path / "qcli-cache").rglob("*.json")
+    record.write_text(damage)
+    assert _stored(qcli("estimate", "odd/single-and-consolidated", "--json")) == first == {"F32": 16}
+    assert json.loads(record.read_text()) == {"stored_bytes_by_dtype": first}  # written anew
+
+
+def test_a_qcli_cache_that_cannot_be_written_costs_only_the_record(faulty, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    r = qcli("estimate", "odd/single-and-consolidated", "--json", env={"QCLI_CACHE": str(blocker / "qcli")})
+    assert _stored(r) == {"F32": 16}

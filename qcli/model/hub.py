@@ -16,6 +16,7 @@ default) is one line saying so.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Callable
@@ -472,8 +473,9 @@ def stored_bytes(
     A commit's files never change, so the figures are recorded under `cache_dir` for the next run.
     """
     record = _headers_record(cache_dir, repo_id, commit)
-    if record.is_file():
-        return json.loads(record.read_text())["stored_bytes_by_dtype"]
+    recorded = _read_record(record)
+    if recorded is not None:
+        return recorded
     if not online or offline():
         return None
     from huggingface_hub import HfApi, errors
@@ -524,11 +526,36 @@ def stored_bytes(
         }
         for dtype, _, nbytes in check_entries(f"{where}: {filename}", header, None).values():
             totals[dtype] = totals.get(dtype, 0) + nbytes
-    record.parent.mkdir(parents=True, exist_ok=True)
-    partial = record.with_suffix(".partial")
-    partial.write_text(json.dumps({"stored_bytes_by_dtype": totals}))
-    partial.replace(record)
+    _write_record(record, totals)
     return totals
+
+
+def _read_record(record: Path) -> dict[str, int] | None:
+    """Return the stored bytes an earlier run recorded; None when there is no record or it is not one
+    (truncated, edited, another format): it is then read from the hub again and written anew."""
+    try:
+        totals = json.loads(record.read_text(encoding="utf-8"))["stored_bytes_by_dtype"]
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        return None
+    if not isinstance(totals, dict) or not all(
+        isinstance(k, str) and type(v) is int and v >= 0 for k, v in totals.items()
+    ):
+        return None
+    return totals
+
+
+def _write_record(record: Path, totals: dict[str, int]) -> None:
+    """Record the figures for the next run; a cache that cannot be written only costs that run the requests."""
+    import os
+
+    partial = record.with_suffix(f".{os.getpid()}.partial")
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"stored_bytes_by_dtype": totals}))
+        partial.replace(record)
+    except OSError:
+        with contextlib.suppress(OSError):
+            partial.unlink()
 
 
 def _requested_file(exc: BaseException) -> str | None:
