@@ -18,7 +18,11 @@ typed errors; file_download.py `get_hf_file_metadata` reads `X-Repo-Commit`, `ET
 - Faults of one file of a repo (`Repo.faults`), for a transfer that breaks after a good HEAD: `stall`
   (the GET answers after 30 s), `429` (every GET is rate limited, `Retry-After: 1`), `short` (the GET's
   Content-Length promises more bytes than it sends, then the connection closes), `loop` (HEAD and GET
-  answer 301 to themselves), `404` (a plain 404 with no error code), `500` (GETs answer HTTP 500).
+  answer 301 to themselves), `404` (a plain 404 with no error code), `500` (GETs answer HTTP 500), `html`
+  (HEAD and GET answer 200 with an HTML page and no hub headers, as a captive portal or a proxy's error page
+  does), `away` (HEAD and GET answer 302 to an HTML page on another host, the CDN's port).
+- A revoked token (`REVOKED_TOKEN`) gets 401 "Invalid credentials in Authorization header" on every route;
+  a short sha (7 or more hex digits) names its commit, as on the real hub.
 
 Every request is logged (`HubServer.log`), so a test can assert, e.g., that no weights were downloaded.
 The pytest fixtures at the bottom (`hub_repos`, `hub`, `closed_endpoint`) point huggingface_hub at it.
@@ -46,6 +50,9 @@ import pytest
 
 GOOD_TOKEN = "hf_qcliTestTokenGranted0123456789"  # granted access to every gated repo
 UNGRANTED_TOKEN = "hf_qcliTestTokenNotGranted98765"  # a valid user who has not accepted the licence
+REVOKED_TOKEN = "hf_qcliTestTokenRevoked000000000"  # well-formed, but no longer a token: every request is 401
+# What a captive portal or a proxy's error page sends where a file should be.
+HTML_PAGE = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Sign in to continue</body></html>"
 
 # Files that the real hub stores with LFS (and so serves through the CDN redirect).
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
@@ -59,7 +66,8 @@ class Repo:
     access: str = "public"  # public | gated | forbidden | error500
     sha: str = ""
     branches: dict[str, str] = field(default_factory=dict)
-    faults: dict[str, str] = field(default_factory=dict)  # file name -> stall | 429 | short | loop | 404 | 500
+    # file name -> stall | 429 | short | loop | 404 | 500 | html | away
+    faults: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         digest = hashlib.sha1()
@@ -69,10 +77,16 @@ class Repo:
         self.branches = self.branches or {"main": self.sha}
 
     def commit(self, rev: str) -> str | None:
-        """Return the commit a revision names (a branch or the full sha), None if none."""
+        """Return the commit a revision names (a branch or tag, the full sha, or a prefix of 7 or more hex
+        digits of a commit, as the real hub resolves a short sha), None if none."""
         if rev in self.branches:
             return self.branches[rev]
-        return rev if rev == self.sha else None
+        if rev == self.sha:
+            return rev
+        if re.fullmatch(r"[0-9a-f]{7,39}", rev):
+            matches = {c for c in {self.sha, *self.branches.values()} if c.startswith(rev)}
+            return matches.pop() if len(matches) == 1 else None
+        return None
 
 
 @dataclass
@@ -205,6 +219,9 @@ def _handler(server: HubServer, host: str) -> type[BaseHTTPRequestHandler]:
             """Return the repo if this request may read it; otherwise answer the error and return None."""
             repo = server.repos.get(repo_id)
             token = self._token()
+            if token == REVOKED_TOKEN:  # the hub checks the credentials before it looks for the repo
+                self._error(401, None, "Invalid credentials in Authorization header", head)
+                return None
             if repo is None:
                 # The hub hides private repos: unauthenticated requests get 401, authenticated ones 404.
                 self._error(401 if token is None else 404, "RepoNotFound", "Repository not found", head)
@@ -320,6 +337,10 @@ def _handler(server: HubServer, host: str) -> type[BaseHTTPRequestHandler]:
                 self._send(301, {"Location": self.path}, b"", head)
             elif fault == "404":
                 self._send(404, {"Content-Type": "text/plain"}, b"Not Found", head)
+            elif fault == "html":
+                self._send(200, {"Content-Type": "text/html; charset=utf-8"}, HTML_PAGE, head)
+            elif fault == "away":
+                self._send(302, {"Location": f"{server.cdn_url}/login"}, b"", head)
             elif head or fault is None:
                 return False
             elif fault == "stall":
@@ -340,6 +361,9 @@ def _handler(server: HubServer, host: str) -> type[BaseHTTPRequestHandler]:
             return True
 
         def _cdn(self, path: str, head: bool) -> None:
+            if path == "/login":  # where the `away` fault sends a request: another host's HTML page
+                self._send(200, {"Content-Type": "text/html; charset=utf-8"}, HTML_PAGE, head)
+                return
             m = re.fullmatch(r"/blobs/([0-9a-f]{64})", path)
             data = server.blobs.get(m.group(1)) if m else None
             if data is None:

@@ -121,6 +121,40 @@ def test_plain_403_and_500(hub: HubServer):
     assert exc.value.response.status_code == 500
 
 
+def test_a_revoked_token_is_refused_everywhere(hub: HubServer):
+    from tests.hubserver import REVOKED_TOKEN
+
+    for repo_id in ("acme/tiny-llama", "acme/missing"):
+        with pytest.raises(errors.HfHubHTTPError) as exc:
+            hf_hub_download(repo_id, "config.json", token=REVOKED_TOKEN)
+        assert exc.value.response.status_code == 401 and not isinstance(exc.value, errors.RepositoryNotFoundError)
+
+
+def test_a_short_sha_names_its_commit(hub: HubServer, hub_repos):
+    sha = hub_repos["acme/tiny-llama"].sha
+    assert HfApi().model_info("acme/tiny-llama", revision=sha[:7]).sha == sha
+    with pytest.raises(errors.RevisionNotFoundError):
+        HfApi().model_info("acme/tiny-llama", revision=sha[:6])  # too short to be one
+
+
+def test_html_and_away_faults_answer_without_the_hub_headers(hub_repos):
+    from huggingface_hub.file_download import get_hf_file_metadata
+
+    from tests.hubserver import HTML_PAGE, Repo
+
+    files = hub_repos["acme/tiny-llama"].files
+    repos = {"x/html": Repo(dict(files), faults={"config.json": "html"})}
+    repos["x/away"] = Repo(dict(files), faults={"config.json": "away"})
+    with HubServer(repos) as server:
+        html = get_hf_file_metadata(f"{server.url}/x/html/resolve/main/config.json")
+        assert html.commit_hash is None
+        away = get_hf_file_metadata(f"{server.url}/x/away/resolve/main/config.json")
+        assert away.commit_hash is None and away.location == f"{server.cdn_url}/login"
+        import httpx2
+
+        assert httpx2.get(away.location).content == HTML_PAGE
+
+
 def test_closed_endpoint_refuses_quickly(closed_endpoint: str):
     import httpx2  # huggingface_hub 2.x's HTTP client
 
