@@ -88,6 +88,11 @@ class HubRedirectLoop(HubUnreachable):
     """The endpoint redirected the request in a loop."""
 
 
+class HubNotAHub(HubUnreachable):
+    """The endpoint answered without the hub's headers (X-Repo-Commit): a proxy's or captive portal's page, a
+    redirect to a login page on another host, or an HF_ENDPOINT that is not a hub."""
+
+
 class HubServerError(HubError):
     """The endpoint answered with a server error (5xx) or another unexpected status."""
 

@@ -55,11 +55,12 @@ def _fault_repos(base: dict[str, bytes], sharded: dict[str, bytes]) -> dict[str,
     config = base["config.json"]
     repos = {
         f"faulty/{fault}": Repo(dict(base), faults={"config.json": fault})
-        for fault in ("stall", "429", "short", "loop", "404")
+        for fault in ("stall", "429", "short", "loop", "404", "html", "away")
     }
     missing = {k: v for k, v in sharded.items() if k != "model-00002-of-00002.safetensors"}
     repos["faulty/shard-missing"] = Repo(missing)
     repos["faulty/headers-500"] = Repo(dict(base), faults={"model.safetensors": "500"})
+    repos["faulty/index-html"] = Repo(dict(sharded), faults={"model.safetensors.index.json": "html"})
     for name, header in BAD_HEADERS.items():
         repos[f"bad/{name}"] = Repo({"config.json": config, "model.safetensors": _st(header)})
     repos["bad/index-not-json"] = Repo({"config.json": config, "model.safetensors.index.json": b"{nope"})
@@ -130,6 +131,9 @@ def qcli(*args: str, env: dict[str, str | None] | None = None) -> Ran:
         ("short", ["did not finish sending config.json", "cut short"]),
         ("loop", ["redirected the request for config.json", "in a loop"]),
         ("404", ["refused the request for config.json", "HTTP 404"]),
+        # a portal's page, a redirect to a login page: not "cut short", which huggingface_hub's error made it
+        ("html", ["request for config.json", "without the hub's headers (no X-Repo-Commit header)", "proxy"]),
+        ("away", ["request for config.json", "without the hub's headers (redirected to 127.0.0.1:"]),
     ],
 )
 def test_a_broken_config_transfer_is_one_line_in_bounded_time(faulty, fault, needles):
@@ -156,6 +160,15 @@ def test_headers_the_hub_does_not_give_leave_the_estimate_with_a_note(faulty):
     assert data["model"]["stored_bytes"] is None
     assert any("stored bytes unknown" in n and "HTTP 500" in n for n in data["notes"]), data["notes"]
     assert r.seconds < 3 * TIMEOUT_S + 5 + 6
+
+
+def test_an_index_the_hub_answers_with_a_portal_page_leaves_a_note(faulty):
+    r = qcli("estimate", "faulty/index-html", "--json")
+    assert r.code == 0, r.err
+    data = json.loads(r.out)
+    assert data["model"]["stored_bytes"] is None
+    notes = [n for n in data["notes"] if "stored bytes unknown" in n]
+    assert notes and "model.safetensors.index.json" in notes[0] and "no X-Repo-Commit" in notes[0], data["notes"]
 
 
 # -- headers and indexes from the hub are checked as local files are -------------------------------------

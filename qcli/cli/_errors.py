@@ -20,6 +20,7 @@ from qcli.errors import (
     HubFileMissing,
     HubGated,
     HubIncomplete,
+    HubNotAHub,
     HubOffline,
     HubRedirectLoop,
     HubRepoNotFound,
@@ -80,6 +81,13 @@ def _hub(exc: BaseException) -> Outcome:
             code,
             f"the hub at {exc.endpoint} redirected the request for {file} of {repo} in a loop",
             "check HF_ENDPOINT and the proxy; try again later",
+        )
+    if isinstance(exc, HubNotAHub):
+        return Outcome(
+            code,
+            f"{exc.endpoint} answered the request for {file} of {repo} without the hub's headers ({exc.detail}): "
+            "not an answer from a Hugging Face hub",
+            "a proxy, captive portal or login page may be in the way: check the network, the proxy and HF_ENDPOINT",
         )
     if isinstance(exc, HubUnreachable):
         return Outcome(

@@ -29,6 +29,7 @@ from qcli.errors import (
     HubFileMissing,
     HubGated,
     HubIncomplete,
+    HubNotAHub,
     HubOffline,
     HubRedirectLoop,
     HubRepoNotFound,
@@ -63,6 +64,17 @@ class _TimedOut(Exception):
         super().__init__(f"no complete answer in {seconds:g} s")
         self.seconds = seconds
         self.status = 429 if last_warning and last_warning.startswith("Rate limited") else None
+
+
+class _NotAHub(Exception):
+    """An answer to a file's HEAD request without the hub's X-Repo-Commit header; `location` is where a
+    redirect pointed (another host's login page), None when there was none."""
+
+    def __init__(self, url: str, location: str | None) -> None:
+        from urllib.parse import urlsplit
+
+        moved = location is not None and urlsplit(location).netloc != urlsplit(url).netloc
+        super().__init__(f"redirected to {urlsplit(location).netloc}" if moved else "no X-Repo-Commit header")
 
 
 @dataclass(frozen=True)
@@ -127,7 +139,17 @@ def _failures() -> tuple[type[BaseException], ...]:
     import httpx2
     from huggingface_hub import errors
 
-    return errors.HfHubHTTPError, errors.FileMetadataError, httpx2.RequestError, _TimedOut
+    return errors.HfHubHTTPError, errors.FileMetadataError, httpx2.RequestError, _TimedOut, _NotAHub
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """Return what a LocalEntryNotFoundError stands for when hf_hub_download raised it online: its own HEAD
+    request failed (no answer, no hub headers) and nothing was cached; it keeps that failure as __cause__."""
+    from huggingface_hub import errors
+
+    if isinstance(exc, errors.LocalEntryNotFoundError) and isinstance(exc.__cause__, _failures()):
+        return exc.__cause__
+    return exc
 
 
 def _raise_for(exc: BaseException, repo_id: str, revision: str, filename: str, token: str | None = None) -> None:
@@ -156,9 +178,14 @@ def _no_answer(exc: BaseException) -> tuple[type[HubUnreachable], str]:
     """Return why a request got no usable answer: too slow or cut short, redirected in a loop, or no
     connection at all; and the detail the message shows."""
     import httpx2
+    from huggingface_hub import errors
 
     if isinstance(exc, _TimedOut):
         return HubIncomplete, str(exc)
+    if isinstance(exc, _NotAHub):
+        return HubNotAHub, str(exc)
+    if isinstance(exc, errors.FileMetadataError):
+        return HubNotAHub, "no X-Repo-Commit or ETag header"
     if isinstance(exc, httpx2.TimeoutException) and not isinstance(exc, httpx2.ConnectTimeout):
         return HubIncomplete, f"no complete answer in time: {type(exc).__name__}"
     if isinstance(exc, (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.DecodingError)):
@@ -313,8 +340,11 @@ def fetch(repo_id: str, filename: str, revision: str | None, token: str | None) 
     from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url
 
     def download() -> HubFile:
-        meta = get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=rev), token=token)
-        commit = meta.commit_hash or rev
+        url = hf_hub_url(repo_id, filename, revision=rev)
+        meta = get_hf_file_metadata(url, token=token)
+        if meta.commit_hash is None:  # hf_hub_download would refuse it too, and call it a connection problem
+            raise _NotAHub(url, meta.location)
+        commit = meta.commit_hash
         path = cached_file(repo_id, filename, commit)
         if path is not None:
             return HubFile(path, commit, "cache")
@@ -326,6 +356,8 @@ def fetch(repo_id: str, filename: str, revision: str | None, token: str | None) 
     except _failures() as exc:
         return _cache_or_raise(exc, repo_id, filename, rev, token)
     except OSError as exc:  # writing the hub's cache, or a transfer that ended short ("Consistency check failed")
+        if _cause(exc) is not exc:
+            return _cache_or_raise(_cause(exc), repo_id, filename, rev, token)
         _raise_os_error(exc, repo_id, filename, rev)
         raise
 
@@ -510,6 +542,11 @@ def stored_bytes(
             _raise_for(exc, repo_id, rev, _requested_file(exc) or "model.safetensors", token)
         raise HeadersUnavailable(f"the hub at {endpoint()} did not give the safetensors headers ({_why(exc)})") from exc
     except OSError as exc:
+        cause = _cause(exc)  # the index's download: hf_hub_download's HEAD got no usable answer
+        if cause is not exc and not _is_refusal(cause):
+            raise HeadersUnavailable(f"the hub at {endpoint()} did not give {INDEX_NAME} ({_why(cause)})") from exc
+        if cause is not exc:
+            _raise_for(cause, repo_id, rev, INDEX_NAME, token)
         _raise_os_error(exc, repo_id, INDEX_NAME, rev)
         raise
     except (ValueError, TypeError, KeyError, AttributeError) as exc:  # huggingface_hub parsing a hostile index
