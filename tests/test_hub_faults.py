@@ -60,6 +60,9 @@ def _fault_repos(base: dict[str, bytes], sharded: dict[str, bytes]) -> dict[str,
     missing = {k: v for k, v in sharded.items() if k != "model-00002-of-00002.safetensors"}
     repos["faulty/shard-missing"] = Repo(missing)
     repos["faulty/headers-500"] = Repo(dict(base), faults={"model.safetensors": "500"})
+    repos["faulty/headers-html"] = Repo(dict(base), faults={"model.safetensors": "html"})
+    repos["bad/length-past-limit"] = Repo({"config.json": config, "model.safetensors": struct.pack("<Q", 2**62)})
+    repos["bad/header-cut-short"] = Repo({"config.json": config, "model.safetensors": _header(F32_4)[:-5]})
     repos["faulty/index-html"] = Repo(dict(sharded), faults={"model.safetensors.index.json": "html"})
     for name, header in BAD_HEADERS.items():
         repos[f"bad/{name}"] = Repo({"config.json": config, "model.safetensors": _st(header)})
@@ -186,6 +189,23 @@ def test_a_lying_header_or_index_is_refused_from_the_hub_and_locally(faulty, nam
         (local / file).write_bytes(data)
     r = qcli("estimate", str(local))
     assert r.code == 2 and "not a valid" in r.line(), r.err
+
+
+@pytest.mark.parametrize(
+    ("repo", "reason", "hint"),
+    [
+        ("bad/length-past-limit", "safetensors header is too big", "checkpoint is damaged"),
+        ("bad/header-cut-short", "header is not json-encoded string", "checkpoint is damaged"),
+        ("faulty/headers-html", "it begins with '<!DOCTYP', an HTML page", "sent a web page instead of the file"),
+    ],
+)
+def test_a_header_huggingface_hub_cannot_parse_names_the_file_and_why(faulty, repo, reason, hint):
+    """huggingface_hub's message starts with the repo and revision; cut at 120 characters, the reason was lost."""
+    r = qcli("estimate", repo)
+    assert r.code == 2, (r.out, r.err)
+    line = r.line()
+    assert f"{repo} at main: model.safetensors: the safetensors header cannot be read: {reason}" in line, line
+    assert hint in line and "Failed to parse" not in line
 
 
 def _stored(r: Ran) -> dict[str, int] | None:

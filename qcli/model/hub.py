@@ -533,10 +533,7 @@ def stored_bytes(
     except errors.NotASafetensorsRepoError:
         return None
     except errors.SafetensorsParsingError as exc:
-        first = " ".join(str(exc).split())[:120]
-        raise UsageError(
-            f"{where}: a safetensors header cannot be read ({first})", "the repo's checkpoint is damaged"
-        ) from None
+        raise _unreadable_header(where, str(exc)) from None
     except _failures() as exc:
         if _is_refusal(exc):
             _raise_for(exc, repo_id, rev, _requested_file(exc) or "model.safetensors", token)
@@ -593,6 +590,22 @@ def _write_record(record: Path, totals: dict[str, int]) -> None:
     except OSError:
         with contextlib.suppress(OSError):
             partial.unlink()
+
+
+def _unreadable_header(where: str, message: str) -> UsageError:
+    """Return the error for a header huggingface_hub cannot parse: the file and its reason, which its message
+    puts after "Failed to parse safetensors header for 'FILE' (repo '…', revision '…'): "."""
+    message = " ".join(message.split())
+    m = re.match(r"Failed to parse safetensors header for '(?P<file>[^']*)' \(.*?\): (?P<why>.*)", message)
+    file, why = (m.group("file"), m.group("why")) if m else ("a safetensors file", message)
+    why = why.split(". Please make sure", 1)[0].rstrip(".")[:160]
+    hint = "the repo's checkpoint is damaged"
+    got = re.search(r"\(got (\d+)\)", why)
+    start = int(got.group(1)).to_bytes(8, "little") if got and int(got.group(1)) < 2**64 else b""
+    if start.lstrip().startswith(b"<"):  # the 8-byte length field is the start of an HTML page
+        why = f"it begins with {start.decode('latin-1')!r}, an HTML page, not a safetensors file"
+        hint = "the hub, or a proxy between, sent a web page instead of the file: check the network and HF_ENDPOINT"
+    return UsageError(f"{where}: {file}: the safetensors header cannot be read: {why}", hint)
 
 
 def _requested_file(exc: BaseException) -> str | None:
