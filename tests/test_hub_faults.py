@@ -302,6 +302,41 @@ def test_urls_as_the_hub_pages_write_them(url, expected):
     assert parse_url(url) == expected
 
 
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://huggingface.co/acme/x/tree/refs/pr/1", ("acme/x", "refs/pr/1")),  # typed without %2F
+        ("https://huggingface.co/acme/x/blob/refs/pr/1/config.json", ("acme/x", "refs/pr/1")),
+        ("https://huggingface.co/acme/x/blob/main/README.md", ("acme/x", "main")),  # a file at the top
+        ("https://huggingface.co/acme/x/tree/main/", ("acme/x", "main")),
+    ],
+)
+def test_urls_typed_by_hand(url, expected):
+    assert parse_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("https://huggingface.co/acme/x/blob/main/text_encoder/config.json", "'text_encoder/config.json'"),
+        ("https://huggingface.co/acme/x/tree/main/unet", "'unet'"),
+        ("https://huggingface.co/acme/x/resolve/v1/a/b/model.safetensors", "'a/b/model.safetensors'"),
+    ],
+)
+def test_a_url_into_a_subfolder_is_refused(url, named):
+    """It read the repo's top-level config.json: another model than the one the URL shows."""
+    from qcli.errors import UsageError
+
+    with pytest.raises(UsageError, match=f"names {named} inside the repo"):
+        parse_url(url)
+
+
+def test_a_url_into_a_subfolder_is_refused_before_any_request(faulty):
+    r = qcli("estimate", f"{faulty.url}/odd/with-pr/blob/main/sub/config.json")
+    assert r.code == 2 and "subfolder" in r.line(), r.err
+    assert _asked(faulty, "odd/with-pr") == []
+
+
 def test_a_pull_request_url_reads_that_revision(faulty):
     r = qcli("estimate", f"{faulty.url}/odd/with-pr/tree/refs%2Fpr%2F1", "--json")
     assert r.code == 0, r.err

@@ -44,7 +44,8 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")  # a full commit sha (huggingface_hub's RE
 HUB_HOSTS = ("huggingface.co", "www.huggingface.co", "hf.co")  # a pasted URL's host, besides HF_ENDPOINT's
 _NAME = r"[A-Za-z0-9][\w.\-]*"
 _URL = re.compile(
-    rf"^https?://(?P<host>[^/]+)/(?P<repo>{_NAME}/{_NAME})(?:/(?:tree|blob|resolve)/(?P<rev>[^/]+)(?:/.*)?)?/?$"
+    rf"^https?://(?P<host>[^/]+)/(?P<repo>{_NAME}/{_NAME})"
+    r"(?:/(?P<view>tree|blob|resolve)/(?P<rev>[^/]+)(?:/(?P<path>.*))?)?/?$"
 )
 # What a token may hold: visible ASCII (hub tokens are `hf_` and letters); it goes into an HTTP header.
 _TOKEN = re.compile(r"[\x21-\x7e]+")
@@ -105,7 +106,9 @@ def parse_url(text: str) -> tuple[str, str | None] | None:
     """Return (repo_id, revision or None) of a hub model URL; None if `text` is not a URL.
 
     A query or fragment (`?library=transformers`, `#files`) is dropped; the revision is URL-decoded, as the
-    hub's pages write a branch with a slash (`/tree/refs%2Fpr%2F1`)."""
+    hub's pages write a branch with a slash (`/tree/refs%2Fpr%2F1`). A file at the repo's top
+    (`/blob/REV/config.json`) names the repo; a folder or a file in one (`/tree/REV/unet`,
+    `/blob/REV/text_encoder/config.json`) is refused: the top-level config.json would be another model."""
     if not re.match(r"^https?://", text):
         return None
     from urllib.parse import unquote
@@ -116,7 +119,15 @@ def parse_url(text: str) -> tuple[str, str | None] | None:
         raise UsageError(f"{text}: not a model URL on the hub", "give https://huggingface.co/ORG/NAME[/tree/REVISION]")
     if m.group("repo").split("/")[0] in {"datasets", "spaces", "buckets"}:
         raise UsageError(f"{text}: not a model repo", "qcli reads model repos")
-    rev = m.group("rev")
+    rev, path = m.group("rev"), (m.group("path") or "").strip("/")
+    pr = re.fullmatch(r"(?P<ref>(?:pr|convert)/[^/]+)/?(?P<path>.*)", path) if rev == "refs" else None
+    if pr:  # `/tree/refs/pr/1` typed without the page's %2F: the revision is refs/pr/1
+        rev, path = f"refs/{pr.group('ref')}", pr.group("path")
+    if "/" in path or (path and m.group("view") == "tree"):  # a folder, or a file in one: not what qcli reads
+        raise UsageError(
+            f"{text}: names {unquote(path)[:80]!r} inside the repo, and qcli reads the config.json at its top",
+            "models in a repo's subfolder are not supported: give https://huggingface.co/ORG/NAME[/tree/REVISION]",
+        )
     return m.group("repo"), unquote(rev) if rev is not None else None
 
 
