@@ -208,6 +208,26 @@ def test_gated_repo_with_a_granted_token(cli, hub: HubServer, monkeypatch):
     assert cli("estimate", "acme/gated-llama", "--json").code == 0
 
 
+def test_a_revoked_token_is_named_as_invalid_with_where_it_came_from(cli, hub: HubServer, monkeypatch, tmp_path):
+    """The hub answers 401 "Invalid credentials" to a token it does not know, even for a public repo; it was
+    "refused access (HTTP 401) (check the token's permissions)", which sends the user to the wrong page."""
+    from huggingface_hub import constants
+
+    from tests.hubserver import REVOKED_TOKEN
+
+    r = cli("estimate", "acme/tiny-llama", "--token", REVOKED_TOKEN)
+    line = one_line_error(r, "does not accept the token from --token", "invalid credentials", "revoked")
+    assert REVOKED_TOKEN not in r.out + r.err and "settings/tokens" in line
+    monkeypatch.setenv("HF_TOKEN", REVOKED_TOKEN)
+    one_line_error(cli("estimate", "acme/tiny-llama"), "does not accept the token from HF_TOKEN")
+    monkeypatch.delenv("HF_TOKEN")
+    Path(constants.HF_TOKEN_PATH).parent.mkdir(parents=True, exist_ok=True)
+    Path(constants.HF_TOKEN_PATH).write_text(REVOKED_TOKEN)
+    r = cli("estimate", "acme/tiny-llama")
+    one_line_error(r, "does not accept the token from the token saved by `hf auth login`")
+    assert REVOKED_TOKEN not in r.out + r.err
+
+
 def test_gated_repo_with_a_cached_config_still_says_gated(cli, hub: HubServer):
     assert cli("estimate", "acme/gated-llama", "--token", GOOD_TOKEN).code == 0  # config.json now cached
     one_line_error(cli("load", "acme/gated-llama", "--preset", "nf4"), "gated")

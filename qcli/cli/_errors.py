@@ -111,6 +111,14 @@ def _hub(exc: BaseException) -> Outcome:
         return Outcome(code, f"the hub at {exc.endpoint} answered HTTP {status} for {repo}", "try again later")
     if isinstance(exc, HubAccessDenied) and exc.detail == "no token":
         return Outcome(code, f"the hub refused access to {repo} (HTTP {status}) and no token was sent", login)
+    if isinstance(exc, HubAccessDenied) and exc.detail and exc.detail.startswith("invalid token: "):
+        source = exc.detail.removeprefix("invalid token: ")
+        return Outcome(
+            code,
+            f"the hub does not accept the token from {source} (HTTP {status}, invalid credentials): it is "
+            f"mistyped, expired or revoked; nothing of {repo} was read",
+            f"create a token at {exc.endpoint}/settings/tokens, or leave it out for a public repo",
+        )
     if isinstance(exc, HubAccessDenied):
         return Outcome(code, f"the hub refused access to {repo} (HTTP {status})", "check the token's permissions")
     if isinstance(exc, HubGated):

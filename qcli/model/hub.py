@@ -178,7 +178,10 @@ def _raise_for(exc: BaseException, repo_id: str, revision: str, filename: str, t
     if isinstance(exc, errors.RemoteEntryNotFoundError):
         raise HubFileMissing(**where, status=status) from exc
     if status in (401, 403):
-        raise HubAccessDenied(**where, status=status, detail=None if _token_sent(token) else "no token") from exc
+        detail = None if _token_sent(token) else "no token"
+        if detail is None and status == 401 and _INVALID_TOKEN in _error_message(exc):
+            detail = f"invalid token: {_token_source(token)}"
+        raise HubAccessDenied(**where, status=status, detail=detail) from exc
     if status is not None:
         raise HubServerError(**where, status=status) from exc
     kind, detail = _no_answer(exc)
@@ -210,6 +213,24 @@ def _why(exc: BaseException) -> str:
     """Return a hub failure in a few words for a note: its status, or what the answer lacked."""
     status = _status(exc)
     return f"HTTP {status}" if status is not None else _no_answer(exc)[1]
+
+
+# What the hub says (X-Error-Message) to a token it does not know: mistyped, expired or revoked.
+_INVALID_TOKEN = "Invalid credentials in Authorization header"
+
+
+def _error_message(exc: BaseException) -> str:
+    """Return the hub's X-Error-Message of a failed request; '' when there is none."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    return str(headers.get("X-Error-Message") or "") if headers is not None else ""
+
+
+def _token_source(token: str | None) -> str:
+    """Return where the token huggingface_hub sent came from, for a message (never the token itself)."""
+    if token:
+        return "--token"
+    return "HF_TOKEN" if _implicit_token() else "the token saved by `hf auth login`"
 
 
 def _token_sent(token: str | None) -> bool:
