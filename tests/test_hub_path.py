@@ -278,6 +278,20 @@ def test_offline_and_cached_uses_the_cache(cli, hub: HubServer, hub_repos, monke
     assert hub.log == []
 
 
+def test_a_damaged_cached_config_says_it_is_the_cached_copy(cli, hub: HubServer, hub_repos, monkeypatch, tmp_path):
+    """The hub cache's config.json damaged since its download: the line says it is the cache's copy, and how
+    to replace it (deleting the snapshot's link is not enough: huggingface_hub links the damaged blob again)."""
+    assert cli("estimate", "acme/tiny-llama").code == 0
+    sha = hub_repos["acme/tiny-llama"].sha
+    from qcli.model.hub import cached_file
+
+    cached_file("acme/tiny-llama", "config.json", "main").resolve().write_text("{damaged")
+    for offline in (False, True):
+        point_hub_at(monkeypatch, hub.url, tmp_path / "hf-home", offline=offline)
+        line = one_line_error(cli("estimate", "acme/tiny-llama"), "not valid JSON", "as read from the hub cache")
+        assert f"hf download acme/tiny-llama config.json --revision {sha} --force-download" in line
+
+
 def test_a_cached_commit_needs_no_request(cli, hub: HubServer, hub_repos):
     sha = hub_repos["acme/tiny-llama"].sha
     assert cli("estimate", "acme/tiny-llama").code == 0

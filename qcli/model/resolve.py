@@ -114,9 +114,20 @@ def _from_hub(repo_id: str, revision: str | None, read_safetensors: bool, token:
     got = hub.fetch(repo_id, "config.json", revision, token)
     rev = revision or hub.DEFAULT_REVISION
     shown = f"{repo_id}: config.json at {rev}" + ("" if rev == got.commit_sha else f" (commit {got.commit_sha[:12]})")
+    try:
+        config = _read_config(got.path, shown)
+    except UsageError as exc:
+        if got.came_from != "cache":
+            raise
+        # The hub's cache keeps what a download wrote; a copy damaged since (a disk, an edit) reads the same.
+        raise UsageError(
+            f"{exc.message}, as read from the hub cache ({got.path})",
+            "if the hub's copy is good, the cached one is damaged: "
+            f"`hf download {repo_id} config.json --revision {got.commit_sha} --force-download` replaces it",
+        ) from None
     source = ModelSource(
         name=repo_id,
-        config=_read_config(got.path, shown),
+        config=config,
         config_from=got.came_from,  # type: ignore[arg-type]
         repo_id=repo_id,
         revision=revision or hub.DEFAULT_REVISION,
