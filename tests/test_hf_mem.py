@@ -149,3 +149,132 @@ def test_kv_cache_agrees_with_hf_mem_for_full_attention(cli, hf_mem, hub: HubSer
     # tiny Llama: 2 layers, 2 kv heads, head_dim 16, bf16
     by_hand = 2 * 2 * 2 * 16 * 2 * data["context_tokens"] * data["batch_size"]
     assert theirs["kv_cache"]["bytes"] == ours["kv_cache_bytes"] == kv["size_bytes"] == by_hand
+
+
+# -- repo shapes beyond the tiny Llama: both readers against a second loopback hub -------------------------
+
+
+def _st(tensors: dict[str, tuple[str, list[int]]], metadata: dict[str, str] | None = None) -> bytes:
+    """A safetensors file of zeros: name -> (dtype, shape), laid out in order; `__metadata__` when given."""
+    import struct
+    from math import prod
+
+    from qcli.model.safetensors_header import DTYPE_BYTES
+
+    header: dict = {} if metadata is None else {"__metadata__": metadata}
+    at = 0
+    for name, (dtype, shape) in tensors.items():
+        n = prod(shape) * DTYPE_BYTES[dtype]
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [at, at + n]}
+        at += n
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + bytes(at)
+
+
+def _shape_repos(config: bytes) -> dict[str, hubserver.Repo]:
+    shard1 = _st({"a.weight": ("BF16", [64, 64]), "a.norm": ("F32", [64])}, {"format": "pt"})
+    shard2 = _st({"b.weight": ("BF16", [64, 64]), "b.norm": ("F32", [64])}, {"format": "pt"})
+    names = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+    weight_map = {"a.weight": names[0], "a.norm": names[0], "b.weight": names[1], "b.norm": names[1]}
+    sharded = {
+        "config.json": config,
+        "model.safetensors.index.json": json.dumps({"weight_map": weight_map}).encode(),
+        names[0]: shard1,
+        names[1]: shard2,
+    }
+    one = {"config.json": config}
+    fp8 = {"w": ("F8_E4M3", [64, 64]), "v": ("F8_E5M2", [32, 64]), "scale": ("F32", [1]), "e": ("F8_E8M0", [4])}
+    int8 = {"w": ("I8", [64, 64]), "SCB": ("F32", [64]), "packed": ("U8", [2048, 1]), "absmax": ("F32", [32])}
+    sub_map = {"a": "weights/s1.safetensors", "b": "weights/s2.safetensors"}
+    twice = _st({"a.weight": ("BF16", [64, 64]), "b.weight": ("BF16", [64, 64]), "b.norm": ("F32", [64])})
+    return {
+        "shapes/bool-mask": hubserver.Repo(
+            {**one, "model.safetensors": _st({"m": ("BOOL", [10, 10]), "w": ("F16", [4])})}
+        ),
+        "shapes/name-in-two-shards": hubserver.Repo({**sharded, names[1]: twice}),
+        "shapes/mixed-shards": hubserver.Repo(sharded),  # F32 norms beside BF16, no index metadata
+        "shapes/fp8": hubserver.Repo({**one, "model.safetensors": _st(fp8)}),
+        "shapes/int8-and-packed-4bit": hubserver.Repo({**one, "model.safetensors": _st(int8)}),
+        "shapes/i64-no-metadata": hubserver.Repo({**one, "model.safetensors": _st({"p": ("I64", [128])})}),
+        "shapes/zero-elements": hubserver.Repo(
+            {**one, "model.safetensors": _st({"e": ("F32", [0, 64]), "w": ("BF16", [4]), "s": ("F32", [])})}
+        ),
+        # Mistral ships consolidated.safetensors beside the shards: neither transformers nor either reader counts it
+        "shapes/consolidated-beside-shards": hubserver.Repo(
+            {**sharded, "consolidated.safetensors": _st({"w": ("BF16", [64, 64])})}
+        ),
+        # the index lists a shard for several tensors, and shards in a folder
+        "shapes/shards-in-a-folder": hubserver.Repo(
+            {
+                **one,
+                "model.safetensors.index.json": json.dumps({"weight_map": sub_map}).encode(),
+                "weights/s1.safetensors": _st({"a": ("BF16", [8])}),
+                "weights/s2.safetensors": _st({"b": ("F32", [8])}),
+            }
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def shapes_server(hub_repos) -> HubServer:
+    with HubServer(_shape_repos(hub_repos["acme/tiny-llama"].files["config.json"])) as server:
+        yield server
+
+
+@pytest.mark.parametrize(
+    "repo_id",
+    [
+        "shapes/mixed-shards",
+        "shapes/fp8",
+        "shapes/int8-and-packed-4bit",
+        "shapes/i64-no-metadata",
+        "shapes/zero-elements",
+        "shapes/consolidated-beside-shards",
+        "shapes/shards-in-a-folder",
+    ],
+)
+def test_stored_bytes_agree_with_hf_mem_across_repo_shapes(cli, shapes_server, monkeypatch, capsys, tmp_path, repo_id):
+    """Per dtype and in all, both equal the data_offsets spans of the files transformers loads."""
+    hubserver.point_hub_at(monkeypatch, shapes_server.url, tmp_path / "hf-home")
+    monkeypatch.setenv("QCLI_CACHE", str(tmp_path / "qcli-cache"))
+    loaded = {n: d for n, d in shapes_server.repos[repo_id].files.items() if n != "consolidated.safetensors"}
+    truth = data_offsets_bytes(hubserver.Repo(loaded))
+
+    class LoopbackClient(httpx2.AsyncClient):
+        def __init__(self, **kwargs) -> None:
+            options = {k: kwargs[k] for k in ("limits", "http2") if k in kwargs}
+            super().__init__(transport=ToLoopbackHub(shapes_server.url, **options), **kwargs)
+
+    monkeypatch.setattr(hf_mem_run, "httpx2", SimpleNamespace(**{**vars(httpx2), "AsyncClient": LoopbackClient}))
+    monkeypatch.setattr(sys, "argv", ["hf-mem", "--model-id", repo_id, "--details", "--json-output"])
+    capsys.readouterr()
+    hf_mem_cli.main()
+    theirs = json.loads(capsys.readouterr().out)
+
+    r = cli("estimate", repo_id, "--json")
+    assert r.code == 0, r.err
+    ours = r.json()["model"]
+    assert ours["stored_bytes_by_dtype"] == hf_mem_bytes_by_dtype(theirs) == truth
+    assert ours["stored_bytes"] == theirs["memory"]["bytes"] == sum(truth.values())
+    assert shapes_server.weight_downloads() == []
+
+
+@pytest.mark.parametrize(
+    ("repo_id", "stored"),
+    [
+        # hf-mem 0.5.6 stops: "DTYPE=BOOL NOT HANDLED" (hf_mem/safetensors/types.py knows no BOOL)
+        ("shapes/bool-mask", {"BOOL": 100, "F16": 8}),
+        # hf-mem merges the shards' headers by tensor name (`acc | m` in hf_mem/run.py), so a.weight, stored in
+        # both shards, counts once (16,384 BF16 bytes): the files hold 24,576
+        ("shapes/name-in-two-shards", {"BF16": 24_576, "F32": 512}),
+    ],
+)
+def test_stored_bytes_where_hf_mem_is_wrong_are_the_data_offsets_spans(
+    cli, shapes_server, monkeypatch, tmp_path, repo_id, stored
+):
+    hubserver.point_hub_at(monkeypatch, shapes_server.url, tmp_path / "hf-home")
+    monkeypatch.setenv("QCLI_CACHE", str(tmp_path / "qcli-cache"))
+    assert data_offsets_bytes(shapes_server.repos[repo_id]) == stored
+    r = cli("estimate", repo_id, "--json")
+    assert r.code == 0, r.err
+    assert r.json()["model"]["stored_bytes_by_dtype"] == stored
