@@ -309,6 +309,10 @@ def test_urls_as_the_hub_pages_write_them(url, expected):
         ("https://huggingface.co/acme/x/blob/refs/pr/1/config.json", ("acme/x", "refs/pr/1")),
         ("https://huggingface.co/acme/x/blob/main/README.md", ("acme/x", "main")),  # a file at the top
         ("https://huggingface.co/acme/x/tree/main/", ("acme/x", "main")),
+        ("HTTPS://HuggingFace.co/acme/x", ("acme/x", None)),  # a scheme and host in capitals
+        ("https://huggingface.co/gpt2", ("gpt2", None)),  # a legacy one-segment id, as `gpt2` alone is
+        ("https://huggingface.co/gpt2/tree/v1", ("gpt2", "v1")),
+        ("https://huggingface.co/acme/tree", ("acme/tree", None)),  # a model named tree, not a view
     ],
 )
 def test_urls_typed_by_hand(url, expected):
@@ -328,6 +332,16 @@ def test_a_url_into_a_subfolder_is_refused(url, named):
     from qcli.errors import UsageError
 
     with pytest.raises(UsageError, match=f"names {named} inside the repo"):
+        parse_url(url)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://huggingface.co/models", "https://huggingface.co/docs/hub", "https://hf.co/spaces/a/b"]
+)
+def test_a_url_of_a_hub_page_that_is_no_model_is_refused(url):
+    from qcli.errors import UsageError
+
+    with pytest.raises(UsageError, match="not a model"):  # not a model repo / not a model URL on the hub
         parse_url(url)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests import hubserver
+from tests.conftest import fixture_config
 from tests.hubserver import GOOD_TOKEN, UNGRANTED_TOKEN, HubServer, Repo, point_hub_at
 
 # The loopback hub's pytest fixtures, bound here so that pytest finds them in this module.
@@ -102,6 +103,8 @@ def test_model_given_twice_is_an_error(cli, hub: HubServer):
         "https://huggingface.co/acme/tiny-llama/",
         "https://hf.co/acme/tiny-llama/tree/main",
         "{endpoint}/acme/tiny-llama/tree/{sha}",
+        "huggingface.co/acme/tiny-llama",  # copied from an address bar that hides the scheme
+        "HTTPS://HF.CO/acme/tiny-llama/tree/main",
     ],
 )
 def test_estimate_takes_a_hub_url(cli, hub: HubServer, hub_repos, url):
@@ -467,6 +470,16 @@ def test_hub_errors_reach_load_verify_and_compare(cli, hub: HubServer):
 def test_url_and_revision_must_agree(cli, hub: HubServer):
     r = cli("estimate", "https://huggingface.co/acme/tiny-llama/tree/main", "--revision", "v2")
     one_line_error(r, "main", "v2")
+
+
+def test_a_local_directory_named_like_a_hub_url_is_read_locally(cli, hub: HubServer, tmp_path, monkeypatch):
+    local = tmp_path / "huggingface.co" / "acme" / "tiny-llama"
+    local.mkdir(parents=True)
+    (local / "config.json").write_text(json.dumps(fixture_config("llama3-8b")))
+    monkeypatch.chdir(tmp_path)
+    r = cli("estimate", "huggingface.co/acme/tiny-llama", "--json")
+    assert r.code == 0, r.err
+    assert source_of(r.json())["config_from"] == "local"
 
 
 def test_url_of_another_site_is_refused(cli, hub: HubServer):

@@ -43,9 +43,11 @@ DEFAULT_REVISION = "main"  # huggingface_hub.constants.DEFAULT_REVISION
 _COMMIT = re.compile(r"[0-9a-f]{40}")  # a full commit sha (huggingface_hub's REGEX_COMMIT_HASH)
 HUB_HOSTS = ("huggingface.co", "www.huggingface.co", "hf.co")  # a pasted URL's host, besides HF_ENDPOINT's
 _NAME = r"[A-Za-z0-9][\w.\-]*"
+# org/name, or a legacy one-segment id (gpt2) as the hub still serves it at https://huggingface.co/gpt2
 _URL = re.compile(
-    rf"^https?://(?P<host>[^/]+)/(?P<repo>{_NAME}/{_NAME})"
-    r"(?:/(?P<view>tree|blob|resolve)/(?P<rev>[^/]+)(?:/(?P<path>.*))?)?/?$"
+    rf"^https?://(?P<host>[^/]+)/(?P<repo>{_NAME}(?:/{_NAME})?)"
+    r"(?:/(?P<view>tree|blob|resolve)/(?P<rev>[^/]+)(?:/(?P<path>.*))?)?/?$",
+    re.IGNORECASE,
 )
 # What a token may hold: visible ASCII (hub tokens are `hf_` and letters); it goes into an HTTP header.
 _TOKEN = re.compile(r"[\x21-\x7e]+")
@@ -109,15 +111,15 @@ def parse_url(text: str) -> tuple[str, str | None] | None:
     hub's pages write a branch with a slash (`/tree/refs%2Fpr%2F1`). A file at the repo's top
     (`/blob/REV/config.json`) names the repo; a folder or a file in one (`/tree/REV/unet`,
     `/blob/REV/text_encoder/config.json`) is refused: the top-level config.json would be another model."""
-    if not re.match(r"^https?://", text):
+    if not re.match(r"^https?://", text, re.IGNORECASE):
         return None
     from urllib.parse import unquote
 
     m = _URL.match(re.split(r"[?#]", text, maxsplit=1)[0])
-    own_host = re.sub(r"^https?://", "", endpoint()).split("/")[0].lower()
+    own_host = re.sub(r"^https?://", "", endpoint(), flags=re.IGNORECASE).split("/")[0].lower()
     if m is None or m.group("host").lower() not in (*HUB_HOSTS, own_host):
         raise UsageError(f"{text}: not a model URL on the hub", "give https://huggingface.co/ORG/NAME[/tree/REVISION]")
-    if m.group("repo").split("/")[0] in {"datasets", "spaces", "buckets"}:
+    if m.group("repo").split("/")[0].lower() in {"datasets", "spaces", "buckets", "models", "docs", "collections"}:
         raise UsageError(f"{text}: not a model repo", "qcli reads model repos")
     rev, path = m.group("rev"), (m.group("path") or "").strip("/")
     pr = re.fullmatch(r"(?P<ref>(?:pr|convert)/[^/]+)/?(?P<path>.*)", path) if rev == "refs" else None
@@ -129,6 +131,13 @@ def parse_url(text: str) -> tuple[str, str | None] | None:
             "models in a repo's subfolder are not supported: give https://huggingface.co/ORG/NAME[/tree/REVISION]",
         )
     return m.group("repo"), unquote(rev) if rev is not None else None
+
+
+def schemeless_url(text: str) -> str | None:
+    """Return `text` as an https URL when it starts with a hub host (`huggingface.co/org/name`, as copied
+    from an address bar that hides the scheme); None otherwise. Only asked once no local path has that name."""
+    host = text.split("/", 1)[0].lower()
+    return f"https://{text}" if "/" in text and host in HUB_HOSTS else None
 
 
 def check_token(token: str | None) -> None:

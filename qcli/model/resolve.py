@@ -102,6 +102,9 @@ def resolve(
                 "transformers loads"
             )
         return source
+    url = hub.schemeless_url(model)  # huggingface.co/org/name: no local path has that name (checked above)
+    if url is not None:
+        return resolve(url, revision, read_safetensors=read_safetensors, token=token)
     if model.startswith((".", "/", "~")) or not re.match(_HUB_ID, model):
         raise UsageError(
             f"{model}: no such file or directory", "give a model directory, a config.json, a hub id or a hub URL"
