@@ -70,6 +70,13 @@ def _fault_repos(base: dict[str, bytes], sharded: dict[str, bytes]) -> dict[str,
     repos["bad/index-list-map"] = Repo(
         {"config.json": config, "model.safetensors.index.json": json.dumps({"weight_map": ["a"]}).encode()}
     )
+    # The index says shard a holds v; v is in b, a file it does not list: transformers would not load v.
+    misplaced = {"weight_map": {"w": "a.safetensors", "v": "a.safetensors"}}
+    v_only = {"v": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}
+    repos["bad/index-misplaced"] = Repo(
+        {"config.json": config, "model.safetensors.index.json": json.dumps(misplaced).encode(),
+         "a.safetensors": _st(F32_4), "b.safetensors": _st(v_only)}
+    )  # fmt: skip
     repos["odd/no-tensors"] = Repo({"config.json": config, "model.safetensors": _header({"__metadata__": {}})})
     # The files transformers loads: model.safetensors before an index, an index's shards, never others.
     repos["odd/single-and-consolidated"] = Repo(
@@ -177,7 +184,7 @@ def test_an_index_the_hub_answers_with_a_portal_page_leaves_a_note(faulty):
 # -- headers and indexes from the hub are checked as local files are -------------------------------------
 
 
-@pytest.mark.parametrize("name", [*BAD_HEADERS, "index-not-json", "index-list-map"])
+@pytest.mark.parametrize("name", [*BAD_HEADERS, "index-not-json", "index-list-map", "index-misplaced"])
 def test_a_lying_header_or_index_is_refused_from_the_hub_and_locally(faulty, name, tmp_path):
     r = qcli("estimate", f"bad/{name}")
     assert r.code == 2, (r.out, r.err)
@@ -206,6 +213,12 @@ def test_a_header_huggingface_hub_cannot_parse_names_the_file_and_why(faulty, re
     line = r.line()
     assert f"{repo} at main: model.safetensors: the safetensors header cannot be read: {reason}" in line, line
     assert hint in line and "Failed to parse" not in line
+
+
+def test_an_index_tensor_no_listed_shard_holds_is_named(faulty):
+    r = qcli("estimate", "bad/index-misplaced")
+    assert r.code == 2, (r.out, r.err)
+    assert "weight_map lists 'v' in 'a.safetensors', and no shard it lists holds it" in r.line(), r.line()
 
 
 def _stored(r: Ran) -> dict[str, int] | None:

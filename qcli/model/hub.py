@@ -553,7 +553,13 @@ def stored_bytes(
         return None
     from huggingface_hub import HfApi, errors
 
-    from qcli.model.safetensors_header import INDEX_NAME, SafetensorsError, check_entries, shard_names
+    from qcli.model.safetensors_header import (
+        INDEX_NAME,
+        SafetensorsError,
+        check_entries,
+        check_index_covered,
+        shard_names,
+    )
 
     rev = revision or commit
     where = f"{repo_id} at {rev}"
@@ -593,6 +599,8 @@ def stored_bytes(
         ) from None
     if meta.sharded:
         shard_names(f"{where}: {INDEX_NAME}", {"weight_map": meta.weight_map})
+        held = {name for file_meta in meta.files_metadata.values() for name in file_meta.tensors}
+        check_index_covered(f"{where}: {INDEX_NAME}", meta.weight_map, held)
     totals: dict[str, int] = {}
     for filename, file_meta in sorted(meta.files_metadata.items()):
         header = {

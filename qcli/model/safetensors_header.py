@@ -187,6 +187,21 @@ def shard_names(index: Path | str, data: object) -> list[str]:
     return names
 
 
+def check_index_covered(index: Path | str, weight_map: dict[str, str], held: set[str]) -> None:
+    """Raise a SafetensorsError when a tensor the index's `weight_map` lists is in none of the shards it
+    lists (`held`: every tensor name their headers hold). transformers takes the index only for the list of
+    shards and loads what their headers hold: such a tensor would be missing, newly initialized, at load."""
+    missing = sorted(set(weight_map) - held)
+    if missing:
+        more = f" and {len(missing) - 1:,} more" if len(missing) > 1 else ""
+        raise SafetensorsError(
+            index,
+            f"weight_map lists {missing[0][:80]!r}{more} in {weight_map[missing[0]][:80]!r}, and no shard it "
+            "lists holds it",
+            "index",
+        )
+
+
 def stored_bytes(directory: Path) -> dict[str, int] | None:
     """Return the stored bytes per dtype of the safetensors transformers loads from `directory`; None when
     it has neither model.safetensors nor an index. Every *.safetensors header there is checked, loaded or
@@ -202,6 +217,9 @@ def stored_bytes(directory: Path) -> dict[str, int] | None:
     headers = {f: read_header(f) for f in sorted({*directory.glob("*.safetensors"), *(files or [])})}
     if files is None:
         return None
+    if files[0].name != SINGLE_NAME:  # shards: the index's tensors are all in them
+        weight_map = json.loads((directory / INDEX_NAME).read_text(encoding="utf-8"))["weight_map"]
+        check_index_covered(directory / INDEX_NAME, weight_map, {name for f in files for name in headers[f]})
     totals: dict[str, int] = {}
     for f in files:
         for dtype, _, nbytes in headers[f].values():
