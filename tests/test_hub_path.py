@@ -281,6 +281,24 @@ def test_offline_and_cached_uses_the_cache(cli, hub: HubServer, hub_repos, monke
     assert hub.log == []
 
 
+@pytest.mark.parametrize("repo", ["acme/tiny-llama", "acme/tiny-llama-sharded"])
+def test_offline_a_whole_cached_snapshot_gives_its_stored_bytes(
+    cli, hub: HubServer, hub_repos, repo, monkeypatch, tmp_path
+):
+    """Downloaded whole (`hf download`, an earlier load) but never estimated: qcli has no record of its headers,
+    and reads them from the hub cache's files."""
+    from huggingface_hub import snapshot_download
+
+    snapshot_download(repo)
+    monkeypatch.setenv("QCLI_CACHE", str(tmp_path / "fresh-qcli-cache"))  # no record of the headers
+    point_hub_at(monkeypatch, hub.url, tmp_path / "hf-home", offline=True)
+    hub.clear_log()
+    r = cli("estimate", repo, "--json")
+    assert r.code == 0, r.err
+    assert r.json()["model"]["stored_bytes_by_dtype"] == data_offsets_bytes(hub_repos[repo])
+    assert hub.log == []
+
+
 def test_a_damaged_cached_config_says_it_is_the_cached_copy(cli, hub: HubServer, hub_repos, monkeypatch, tmp_path):
     """The hub cache's config.json damaged since its download: the line says it is the cache's copy, and how
     to replace it (deleting the snapshot's link is not enough: huggingface_hub links the damaged blob again)."""

@@ -550,7 +550,7 @@ def stored_bytes(
     if recorded is not None:
         return recorded
     if not online or offline():
-        return None
+        return _from_snapshot(repo_id, commit)
     from huggingface_hub import HfApi, errors
 
     from qcli.model.safetensors_header import (
@@ -611,6 +611,24 @@ def stored_bytes(
             totals[dtype] = totals.get(dtype, 0) + nbytes
     _write_record(record, totals)
     return totals
+
+
+def _from_snapshot(repo_id: str, commit: str) -> dict[str, int] | None:
+    """Return the stored bytes of a snapshot the hub cache holds whole (`hf download`, an earlier load), read
+    as a local model's files are; None when the files transformers loads are not all there."""
+    from qcli.model.safetensors_header import checkpoint_files
+    from qcli.model.safetensors_header import stored_bytes as local_stored_bytes
+
+    config = cached_file(repo_id, "config.json", commit)
+    if config is None:
+        return None
+    try:
+        files = checkpoint_files(config.parent)
+    except UsageError:  # an index cached alone and damaged: the shards are not there to read either
+        return None
+    if not files or not all(f.is_file() for f in files):
+        return None
+    return local_stored_bytes(config.parent)
 
 
 def _read_record(record: Path) -> dict[str, int] | None:
