@@ -609,6 +609,16 @@ CASES: list[Case] = [
     case("flags-argument-not-utf8", "estimate", "--params", "8\udcffb", err_has="UTF-8"),
     case("output-ascii-terminal", "estimate", "m", "--gpu", "T4", "--context", "512", code=0, setup=M, env={"PYTHONIOENCODING": "ascii", "LC_ALL": "C"}, out_has="fits"),
     case("output-columns-zero", "estimate", "--params", "8b", "--bits", "4", code=0, env={"COLUMNS": "0"}, out_has="parameters"),
+    # third corpus (2026-11-26): estimate, presets and env probed with a fuzzer's eye
+    case("resource-preset-int-5000-digits", "presets", "show", "p.yaml", setup=write("p.yaml", "name: " + "9" * 5000 + "\ndtype: bfloat16\n"), err_has="more than 4300 digits"),
+    case("resource-preset-int-5000-digits-estimate", "estimate", "--params", "8b", "--preset", "p.yaml", setup=write("p.yaml", preset_yaml(extra="quantization:\n  load_in_8bit: true\n  llm_int8_threshold: " + "9" * 5000 + "\n")), err_has="more than 4300 digits"),
+    case("resource-set-int-5000-digits", "presets", "show", "qlora", "--set", "description=" + "9" * 5000, err_has="more than 4300 digits"),
+    case("numbers-set-threshold-inf", "presets", "show", "int8", "--json", "--set", "quantization.llm_int8_threshold=.inf", err_has="llm_int8_threshold"),
+    case("numbers-preset-threshold-1e400", "estimate", "--params", "8b", "--preset", "p.yaml", setup=write("p.yaml", preset_yaml(extra="quantization:\n  load_in_8bit: true\n  llm_int8_threshold: 1e400\n")), err_has="llm_int8_threshold"),
+    case("numbers-set-threshold-bool", "presets", "show", "int8", "--set", "quantization.llm_int8_threshold=true", err_has="llm_int8_threshold"),
+    case("files-preset-upper-case-suffix-missing", "presets", "show", "p.YAML", err_has="does not exist"),
+    case("flags-set-empty-key-part", "presets", "show", "qlora", "--set", ".dtype=float16", err_has="empty part"),
+    case("flags-set-same-key-twice", "estimate", "--params", "8b", "--preset", "qlora", "--set", "dtype=float16", "--set", "dtype=float32", err_has="twice"),
 ]
 # fmt: on
 
