@@ -610,6 +610,9 @@ CASES: list[Case] = [
     case("output-ascii-terminal", "estimate", "m", "--gpu", "T4", "--context", "512", code=0, setup=M, env={"PYTHONIOENCODING": "ascii", "LC_ALL": "C"}, out_has="fits"),
     case("output-columns-zero", "estimate", "--params", "8b", "--bits", "4", code=0, env={"COLUMNS": "0"}, out_has="parameters"),
     # third corpus (2026-11-26): estimate, presets and env probed with a fuzzer's eye
+    *(case(f"numbers-gpus-{name}", "estimate", "--params", "8b", "--gpu", "T4", "--gpus", value, err_has="--gpus") for name, value in (("arabic-digit", "٣"), ("fullwidth", "８"), ("plus-sign", "+2"), ("underscore", "1_0"))),
+    case("numbers-gpus-5000-digits", "estimate", "--params", "8b", "--gpu", "T4", "--gpus", "9" * 5000, err_has="--gpus"),
+    case("numbers-gpu-comma-names-a-size", "estimate", "--params", "8b", "--gpu", "24GB,16GB", err_has="one size per value"),
     case("resource-preset-int-5000-digits", "presets", "show", "p.yaml", setup=write("p.yaml", "name: " + "9" * 5000 + "\ndtype: bfloat16\n"), err_has="more than 4300 digits"),
     case("resource-preset-int-5000-digits-estimate", "estimate", "--params", "8b", "--preset", "p.yaml", setup=write("p.yaml", preset_yaml(extra="quantization:\n  load_in_8bit: true\n  llm_int8_threshold: " + "9" * 5000 + "\n")), err_has="more than 4300 digits"),
     case("resource-set-int-5000-digits", "presets", "show", "qlora", "--set", "description=" + "9" * 5000, err_has="more than 4300 digits"),
