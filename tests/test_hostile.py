@@ -619,9 +619,15 @@ CASES: list[Case] = [
     case("numbers-set-threshold-inf", "presets", "show", "int8", "--json", "--set", "quantization.llm_int8_threshold=.inf", err_has="llm_int8_threshold"),
     case("numbers-preset-threshold-1e400", "estimate", "--params", "8b", "--preset", "p.yaml", setup=write("p.yaml", preset_yaml(extra="quantization:\n  load_in_8bit: true\n  llm_int8_threshold: 1e400\n")), err_has="llm_int8_threshold"),
     case("numbers-set-threshold-bool", "presets", "show", "int8", "--set", "quantization.llm_int8_threshold=true", err_has="llm_int8_threshold"),
+    case("flags-train-qlora-16-bit-bits", "estimate", "m", "--train", "qlora", "--bits", "16", setup=M, err_has="--train qlora"),
+    case("flags-train-qlora-16-bit-preset", "estimate", "m", "--train", "qlora", "--preset", "bf16", "--gpu", "T4", setup=M, err_has="--train qlora"),
     case("files-preset-upper-case-suffix-missing", "presets", "show", "p.YAML", err_has="does not exist"),
     case("flags-set-empty-key-part", "presets", "show", "qlora", "--set", ".dtype=float16", err_has="empty part"),
     case("flags-set-same-key-twice", "estimate", "--params", "8b", "--preset", "qlora", "--set", "dtype=float16", "--set", "dtype=float32", err_has="twice"),
+    case("flags-device-map-without-gpu", "estimate", "m", "--device-map", "auto", setup=M, err_has="--gpu"),
+    case("flags-cpu-memory-without-gpu", "estimate", "--params", "8b", "--cpu-memory", "64GiB", err_has="--gpu"),
+    case("flags-kv-dtype-without-context", "estimate", "m", "--kv-dtype", "float16", setup=M, err_has="--context"),
+    case("files-model-leading-space", "estimate", " m", setup=M, err_has="whitespace"),
 ]
 # fmt: on
 

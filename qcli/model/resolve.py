@@ -102,6 +102,12 @@ def resolve(
                 "transformers loads"
             )
         return source
+    if model != model.strip():
+        # The error line collapses whitespace: `' m'` would read as "m: no such file" beside an existing m.
+        raise UsageError(
+            f"{model!r}: no such file or directory; the name starts or ends with whitespace",
+            f"did you mean {model.strip()!r}?",
+        )
     if model.startswith((".", "/", "~")) or not re.match(_HUB_ID, model):
         raise UsageError(
             f"{model}: no such file or directory", "give a model directory, a config.json, a hub id or a hub URL"

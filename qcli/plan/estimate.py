@@ -310,6 +310,13 @@ def _check_flags(opts: EstimateOptions) -> None:
         )
     if (opts.strategy or opts.nodes > 1) and not opts.gpus:
         raise UsageError("--strategy and --nodes need a --gpu to plan on", "e.g. --gpu A100-80GB --gpus 8")
+    # Flags that would change nothing are refused, as TRAINING_ONLY ones are without --train.
+    placement = [f for f, v in (("--device-map", opts.device_map), ("--cpu-memory", opts.cpu_memory)) if v is not None]
+    if placement and not opts.gpus:
+        need = "need" if len(placement) > 1 else "needs"
+        raise UsageError(f"{' and '.join(placement)} {need} a --gpu to place the model on", "e.g. --gpu A100-80GB")
+    if opts.kv_dtype is not None and opts.context is None:
+        raise UsageError("--kv-dtype sizes the KV cache: add --context", "e.g. --context 8192 --kv-dtype float16")
 
 
 DENSE_PRESET = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
