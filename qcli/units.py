@@ -50,19 +50,18 @@ def _scaled(number: str, factor: int) -> int | None:
         return int((value * factor).to_integral_value())
 
 
-def _refuse_commas(text: str, flag: str) -> None:
+def _refuse_commas(text: str, flag: str, hint: str) -> None:
     # `1,5b` is 1.5 billion in much of Europe and 15 billion with the comma read as a separator:
     # a count that can be read two ways is refused, never guessed.
     if "," in text:
         raise UsageError(
-            f"{flag} {_shown(text)} has a comma, which reads as a decimal point or a thousands separator",
-            "write 1.5b, 1500000000 or 1_500_000_000",
+            f"{flag} {_shown(text)} has a comma, which reads as a decimal point or a thousands separator", hint
         )
 
 
 def parse_params(text: str) -> int:
     """Return the parameter count written as 8b, 7.24B, 125m, 1.5t, 8030261248 or 8e9."""
-    _refuse_commas(text, "--params")
+    _refuse_commas(text, "--params", "write 1.5b, 1500000000 or 1_500_000_000")
     raw = text.strip().replace("_", "")
     match = _PARAMS_RE.match(raw)
     if not match:
@@ -80,7 +79,7 @@ def parse_params(text: str) -> int:
 
 def parse_bytes(text: str, flag: str = "size") -> int:
     """Return the byte count written as 24GB, 80GiB, 512MiB or 1.5TB (a unit is required)."""
-    _refuse_commas(text, flag)
+    _refuse_commas(text, flag, "write 1.5GB, 1500MB or 1536MiB; one size per value")
     raw = text.strip().replace("_", "")
     match = _BYTES_RE.match(raw)
     if not match:

@@ -61,3 +61,26 @@ def test_names_are_case_insensitive_and_misses_get_a_suggestion(cli):
     assert r.code == 2 and "did you mean RTX 4090?" in r.err and len(r.err.strip().splitlines()) == 1
     r = cli("estimate", "demo", "--preset", "qlroa")
     assert r.code == 2 and "did you mean qlora?" in r.err
+
+
+def _run_with(redirect: str) -> subprocess.CompletedProcess:
+    """Run `qcli` through a shell with stdout or stderr closed or full (what `>&-` and `> /dev/full` do)."""
+    cmd = f"{sys.executable} -m qcli estimate --params 8b --json {redirect}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize(
+    ("redirect", "needle"), [(">&-", "stdout is closed"), ("> /dev/full", "No space left on device")]
+)
+def test_an_output_that_cannot_be_written_is_a_failed_run_not_a_bug(redirect, needle):
+    proc = _run_with(redirect)
+    assert proc.returncode == 1
+    assert needle in proc.stderr and "internal error" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bad_input_with_stderr_closed_is_still_exit_2():
+    proc = _run_with("--bits 3 2>&-")
+    assert proc.returncode == 2

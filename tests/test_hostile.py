@@ -609,6 +609,25 @@ CASES: list[Case] = [
     case("flags-argument-not-utf8", "estimate", "--params", "8\udcffb", err_has="UTF-8"),
     case("output-ascii-terminal", "estimate", "m", "--gpu", "T4", "--context", "512", code=0, setup=M, env={"PYTHONIOENCODING": "ascii", "LC_ALL": "C"}, out_has="fits"),
     case("output-columns-zero", "estimate", "--params", "8b", "--bits", "4", code=0, env={"COLUMNS": "0"}, out_has="parameters"),
+    # third corpus (2026-11-26): estimate, presets and env probed with a fuzzer's eye
+    *(case(f"numbers-gpus-{name}", "estimate", "--params", "8b", "--gpu", "T4", "--gpus", value, err_has="--gpus") for name, value in (("arabic-digit", "٣"), ("fullwidth", "８"), ("plus-sign", "+2"), ("underscore", "1_0"))),
+    case("numbers-gpus-5000-digits", "estimate", "--params", "8b", "--gpu", "T4", "--gpus", "9" * 5000, err_has="--gpus"),
+    case("numbers-gpu-comma-names-a-size", "estimate", "--params", "8b", "--gpu", "24GB,16GB", err_has="one size per value"),
+    case("resource-preset-int-5000-digits", "presets", "show", "p.yaml", setup=write("p.yaml", "name: " + "9" * 5000 + "\ndtype: bfloat16\n"), err_has="more than 4300 digits"),
+    case("resource-preset-int-5000-digits-estimate", "estimate", "--params", "8b", "--preset", "p.yaml", setup=write("p.yaml", preset_yaml(extra="quantization:\n  load_in_8bit: true\n  llm_int8_threshold: " + "9" * 5000 + "\n")), err_has="more than 4300 digits"),
+    case("resource-set-int-5000-digits", "presets", "show", "qlora", "--set", "description=" + "9" * 5000, err_has="more than 4300 digits"),
+    case("numbers-set-threshold-inf", "presets", "show", "int8", "--json", "--set", "quantization.llm_int8_threshold=.inf", err_has="llm_int8_threshold"),
+    case("numbers-preset-threshold-1e400", "estimate", "--params", "8b", "--preset", "p.yaml", setup=write("p.yaml", preset_yaml(extra="quantization:\n  load_in_8bit: true\n  llm_int8_threshold: 1e400\n")), err_has="llm_int8_threshold"),
+    case("numbers-set-threshold-bool", "presets", "show", "int8", "--set", "quantization.llm_int8_threshold=true", err_has="llm_int8_threshold"),
+    case("flags-train-qlora-16-bit-bits", "estimate", "m", "--train", "qlora", "--bits", "16", setup=M, err_has="--train qlora"),
+    case("flags-train-qlora-16-bit-preset", "estimate", "m", "--train", "qlora", "--preset", "bf16", "--gpu", "T4", setup=M, err_has="--train qlora"),
+    case("files-preset-upper-case-suffix-missing", "presets", "show", "p.YAML", err_has="does not exist"),
+    case("flags-set-empty-key-part", "presets", "show", "qlora", "--set", ".dtype=float16", err_has="empty part"),
+    case("flags-set-same-key-twice", "estimate", "--params", "8b", "--preset", "qlora", "--set", "dtype=float16", "--set", "dtype=float32", err_has="twice"),
+    case("flags-device-map-without-gpu", "estimate", "m", "--device-map", "auto", setup=M, err_has="--gpu"),
+    case("flags-cpu-memory-without-gpu", "estimate", "--params", "8b", "--cpu-memory", "64GiB", err_has="--gpu"),
+    case("flags-kv-dtype-without-context", "estimate", "m", "--kv-dtype", "float16", setup=M, err_has="--context"),
+    case("files-model-leading-space", "estimate", " m", setup=M, err_has="whitespace"),
 ]
 # fmt: on
 

@@ -172,13 +172,20 @@ def _terminated(exc: BaseException) -> Outcome:
 
 
 def _os_error(exc: BaseException) -> Outcome:
-    """A file name the system refuses (too long) is the user's to fix; any other OSError is a bug."""
+    """A file name the system refuses (too long) is the user's to fix, a full disk is a failed run; any other
+    OSError is a bug."""
     import errno
 
     assert isinstance(exc, OSError)
     if exc.errno == errno.ENAMETOOLONG:
         name = str(exc.filename)[:60] + ("…" if len(str(exc.filename)) > 60 else "")
         return Outcome(int(ExitCode.BAD_INPUT), f"{name}: file name too long", "give a shorter path")
+    if exc.errno in {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG}:
+        # A full disk (`qcli … > /dev/full`) or a failing device: the work ran, writing its result failed.
+        where = str(exc.filename)[:60] if exc.filename else "the output"
+        return Outcome(
+            int(ExitCode.FAILED), f"cannot write {where}: {exc.strerror}", "free some space, or write elsewhere"
+        )
     return _internal(exc)
 
 

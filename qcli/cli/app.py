@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["QCLI_DEBUG"] = "1"  # workers report their tracebacks; the progress line keeps warnings
     if not args:
         args = ["--help"]  # bare `qcli` prints help and succeeds
+    if sys.stderr is None:  # `2>&-`: errors cannot be shown, but the exit code must still say what happened
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     _tolerate_narrow_encodings()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     # Pydantic plugins are found by scanning every installed distribution's entry points on the first

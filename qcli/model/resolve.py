@@ -102,6 +102,12 @@ def resolve(
                 "transformers loads"
             )
         return source
+    if model != model.strip():
+        # The error line collapses whitespace: `' m'` would read as "m: no such file" beside an existing m.
+        raise UsageError(
+            f"{model!r}: no such file or directory; the name starts or ends with whitespace",
+            f"did you mean {model.strip()!r}?",
+        )
     url = hub.schemeless_url(model)  # huggingface.co/org/name: no local path has that name (checked above)
     if url is not None:
         return resolve(url, revision, read_safetensors=read_safetensors, token=token)

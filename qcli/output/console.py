@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from pydantic import BaseModel
 from rich import box
@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from qcli.errors import QcliError
 from qcli.output.labels import GROUP_LABELS, STRATEGY_LABELS, component_label, format_label
 from qcli.results.plan import (
     Component,
@@ -38,7 +39,7 @@ MIN_WIDTH = 40  # narrower, a table's numbers would have to wrap
 
 def console(stderr: bool = False) -> Console:
     """Return the console the views print to (120 columns when not a terminal)."""
-    stream = sys.stderr if stderr else sys.stdout
+    stream = sys.stderr if stderr else _stdout()
     # A pipe or a file gets 120 columns (logs read better unwrapped) unless COLUMNS says otherwise; a
     # COLUMNS that is not a width (0, -5, "abc") is ignored, and no layout goes below MIN_WIDTH.
     columns = os.environ.get("COLUMNS", "").strip()
@@ -50,10 +51,20 @@ def console(stderr: bool = False) -> Console:
     return out
 
 
+def _stdout() -> TextIO:
+    """Return sys.stdout, or raise when it is closed (`qcli … >&-` leaves Python's sys.stdout None)."""
+    if sys.stdout is None:
+        raise QcliError(
+            "stdout is closed: there is nowhere to print the result", "redirect it to a file or /dev/null instead"
+        )
+    return sys.stdout
+
+
 def print_json(obj: BaseModel) -> None:
     """Print a pydantic result as one JSON object on stdout, nothing else."""
-    sys.stdout.write(obj.model_dump_json(indent=2) + "\n")
-    sys.stdout.flush()
+    out = _stdout()
+    out.write(obj.model_dump_json(indent=2) + "\n")
+    out.flush()
 
 
 WEIGHT_KINDS = frozenset(

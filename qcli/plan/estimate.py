@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,14 +183,14 @@ def _gpu_count(opts: EstimateOptions) -> int | None:
     """Return --gpus as a number (None: not given or auto)."""
     if opts.gpu_count is None or opts.gpu_count.strip().lower() == "auto":
         return None
-    try:
-        count = int(opts.gpu_count)
-    except ValueError:
+    text = opts.gpu_count.strip()
+    # ASCII digits only: int() also reads '٣', '８', '+2' and '1_0', which --params and --context refuse.
+    if not re.fullmatch(r"-?[0-9]+", text):
         shown = opts.gpu_count if len(opts.gpu_count) < 40 else opts.gpu_count[:40] + "…"
-        raise UsageError(  # noqa: B904 - the ValueError says nothing more
-            f"--gpus {shown!r} is neither a number nor auto", "e.g. --gpus 4 or --gpus auto"
-        )
-    return check_int("--gpus", count, 1, MAX_GPUS)
+        raise UsageError(f"--gpus {shown!r} is neither a number nor auto", "e.g. --gpus 4 or --gpus auto")
+    if len(text) > 20:  # past any count, and int() refuses more than 4300 digits
+        raise UsageError(f"--gpus {text[:12]}… ({len(text)} digits) is out of range", f"give at most {MAX_GPUS:,}")
+    return check_int("--gpus", int(text), 1, MAX_GPUS)
 
 
 def _max_memory(budgets: dict[int | str, int] | None, n: int) -> list[int] | None:
@@ -309,6 +310,13 @@ def _check_flags(opts: EstimateOptions) -> None:
         )
     if (opts.strategy or opts.nodes > 1) and not opts.gpus:
         raise UsageError("--strategy and --nodes need a --gpu to plan on", "e.g. --gpu A100-80GB --gpus 8")
+    # Flags that would change nothing are refused, as TRAINING_ONLY ones are without --train.
+    placement = [f for f, v in (("--device-map", opts.device_map), ("--cpu-memory", opts.cpu_memory)) if v is not None]
+    if placement and not opts.gpus:
+        need = "need" if len(placement) > 1 else "needs"
+        raise UsageError(f"{' and '.join(placement)} {need} a --gpu to place the model on", "e.g. --gpu A100-80GB")
+    if opts.kv_dtype is not None and opts.context is None:
+        raise UsageError("--kv-dtype sizes the KV cache: add --context", "e.g. --context 8192 --kv-dtype float16")
 
 
 DENSE_PRESET = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}

@@ -8,6 +8,7 @@ import copy
 import difflib
 import re
 import reprlib
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -57,7 +59,8 @@ class Quantization(BaseModel):
     bnb_4bit_use_double_quant: StrictBool = False
     bnb_4bit_compute_dtype: LoadDtype | None = None
     bnb_4bit_quant_storage: StorageDtype = "uint8"
-    llm_int8_threshold: float = Field(6.0, ge=0)
+    # Strict and finite: `true` would pass as 1.0, and `.inf` would reach bitsandbytes while --json printed null.
+    llm_int8_threshold: StrictFloat = Field(6.0, ge=0, allow_inf_nan=False)
     llm_int8_skip_modules: list[str] | None = None
     llm_int8_enable_fp32_cpu_offload: StrictBool = False
     llm_int8_has_fp16_weight: StrictBool = False
@@ -180,7 +183,7 @@ def _as_path(name_or_path: str) -> Path | None:
     A path when it looks like one or is a file: a directory named `bf16` in the cwd does not hide the preset.
     """
     path = user_path(name_or_path, "preset file")
-    return path if path.suffix in {".yaml", ".yml"} or "/" in name_or_path or path.is_file() else None
+    return path if path.suffix.lower() in {".yaml", ".yml"} or "/" in name_or_path or path.is_file() else None
 
 
 def _builtin(name: str) -> str | None:
@@ -229,6 +232,10 @@ def _read(name_or_path: str) -> tuple[str, str]:
     return f"configs/{name}.yaml", config_file(f"{name}.yaml").read_text(encoding="utf-8")
 
 
+def _too_many_digits() -> str:
+    return f"a number with more than {sys.get_int_max_str_digits()} digits"
+
+
 def _apply_set(data: dict[str, Any], assignment: str, source: str) -> None:
     import yaml  # lazily: `qcli estimate --params` reads no YAML (docs/bench.md)
 
@@ -246,8 +253,15 @@ def _apply_set(data: dict[str, Any], assignment: str, source: str) -> None:
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or "syntax error"
         raise UsageError(f"--set {reprlib.repr(key)}: the value is not valid YAML ({problem})") from None
+    except ValueError:  # PyYAML builds ints with int(): Python refuses more than 4300 digits
+        raise UsageError(f"--set {reprlib.repr(key)}: {_too_many_digits()}") from None
     node = data
     parts = key.split(".")
+    if not all(p.strip() for p in parts):
+        raise UsageError(
+            f"--set {reprlib.repr(assignment)}: the key has an empty part",
+            "write dotted keys such as quantization.bnb_4bit_compute_dtype",
+        )
     for part in parts[:-1]:
         child = node.get(part)
         if child is None:
@@ -288,11 +302,17 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Preset
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UsageError(f"{source}: YAML syntax error{where}: {getattr(exc, 'problem', exc)}") from exc
+    except ValueError:  # PyYAML builds ints with int(): Python refuses more than 4300 digits
+        raise UsageError(f"{source}: {_too_many_digits()}") from None
     if data is None:
         raise UsageError(f"{source}: the file is empty", "a preset needs at least name and dtype")
     if not isinstance(data, dict):
         raise UsageError(f"{source}: the top level must be a mapping of keys (name, dtype, quantization)")
     before = copy.deepcopy(data)
+    keys = [a.partition("=")[0].strip() for a in overrides or []]
+    twice = next((k for i, k in enumerate(keys) if k and k in keys[:i]), None)
+    if twice is not None:  # the last would win without a word
+        raise UsageError(f"--set {reprlib.repr(twice)} is given twice", "give each key once")
     for assignment in overrides or []:
         _apply_set(data, assignment, source)
     if data != before and data.get("name") == before.get("name") and isinstance(data.get("name"), str):

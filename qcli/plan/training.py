@@ -159,6 +159,12 @@ def training_state(
                 "use --train qlora, or a 16-bit preset for --train full",
             )
         trainable, t_dtype = spec.params, load_dtype
+    elif req.mode == "qlora" and fmt.kind == "dense":
+        # Planned as asked, it would be LoRA on a 16-bit base reported as QLoRA.
+        raise UsageError(
+            f"--train qlora trains LoRA adapters on a 4-bit base, and this precision is {fmt.key}",
+            "use a 4-bit preset (qlora, nf4) or --bits 4 with it, or --train lora for a 16-bit base",
+        )
     else:
         if req.lora_rank < 1:
             raise UsageError("--lora-rank must be at least 1")
