@@ -84,3 +84,37 @@ def test_an_output_that_cannot_be_written_is_a_failed_run_not_a_bug(redirect, ne
 def test_bad_input_with_stderr_closed_is_still_exit_2():
     proc = _run_with("--bits 3 2>&-")
     assert proc.returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("estimate", "--params", "8b", "--params", "70b"), "--params is given 2 times"),
+        (("estimate", "--params=8b", "--bits", "4", "-b", "8"), "--bits is given 2 times"),
+        (("estimate", "demo", "--context", "100", "--context=200"), "--context is given 2 times"),
+        (("estimate", "demo", "--train", "full", "--train", "lora"), "--train is given 2 times"),
+        (
+            ("estimate", "demo", "--train", "full", "--master-weights", "--no-master-weights"),
+            "--master-weights/--no-master-weights is given 2 times",
+        ),
+        (("load", "demo", "--preset", "qlora", "--preset", "nf4"), "--preset is given 2 times"),
+        (("compare", "demo", "--presets", "bf16,nf4", "--presets", "nf4"), "--presets is given 2 times"),
+    ],
+)
+def test_a_single_value_option_given_twice_is_refused(cli, args, named):
+    """Click keeps the last value silently: a plan for 70b was shown to someone who had also typed 8b."""
+    r = cli(*args)
+    assert r.code == 2 and named in r.err and len(r.err.strip().splitlines()) == 1, r.err
+
+
+def test_repeatable_options_and_a_repeated_plain_flag_still_pass(cli):
+    r = cli("estimate", "demo", "--gpu", "T4", "--gpu", "A100-80GB", "--json", "--json")
+    assert r.code == 0, r.err
+    assert [d["name"] for d in r.json()["plans"][0]["devices"]] == ["T4", "A100-80GB"]
+    assert cli("estimate", "demo", "--preset", "qlora", "--set", "dtype=bfloat16", "--set", "name=x").code == 0
+
+
+def test_master_weights_with_lora_is_refused(cli):
+    r = cli("estimate", "demo", "--train", "lora", "--master-weights")
+    assert r.code == 2 and "--master-weights is for --train full" in r.err, r.err
+    assert cli("estimate", "demo", "--train", "full", "--master-weights").code == 0

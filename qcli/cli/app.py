@@ -14,9 +14,11 @@ import os
 import signal
 import sys
 import traceback
+from collections import Counter
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from qcli.cli._errors import outcome_of
 from qcli.errors import ExitCode, Terminated, UsageError
@@ -55,6 +57,33 @@ def _root(
     """qcli: exact VRAM planning, real quantized loads, CI gates."""
 
 
+class OnceCommand(TyperCommand):
+    """A command whose single-value options may be given once: Click keeps the last of `--params 8b
+    --params 70b` silently, and a plan for 70b would be shown to someone who also typed 8b. A flag and its
+    negation (`--master-weights --no-master-weights`) count as one option given twice; a plain flag given
+    twice (`--json --json`) means the same thing and passes."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        if not ctx.resilient_parsing:  # completion parses half-typed lines: nothing to refuse there
+            try:
+                _, _, order = self.make_parser(ctx).parse_args(args=list(args))
+            except typer.TyperException:  # the real parse below reports it, in Click's words
+                order = []
+            counts = Counter(
+                p
+                for p in order
+                if p.param_type_name == "option"
+                and not p.multiple
+                and not p.count
+                and (not p.is_flag or p.secondary_opts)
+            )
+            for param, n in counts.items():
+                if n > 1:
+                    names = "/".join([*param.opts[:1], *param.secondary_opts[:1]])
+                    raise UsageError(f"{names} is given {n} times", "give it once: only the last would count")
+        return super().parse_args(ctx, args)
+
+
 def build_app(names: list[str] | None = None) -> typer.Typer:
     """Return the Typer app with the named commands (default: all).
 
@@ -77,7 +106,7 @@ def build_app(names: list[str] | None = None) -> typer.Typer:
         if isinstance(getattr(module, "app", None), typer.Typer):
             app.add_typer(module.app, name=name)
         else:
-            app.command(name, epilog=module.EPILOG)(getattr(module, name))
+            app.command(name, epilog=module.EPILOG, cls=OnceCommand)(getattr(module, name))
     return app
 
 

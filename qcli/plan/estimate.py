@@ -315,6 +315,12 @@ def _check_flags(opts: EstimateOptions) -> None:
     if placement and not opts.gpus:
         need = "need" if len(placement) > 1 else "needs"
         raise UsageError(f"{' and '.join(placement)} {need} a --gpu to place the model on", "e.g. --gpu A100-80GB")
+    if opts.master_weights and opts.train in {"lora", "qlora"}:
+        raise UsageError(
+            f"--master-weights is for --train full: --train {opts.train} trains fp32 LoRA adapters, "
+            "which need no fp32 copy",
+            "leave --master-weights out",
+        )
     if opts.kv_dtype is not None and opts.context is None:
         raise UsageError("--kv-dtype sizes the KV cache: add --context", "e.g. --context 8192 --kv-dtype float16")
 
