@@ -246,6 +246,14 @@ def _error_for(exc: BaseException, opts: LoadOptions, directory: Path | None) ->
     if bad is not None:
         return bad
     text = f"{type(exc).__name__}: {exc}"
+    if "dispatched on the CPU or the disk" in text:  # transformers' bnb quantizer refuses to offload quantized modules
+        placed = f"--device-map {opts.device_map} placed" if opts.device_map else "accelerate placed"
+        within = f" within --max-memory {opts.max_memory}" if opts.max_memory else ""
+        return UsageError(
+            f"{placed} part of {opts.model} on the CPU or disk{within}, and preset {opts.preset} quantizes with "
+            "bitsandbytes, which cannot offload quantized modules",
+            "give --max-memory more room, or offload with an unquantized preset such as bf16",
+        )
     if "OutOfMemory" in type(exc).__name__ or "out of memory" in str(exc).lower():
         hint = (
             f"`qcli estimate --model {opts.model} --preset {opts.preset}` shows what it needs; try a smaller "
