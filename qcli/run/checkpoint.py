@@ -131,6 +131,23 @@ def unquantized_modules(model: Any) -> list[tuple[str, str]]:
     return out
 
 
+def untied_output_embeddings(model: Any) -> str | None:
+    """Return the output embedding's module name when config.json ties it to the input embeddings and the loaded
+    model holds them apart: transformers does NOT tie them when the checkpoint stores both with different values
+    (it warns, and the model is then untied, with an lm_head the estimate of a tied model does not count)."""
+    config = model.config
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    if not getattr(text, "tie_word_embeddings", getattr(config, "tie_word_embeddings", False)):
+        return None
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    a, b = getattr(inp, "weight", None), getattr(out, "weight", None)
+    if a is None or b is None or a is b or type(out).__name__ in QUANTIZED_LAYERS:
+        return None
+    if "meta" in (a.device.type, b.device.type) or a.data_ptr() == b.data_ptr():
+        return None  # offloaded by accelerate (nothing read here), or the same storage
+    return next((name for name, module in model.named_modules() if module is out), "lm_head")
+
+
 def check_loaded_weights(model_name: str, model: Any, loading_info: dict[str, Any], prequantized: bool) -> None:
     """Raise a UsageError (exit 2) when the loaded weights are not the checkpoint its config describes."""
     report = weight_report(loading_info, model)
@@ -139,6 +156,14 @@ def check_loaded_weights(model_name: str, model: Any, loading_info: dict[str, An
             f"{model_name}: the checkpoint does not match its config: {report.describe()}",
             "the weights were saved for another config (layers, sizes or model_type): use the config.json they "
             "were saved with, or download the checkpoint again",
+        )
+    if (head := untied_output_embeddings(model)) is not None:
+        raise UsageError(
+            f"{model_name}: the checkpoint does not match its config: config.json ties the embeddings "
+            f"(tie_word_embeddings: true), and the checkpoint stores {head}.weight with other values than the input "
+            "embeddings, so transformers loaded them untied",
+            'set "tie_word_embeddings": false in config.json if the weights are untied, or download the checkpoint '
+            "again",
         )
     if prequantized and (plain := unquantized_modules(model)):
         name, dtype = plain[0]
