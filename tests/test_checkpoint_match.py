@@ -67,6 +67,7 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     out["archswap"] = _edited(root, "archswap", good, whole=gpt2)
     bnb = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
     out["fakeprequant"] = _edited(root, "fakeprequant", good, quantization_config=bnb)
+    out["tiedconfig"] = _edited(root, "tiedconfig", good, tie_word_embeddings=True)  # over an untied lm_head
     weights = load_file(good / "model.safetensors")
     for name, kept in (
         ("missing", {k: v for k, v in weights.items() if "layers.1.mlp" not in k}),
@@ -112,6 +113,16 @@ def test_weights_that_do_not_match_the_config_are_bad_input(cli, ckpts, name, ne
     for needle in needles:
         assert needle in lines[0]
     assert "Traceback" not in r.err and not r.out
+
+
+@pytest.mark.parametrize(("command", "preset"), [("load", "bf16"), ("verify", "qlora")])
+def test_a_tied_config_over_an_untied_checkpoint_is_bad_input(cli, ckpts, command, preset):
+    """transformers does not tie embeddings that the checkpoint stores with different values (it only warns):
+    the load was reported as if nothing were wrong, 32% above the estimate of the tied model it describes."""
+    r = cli(command, ckpts["tiedconfig"], "--preset", preset)
+    assert r.code == 2, (r.code, r.out, r.err)
+    [line] = r.err.strip().splitlines()
+    assert "tie_word_embeddings" in line and "lm_head.weight" in line, line
 
 
 def test_a_quantization_config_over_plain_weights_is_bad_input(cli, ckpts):

@@ -74,6 +74,18 @@ def test_load_bad_input(cli, args, needle):
     assert r.code == 2 and needle in r.err and "Traceback" not in r.err
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["load", "verify"])
+def test_a_max_memory_that_pushes_quantized_modules_to_disk_is_bad_input(cli, command):
+    """transformers' bitsandbytes quantizer refuses to dispatch quantized modules to the CPU or disk: that was
+    exit 1 with 'is the checkpoint complete? re-download it'."""
+    r = cli(command, "demo", "--preset", "qlora", "--device-map", "sequential", "--max-memory", "cpu=10KB")
+    assert r.code == 2, (r.code, r.err)
+    [line] = r.err.strip().splitlines()
+    assert "--max-memory cpu=10KB" in line and "cannot offload quantized modules" in line, line
+    assert "re-download" not in line
+
+
 def test_missing_config_is_bad_input(cli, tmp_path):
     assert cli("load", str(tmp_path)).code == 2
 

@@ -55,7 +55,7 @@ def compare(
     # Imported here, not at module level: `qcli --help` and `qcli estimate` never pay for the loading side.
     from qcli.model.demo import DEMO_NAME
     from qcli.output.console import console, print_json, render_compare
-    from qcli.output.files import check_output_path, compare_csv, compare_markdown, compare_plot
+    from qcli.output.files import check_output_path, compare_csv, compare_markdown, compare_plot, writing
     from qcli.output.progress import progress_line, progress_wanted
     from qcli.run.compare import CompareOptions, run_compare, validate
     from qcli.run.demo import ensure_demo
@@ -84,11 +84,14 @@ def compare(
             ensure_demo(line.demo_step)  # once, here, rather than racing in the first worker
         report = run_compare(opts, progress=line.step, checked=checked)
     if csv is not None:
-        compare_csv(report, csv)
+        with writing(csv, "--csv"):
+            compare_csv(report, csv)
     if markdown is not None:
-        Path(markdown).write_text(compare_markdown(report), encoding="utf-8")
+        with writing(markdown, "--markdown"):
+            Path(markdown).write_text(compare_markdown(report), encoding="utf-8")
     if plot is not None:
-        compare_plot(report, plot)
+        with writing(plot, "--plot"):
+            compare_plot(report, plot)
     if json_:
         print_json(report)
     else:

@@ -1,5 +1,6 @@
 """`qcli verify MODEL --preset P`: the CI gate."""
 
+import contextlib
 from typing import Annotated
 
 import typer
@@ -74,7 +75,7 @@ def verify(
     # Imported here, not at module level: `qcli --help` and `qcli estimate` never pay for the loading side.
     from qcli.model.demo import DEMO_NAME
     from qcli.output.console import console, print_json, render_verify
-    from qcli.output.files import check_output_path, write_junit
+    from qcli.output.files import check_output_path, write_junit, writing
     from qcli.output.progress import progress_line, progress_wanted
     from qcli.run.demo import ensure_demo
     from qcli.run.loader import DEFAULT_PRESET, LoadOptions, prepare
@@ -119,10 +120,12 @@ def verify(
     except (Exception, KeyboardInterrupt, Terminated) as exc:
         if junit is not None:  # a CI reporter still gets a result: one errored testcase naming the cause
             outcome = outcome_of(exc)
-            write_junit(None, junit, model, preset or DEFAULT_PRESET, error=outcome.line() or type(exc).__name__)
+            with contextlib.suppress(OSError):  # the cause stays the error shown, not a full disk after it
+                write_junit(None, junit, model, preset or DEFAULT_PRESET, error=outcome.line() or type(exc).__name__)
         raise
     if junit is not None:
-        write_junit(report, junit, opts.load.model, opts.load.preset)
+        with writing(junit, "--junit"):
+            write_junit(report, junit, opts.load.model, opts.load.preset)
     if json_:
         print_json(report)
     else:

@@ -3,11 +3,13 @@ objects only; nothing is measured here."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-from qcli.errors import UsageError
+from qcli.errors import RunError, UsageError
 from qcli.results.run import CompareReport, CompareRow, VerifyReport
 
 # The environment columns every CSV row carries (so a row stands alone when rows are concatenated).
@@ -153,6 +155,18 @@ def check_output_path(path: str, flag: str) -> Path:
     if not existed:
         target.unlink(missing_ok=True)
     return target
+
+
+@contextlib.contextmanager
+def writing(path: str, flag: str) -> Iterator[None]:
+    """Turn an OSError while writing `path` (a full disk, /dev/full, a quota) into a RunError naming the flag:
+    check_output_path found the place writable before the work, so what failed is the write itself (exit 1)."""
+    try:
+        yield
+    except OSError as exc:
+        raise RunError(
+            f"{flag} {path}: writing it failed ({exc.strerror or exc})", "free some space, or give another path"
+        ) from exc
 
 
 def _classname(model: str, preset: str) -> str:

@@ -14,7 +14,11 @@ Keys transformers leaves missing on purpose (a tied lm_head, non-persistent buff
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,20 @@ from qcli.errors import UsageError
 
 NAMED = 3  # tensor names shown per kind of problem
 QUANTIZED_LAYERS = ("Linear4bit", "Linear8bitLt")
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Keep transformers' warnings off stderr while it reads a config or tokenizer before the load (the load's
+    own progress_line does the same for the load); --debug (QCLI_DEBUG) keeps them."""
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    if os.environ.get("QCLI_DEBUG", "") in {"", "0"}:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _natural(name: str) -> list[Any]:
@@ -113,6 +131,23 @@ def unquantized_modules(model: Any) -> list[tuple[str, str]]:
     return out
 
 
+def untied_output_embeddings(model: Any) -> str | None:
+    """Return the output embedding's module name when config.json ties it to the input embeddings and the loaded
+    model holds them apart: transformers does NOT tie them when the checkpoint stores both with different values
+    (it warns, and the model is then untied, with an lm_head the estimate of a tied model does not count)."""
+    config = model.config
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    if not getattr(text, "tie_word_embeddings", getattr(config, "tie_word_embeddings", False)):
+        return None
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    a, b = getattr(inp, "weight", None), getattr(out, "weight", None)
+    if a is None or b is None or a is b or type(out).__name__ in QUANTIZED_LAYERS:
+        return None
+    if "meta" in (a.device.type, b.device.type) or a.data_ptr() == b.data_ptr():
+        return None  # offloaded by accelerate (nothing read here), or the same storage
+    return next((name for name, module in model.named_modules() if module is out), "lm_head")
+
+
 def check_loaded_weights(model_name: str, model: Any, loading_info: dict[str, Any], prequantized: bool) -> None:
     """Raise a UsageError (exit 2) when the loaded weights are not the checkpoint its config describes."""
     report = weight_report(loading_info, model)
@@ -121,6 +156,14 @@ def check_loaded_weights(model_name: str, model: Any, loading_info: dict[str, An
             f"{model_name}: the checkpoint does not match its config: {report.describe()}",
             "the weights were saved for another config (layers, sizes or model_type): use the config.json they "
             "were saved with, or download the checkpoint again",
+        )
+    if (head := untied_output_embeddings(model)) is not None:
+        raise UsageError(
+            f"{model_name}: the checkpoint does not match its config: config.json ties the embeddings "
+            f"(tie_word_embeddings: true), and the checkpoint stores {head}.weight with other values than the input "
+            "embeddings, so transformers loaded them untied",
+            'set "tie_word_embeddings": false in config.json if the weights are untied, or download the checkpoint '
+            "again",
         )
     if prequantized and (plain := unquantized_modules(model)):
         name, dtype = plain[0]
@@ -174,6 +217,88 @@ def check_causal_lm(name: str, config: dict[str, Any], trust_remote_code: bool) 
             f"{name}: model_type {model_type!r} is not a causal language model (transformers has no "
             "AutoModelForCausalLM class for it)",
             "load, verify and compare run text-generation (causal LM) models; `qcli estimate` still sizes this one",
+        )
+
+
+def _vocab_size(config: dict[str, Any]) -> int | None:
+    """Return the rows of the model's input embeddings as config.json gives them (a text_config's for a
+    multimodal model); None when it does not say."""
+    for cfg in (config, config.get("text_config")):
+        value = cfg.get("vocab_size") if isinstance(cfg, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_token_ids(name: str, config: dict[str, Any]) -> None:
+    """Raise a UsageError when config.json's pad_token_id is outside the vocabulary: transformers builds the
+    embeddings with it as `padding_idx`, and torch refuses one past the table (an AssertionError mid-load).
+    transformers itself only warns about other token ids out of range, and generation still runs with them."""
+    vocab = _vocab_size(config)
+    for cfg in (config, config.get("text_config")):
+        pad = cfg.get("pad_token_id") if isinstance(cfg, dict) else None
+        if vocab is None or not isinstance(pad, int) or isinstance(pad, bool):
+            continue
+        if not -vocab <= pad < vocab:  # torch.nn.Embedding accepts -vocab ≤ padding_idx < vocab
+            raise UsageError(
+                f"{name}: config.json's pad_token_id {pad} is outside the vocabulary (vocab_size {vocab}: ids 0 to "
+                f"{vocab - 1})",
+                "set pad_token_id to the id of the pad token in the tokenizer, or to null",
+            )
+
+
+GENERATION_CONFIG = "generation_config.json"
+
+
+def check_generation_config(name: str, directory: Path | None) -> None:
+    """Raise a UsageError when a local model's generation_config.json is not one transformers can use: it reads
+    the file at load and refuses invalid values (max_new_tokens -5, a list) with errors that do not name the
+    file; a file that does not parse it silently ignores, so generation would run with other settings."""
+    if directory is None:
+        return
+    path = directory / GENERATION_CONFIG
+    if not path.exists() and not path.is_symlink():
+        return
+    hint = f"fix {GENERATION_CONFIG} or delete it; transformers then takes the generation defaults from config.json"
+    if not path.is_file():
+        raise UsageError(f"{name}: {GENERATION_CONFIG} is not a regular file (a directory, FIFO or device)", hint)
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError(f"{name}: {GENERATION_CONFIG} is not UTF-8 text", hint) from None
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}: {exc.msg}"
+        raise UsageError(f"{name}: {GENERATION_CONFIG} is not valid JSON ({where})", hint) from None
+    except (OSError, RecursionError):
+        raise UsageError(f"{name}: {GENERATION_CONFIG} cannot be read", hint) from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{name}: {GENERATION_CONFIG} must hold a JSON object, not a {type(data).__name__}", hint)
+    from transformers import GenerationConfig
+
+    try:
+        with _quiet_transformers():
+            GenerationConfig.from_dict(data).validate()
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UsageError(f"{name}: {GENERATION_CONFIG} is not valid: {first}", hint) from None
+
+
+def check_tokenizer_fits(name: str, tokenizer: Any, config: dict[str, Any]) -> None:
+    """Raise a UsageError when the tokenizer gives ids past the model's embeddings (a tokenizer of another
+    model): every prompt with such a token would fail inside the forward pass with an IndexError.
+    A tokenizer smaller than the embeddings is normal (vocabularies are padded)."""
+    vocab = _vocab_size(config)
+    try:
+        size = len(tokenizer)
+    except TypeError:
+        return
+    if vocab is not None and size > vocab:
+        raise UsageError(
+            f"{name}: the tokenizer has {size:,} tokens and the model's embeddings only {vocab:,} (vocab_size in "
+            "config.json): the tokenizer is another model's",
+            "copy the tokenizer files of the model the weights came from into the directory",
         )
 
 
@@ -276,9 +401,10 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            path, revision=revision, token=token, trust_remote_code=trust_remote_code
-        )
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(
+                path, revision=revision, token=token, trust_remote_code=trust_remote_code
+            )
     except Exception as exc:
         cause = _bad_json(directory) if directory is not None else None
         if cause is None:

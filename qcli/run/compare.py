@@ -21,7 +21,13 @@ from qcli.plan.limits import MAX_TIMEOUT_SECONDS, check_float
 from qcli.plan.presets import load_preset, preset_key
 from qcli.resources import data_text
 from qcli.results.run import CompareReport, CompareRow
-from qcli.run.checkpoint import check_causal_lm, load_tokenizer
+from qcli.run.checkpoint import (
+    check_causal_lm,
+    check_generation_config,
+    check_token_ids,
+    check_tokenizer_fits,
+    load_tokenizer,
+)
 from qcli.run.demo import writable_cache
 from qcli.run.flags import check_new_tokens, check_prompt, check_text_file, check_weights_present
 from qcli.run.loader import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, model_path, resolve_device
@@ -79,6 +85,8 @@ def validate(opts: CompareOptions) -> Checked:
     check_weights_present(source)
     check_causal_lm(opts.model, source.config, trust_remote_code=False)
     validate_config(source.config)
+    check_token_ids(opts.model, source.config)
+    check_generation_config(opts.model, source.local_dir)
     try:
         spec = from_config(source.config)
     except UnknownModelType:
@@ -91,7 +99,8 @@ def validate(opts: CompareOptions) -> Checked:
         writable_cache()  # each worker builds or reads the demo there
     else:  # every row scores text with it: a missing or damaged tokenizer is bad input before any worker runs
         revision = source.commit_sha or opts.revision
-        load_tokenizer(model_path(source), opts.model, source.local_dir, revision, opts.token, False)
+        tokenizer = load_tokenizer(model_path(source), opts.model, source.local_dir, revision, opts.token, False)
+        check_tokenizer_fits(opts.model, tokenizer, source.config)
     return presets, reference, text, source
 
 

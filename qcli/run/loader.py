@@ -31,8 +31,11 @@ from qcli.results.plan import CudaPrediction, Plan
 from qcli.results.run import MEASURED_AT, Generation, LoadReport
 from qcli.run.checkpoint import (
     check_causal_lm,
+    check_generation_config,
     check_loaded_weights,
     check_remote_code,
+    check_token_ids,
+    check_tokenizer_fits,
     load_tokenizer,
     missing_file,
     unreadable_weights,
@@ -106,6 +109,8 @@ def prepare(opts: LoadOptions) -> Prepared:
     check_remote_code(source.local_dir, source.config, opts.trust_remote_code)
     check_causal_lm(opts.model, source.config, opts.trust_remote_code)
     validate_config(source.config)  # a config qcli cannot read is bad input, not "no estimate"
+    check_token_ids(opts.model, source.config)
+    check_generation_config(opts.model, source.local_dir)
     spec: ModelSpec | None
     describe_error: UsageError | None = None
     try:
@@ -141,7 +146,9 @@ def require_tokenizer(opts: LoadOptions, prepared: Prepared) -> None:
     source = prepared.source
     if prepared.tokenizer is not None or source.name == DEMO_NAME:
         return
-    prepared.tokenizer = _tokenizer(opts, prepared, model_path(source))
+    tokenizer = _tokenizer(opts, prepared, model_path(source))
+    check_tokenizer_fits(opts.model, tokenizer, source.config)
+    prepared.tokenizer = tokenizer
 
 
 def _tokenizer(opts: LoadOptions, prepared: Prepared, path: str) -> Any:
@@ -239,6 +246,14 @@ def _error_for(exc: BaseException, opts: LoadOptions, directory: Path | None) ->
     if bad is not None:
         return bad
     text = f"{type(exc).__name__}: {exc}"
+    if "dispatched on the CPU or the disk" in text:  # transformers' bnb quantizer refuses to offload quantized modules
+        placed = f"--device-map {opts.device_map} placed" if opts.device_map else "accelerate placed"
+        within = f" within --max-memory {opts.max_memory}" if opts.max_memory else ""
+        return UsageError(
+            f"{placed} part of {opts.model} on the CPU or disk{within}, and preset {opts.preset} quantizes with "
+            "bitsandbytes, which cannot offload quantized modules",
+            "give --max-memory more room, or offload with an unquantized preset such as bf16",
+        )
     if "OutOfMemory" in type(exc).__name__ or "out of memory" in str(exc).lower():
         hint = (
             f"`qcli estimate --model {opts.model} --preset {opts.preset}` shows what it needs; try a smaller "
