@@ -152,3 +152,22 @@ def test_merge_keys_may_still_be_overridden(tmp_path):
         "  bnb_4bit_quant_type: nf4\n"
     )
     assert load_preset(str(path)).weight_format().key == "nf4"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("name: '   '\ndtype: bfloat16\n", "name: is blank"),
+        ('name: "a\\0b"\ndtype: bfloat16\n', "name: holds control characters"),
+        ('name: "two\\nlines"\ndtype: bfloat16\n', "name: holds control characters"),
+        ("name: a\ndtype: bfloat16\nsource: elsewhere\n", "source: unknown key"),
+    ],
+)
+def test_a_name_that_cannot_be_shown_and_a_source_key_are_refused(tmp_path, text, needle):
+    """The name goes into reports, JUnit test names and compare's rows; `source` is what qcli records itself."""
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=needle):
+        load_preset(str(path))
+    with pytest.raises(UsageError, match="name: is blank"):
+        load_preset("qlora", ["name=' '"])

@@ -120,6 +120,16 @@ class Preset(BaseModel):
 
     _norm = field_validator("dtype", mode="before")(_dtype)
 
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, name: str) -> str:
+        # Reports, JUnit test names and compare's rows carry the name: it must read as one.
+        if not name.strip():
+            raise ValueError("is blank: give the preset a name")
+        if not name.isprintable():
+            raise ValueError("holds control characters (a tab, newline or NUL): give a plain name")
+        return name
+
     def weight_format(self, dtype: str | None = None) -> Format:
         """Return the storage format of quantizable linear weights; `dtype` overrides the preset's
         dtype (`--dtype`), which for an unquantized preset is the linears' format too."""
@@ -308,6 +318,8 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Preset
         raise UsageError(f"{source}: the file is empty", "a preset needs at least name and dtype")
     if not isinstance(data, dict):
         raise UsageError(f"{source}: the top level must be a mapping of keys (name, dtype, quantization)")
+    if "source" in data:  # the field qcli fills with where the preset came from
+        raise UsageError(f"{source}: source: unknown key", "drop it: qcli records where a preset came from itself")
     before = copy.deepcopy(data)
     keys = [a.partition("=")[0].strip() for a in overrides or []]
     twice = next((k for i, k in enumerate(keys) if k and k in keys[:i]), None)
