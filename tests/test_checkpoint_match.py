@@ -72,6 +72,17 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     for name, kept in (
         ("missing", {k: v for k, v in weights.items() if "layers.1.mlp" not in k}),
         ("extra", {**weights, "model.bogus.weight": torch.zeros(3, 3)}),
+        # int32(w × 100): transformers casts it to the load dtype without a word, a weight 100 times too large
+        (
+            "intweight",
+            {
+                **weights,
+                "model.layers.0.mlp.up_proj.weight": (weights["model.layers.0.mlp.up_proj.weight"] * 100).to(
+                    torch.int32
+                ),
+            },
+        ),
+        ("boolbuffer", {**weights, "model.layers.0.self_attn.bias": torch.ones(4, 4, dtype=torch.bool)}),
     ):
         (root / name).mkdir()
         (root / name / "config.json").write_text((good / "config.json").read_text())
@@ -113,6 +124,23 @@ def test_weights_that_do_not_match_the_config_are_bad_input(cli, ckpts, name, ne
     for needle in needles:
         assert needle in lines[0]
     assert "Traceback" not in r.err and not r.out
+
+
+@pytest.mark.parametrize("command", ["load", "verify", "compare"])
+def test_a_weight_stored_as_integers_without_a_quantization_config_is_bad_input(cli, ckpts, command):
+    args = ("--presets", "bf16,nf4") if command == "compare" else ("--preset", "qlora")
+    r = cli(command, ckpts["intweight"], *args)
+    assert r.code == 2, (r.code, r.err)
+    line = r.err.strip()
+    assert "stores model.layers.0.mlp.up_proj.weight as I32" in line and "no quantization_config" in line, line
+    assert len(line.splitlines()) == 1
+
+
+def test_an_integer_tensor_that_is_no_weight_is_left_to_transformers(cli, ckpts):
+    """GPT-2-style boolean attention masks are buffers, not weights: the dtype check leaves them alone (transformers
+    then reports the tensor as unexpected here, since this Llama has no such buffer)."""
+    r = cli("load", ckpts["boolbuffer"], "--preset", "bf16")
+    assert "stores" not in r.err and "unexpected weight(s) (model.layers.0.self_attn.bias)" in r.err, r.err
 
 
 @pytest.mark.parametrize(("command", "preset"), [("load", "bf16"), ("verify", "qlora")])

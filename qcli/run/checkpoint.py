@@ -247,6 +247,29 @@ def check_token_ids(name: str, config: dict[str, Any]) -> None:
             )
 
 
+# safetensors dtypes that hold no float values: a weight stored so is no float weight at all.
+NON_FLOAT_DTYPES = frozenset({"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64"})
+
+
+def check_weight_dtypes(name: str, directory: Path | None, config: dict[str, Any]) -> None:
+    """Raise a UsageError when a local checkpoint without a quantization_config stores a `*.weight` tensor as
+    integers or booleans: transformers casts it to the load dtype without a word (int32(w × 100) loads as a
+    bf16 weight a hundred times too large), and the model generates garbage. Buffers such as GPT-2's boolean
+    `attn.bias` masks are not weights and pass; quantized checkpoints store integer weights by design."""
+    from qcli.model.safetensors_header import checkpoint_files, read_header
+
+    if directory is None or isinstance(config.get("quantization_config"), dict):
+        return
+    for path in checkpoint_files(directory) or []:
+        for tensor, (dtype, _, _) in read_header(path).items():
+            if tensor.endswith(".weight") and dtype in NON_FLOAT_DTYPES:
+                raise UsageError(
+                    f"{name}: {path.name} stores {tensor} as {dtype}, and config.json has no quantization_config: "
+                    "transformers would cast the integers to floats and load a broken model",
+                    "save the checkpoint again from a float model, or add the quantization_config it was saved with",
+                )
+
+
 GENERATION_CONFIG = "generation_config.json"
 
 

@@ -26,6 +26,7 @@ from qcli.run.checkpoint import (
     check_generation_config,
     check_token_ids,
     check_tokenizer_fits,
+    check_weight_dtypes,
     load_tokenizer,
 )
 from qcli.run.demo import writable_cache
@@ -87,6 +88,7 @@ def validate(opts: CompareOptions) -> Checked:
     validate_config(source.config)
     check_token_ids(opts.model, source.config)
     check_generation_config(opts.model, source.local_dir)
+    check_weight_dtypes(opts.model, source.local_dir, source.config)
     try:
         spec = from_config(source.config)
     except UnknownModelType:

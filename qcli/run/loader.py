@@ -36,6 +36,7 @@ from qcli.run.checkpoint import (
     check_remote_code,
     check_token_ids,
     check_tokenizer_fits,
+    check_weight_dtypes,
     load_tokenizer,
     missing_file,
     unreadable_weights,
@@ -111,6 +112,7 @@ def prepare(opts: LoadOptions) -> Prepared:
     validate_config(source.config)  # a config qcli cannot read is bad input, not "no estimate"
     check_token_ids(opts.model, source.config)
     check_generation_config(opts.model, source.local_dir)
+    check_weight_dtypes(opts.model, source.local_dir, source.config)
     spec: ModelSpec | None
     describe_error: UsageError | None = None
     try:
