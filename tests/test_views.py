@@ -11,8 +11,9 @@ from xml.etree import ElementTree as ET
 import pytest
 from rich.console import Console
 
-from qcli.output.console import render_compare, render_estimate
+from qcli.output.estimate_view import render_estimate
 from qcli.output.files import compare_csv, compare_markdown, write_junit
+from qcli.output.run_views import render_compare
 from qcli.plan.estimate import EstimateOptions, run_estimate
 from qcli.results.run import CheckResult, CompareReport, CompareRow, Environment, GPUInfo, VerifyReport
 from qcli.units import decimal_bytes, human_bytes

@@ -39,7 +39,8 @@ HELP = "Will this model fit, at which precision, and does it really work once lo
 def _version(value: bool) -> None:
     if value:
         from qcli.environment import environment
-        from qcli.output.console import console, env_text
+        from qcli.output.console import console
+        from qcli.output.info_views import env_text
 
         # Versions from package metadata and GPUs from nvidia-smi: no torch import, so this stays quick
         # and works without the `load` extra. `qcli env` asks torch itself.

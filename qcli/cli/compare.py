@@ -54,9 +54,10 @@ def compare(
     """
     # Imported here, not at module level: `qcli --help` and `qcli estimate` never pay for the loading side.
     from qcli.model.demo import DEMO_NAME
-    from qcli.output.console import console, print_json, render_compare
+    from qcli.output.console import console, print_json
     from qcli.output.files import check_output_path, compare_csv, compare_markdown, compare_plot, writing
     from qcli.output.progress import progress_line, progress_wanted
+    from qcli.output.run_views import render_compare
     from qcli.run.compare import CompareOptions, run_compare, validate
     from qcli.run.demo import ensure_demo
 

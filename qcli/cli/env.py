@@ -13,7 +13,8 @@ EPILOG = """Examples:
 def env(json_: JsonOpt = False) -> None:
     """Print qcli's, Python's and the libraries' versions and the GPUs torch sees; paste it into bug reports."""
     from qcli.environment import env_report  # here, not at the top: see qcli.cli.estimate
-    from qcli.output.console import console, print_json, render_env
+    from qcli.output.console import console, print_json
+    from qcli.output.info_views import render_env
 
     report = env_report(probe_torch=True)
     if json_:

@@ -127,7 +127,8 @@ def estimate(
     """
     # Imported here, not at the top: `qcli --help` and completion import every command module, and these
     # (rich, the result models, the planner) were most of their start-up (docs/bench.md).
-    from qcli.output.console import console, print_json, render_estimate
+    from qcli.output.console import console, print_json
+    from qcli.output.estimate_view import render_estimate
     from qcli.plan.estimate import EstimateOptions, run_estimate
 
     if model_arg is not None and model is not None and model_arg != model:

@@ -48,8 +48,9 @@ def load(
     """
     # Imported here, not at module level: `qcli --help` and `qcli estimate` never pay for the loading side.
     from qcli.model.demo import DEMO_NAME
-    from qcli.output.console import console, print_json, render_load
+    from qcli.output.console import console, print_json
     from qcli.output.progress import progress_line, progress_wanted
+    from qcli.output.run_views import render_load
     from qcli.run.demo import ensure_demo
     from qcli.run.loader import LoadOptions, load_report, prepare
 

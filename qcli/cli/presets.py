@@ -17,7 +17,8 @@ def presets_list(ctx: typer.Context, json_: JsonOpt = False) -> None:
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"json": json_}  # `qcli presets --json show NAME` means JSON too
         return
-    from qcli.output.console import console, print_json, render_presets  # here: see qcli.cli.estimate
+    from qcli.output.console import console, print_json  # here: see qcli.cli.estimate
+    from qcli.output.info_views import render_presets
     from qcli.plan.presets import presets_report
 
     report = presets_report()
@@ -38,7 +39,8 @@ def presets_show(
 
     NAME is a built-in preset (see `qcli presets`) or a YAML file.
     """
-    from qcli.output.console import console, print_json, render_preset_code
+    from qcli.output.console import console, print_json
+    from qcli.output.info_views import render_preset_code
     from qcli.plan.presets import presets_report
 
     report = presets_report([name], set_)

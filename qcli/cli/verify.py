@@ -74,9 +74,10 @@ def verify(
     """
     # Imported here, not at module level: `qcli --help` and `qcli estimate` never pay for the loading side.
     from qcli.model.demo import DEMO_NAME
-    from qcli.output.console import console, print_json, render_verify
+    from qcli.output.console import console, print_json
     from qcli.output.files import check_output_path, write_junit, writing
     from qcli.output.progress import progress_line, progress_wanted
+    from qcli.output.run_views import render_verify
     from qcli.run.demo import ensure_demo
     from qcli.run.loader import DEFAULT_PRESET, LoadOptions, prepare
     from qcli.run.verify import VerifyOptions, check_reference_flags, run_verify, validate
