@@ -30,8 +30,8 @@ from qcli.run.checkpoint import (
     load_tokenizer,
 )
 from qcli.run.demo import writable_cache
-from qcli.run.flags import check_new_tokens, check_prompt, check_text_file, check_weights_present
-from qcli.run.loader import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, model_path, resolve_device
+from qcli.run.flags import check_new_tokens, check_prompt, check_text_file, check_weights_present, resolve_device
+from qcli.run.loader import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, model_path
 from qcli.run.quality import agreement_and_kl
 from qcli.run.worker import WorkerSpec, debug_enabled, run_worker
 

@@ -1,9 +1,11 @@
 """Checks of the load, verify and compare flags that need no model: each runs before anything is
-built, loaded or spawned, so a bad flag is exit 2 in well under a second (issue 11)."""
+built, loaded or spawned, so a bad flag is exit 2 in well under a second (issue 11). --device and
+--max-memory are checked against this machine's CUDA devices (torch imported inside)."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from qcli.errors import UsageError
@@ -109,3 +111,46 @@ def check_weights_present(source: ModelSource) -> None:
             f"{source.name}: no weights in this directory (*.safetensors, *.bin, …)",
             "point at a saved checkpoint, or use `qcli estimate` for the config alone",
         )
+
+
+def resolve_device(device: str) -> str:
+    """Return 'cpu' or 'cuda:N' for --device auto|cpu|cuda|cuda:N; an unavailable device is bad input."""
+    import torch
+
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if not match:
+        raise UsageError(f"--device {device!r} is not a device", "use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA GPU is available here", "use --device cpu or auto")
+    index = int(match.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return f"cuda:{index}"
+
+
+def parse_max_memory(text: str | None, device_map: str | None) -> dict[int | str, int] | None:
+    """Return accelerate's max_memory (device -> bytes) from --max-memory, checked against this machine's
+    CUDA devices (qcli.plan.placement.parse_max_memory reads the flag)."""
+    from qcli.plan import placement
+
+    budgets = placement.parse_max_memory(text, device_map)
+    if budgets is None:
+        return None
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if "*" in budgets:
+        if count == 0:
+            raise UsageError("--max-memory SIZE budgets each GPU, and this machine has no CUDA device")
+        return dict.fromkeys(range(count), budgets["*"])
+    gpus = sorted(k for k in budgets if isinstance(k, int))
+    if gpus and gpus[-1] >= count:
+        raise UsageError(
+            f"--max-memory names GPU {gpus[-1]}, and this machine has {count} CUDA device(s)",
+            "number GPUs from 0; use cpu= for CPU memory",
+        )
+    return budgets

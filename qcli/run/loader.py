@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import tempfile
 import time
 import warnings
@@ -42,8 +41,23 @@ from qcli.run.checkpoint import (
     unreadable_weights,
 )
 from qcli.run.demo import ensure_demo
-from qcli.run.flags import check_device_map, check_new_tokens, check_prompt, check_weights_present
-from qcli.run.measure import census, cuda_memory, reset_cuda_peaks, rss_bytes, tensor_memory
+from qcli.run.flags import (
+    check_device_map,
+    check_new_tokens,
+    check_prompt,
+    check_weights_present,
+    parse_max_memory,
+    resolve_device,
+)
+from qcli.run.measure import (
+    applied_quantization,
+    census,
+    cuda_memory,
+    override_of,
+    reset_cuda_peaks,
+    rss_bytes,
+    tensor_memory,
+)
 
 DEFAULT_PRESET = "qlora"
 DEFAULT_MAX_NEW_TOKENS = 16
@@ -187,49 +201,6 @@ def quiet_libraries(progress: bool = False) -> None:
             hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
-
-
-def resolve_device(device: str) -> str:
-    """Return 'cpu' or 'cuda:N' for --device auto|cpu|cuda|cuda:N; an unavailable device is bad input."""
-    import torch
-
-    if device == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return "cpu"
-    match = re.fullmatch(r"cuda(?::(\d+))?", device)
-    if not match:
-        raise UsageError(f"--device {device!r} is not a device", "use auto, cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA GPU is available here", "use --device cpu or auto")
-    index = int(match.group(1) or 0)
-    if index >= torch.cuda.device_count():
-        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return f"cuda:{index}"
-
-
-def parse_max_memory(text: str | None, device_map: str | None) -> dict[int | str, int] | None:
-    """Return accelerate's max_memory (device -> bytes) from --max-memory, checked against this machine's
-    CUDA devices (qcli.plan.placement.parse_max_memory reads the flag)."""
-    from qcli.plan import placement
-
-    budgets = placement.parse_max_memory(text, device_map)
-    if budgets is None:
-        return None
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if "*" in budgets:
-        if count == 0:
-            raise UsageError("--max-memory SIZE budgets each GPU, and this machine has no CUDA device")
-        return dict.fromkeys(range(count), budgets["*"])
-    gpus = sorted(k for k in budgets if isinstance(k, int))
-    if gpus and gpus[-1] >= count:
-        raise UsageError(
-            f"--max-memory names GPU {gpus[-1]}, and this machine has {count} CUDA device(s)",
-            "number GPUs from 0; use cpu= for CPU memory",
-        )
-    return budgets
 
 
 def model_path(source: ModelSource) -> str:
@@ -395,54 +366,11 @@ def _cuda_prediction(prepared: Prepared, device: str) -> CudaPrediction | None:
     )
 
 
-# The BitsAndBytesConfig keys that decide what a module becomes (others only tune loading).
-DECIDING_KEYS = (
-    "load_in_4bit",
-    "load_in_8bit",
-    "bnb_4bit_quant_type",
-    "bnb_4bit_use_double_quant",
-    "bnb_4bit_compute_dtype",
-    "llm_int8_threshold",
-)
 CPU_FIRST_FORWARD_NOTE = (
     "on the CPU backend bitsandbytes rewrites a module's quantization state on its first forward pass "
     "(nf4/fp4 absmax fp32 -> bf16, double quantization undone, int8 row scales moved), so figures read "
     "after a forward differ"
 )
-
-
-def applied_quantization(model: Any) -> dict[str, Any] | None:
-    """Return the quantization config transformers applied to the loaded model (model.config), as a dict."""
-    q = getattr(model.config, "quantization_config", None)
-    if q is None:
-        return None
-    data = q.to_dict() if hasattr(q, "to_dict") else dict(q)
-    return {k: v for k, v in data.items() if not k.startswith("_")}
-
-
-def _deciding(q: dict[str, Any] | None) -> dict[str, Any]:
-    """Return the keys of a quantization config that decide the module types, normalised for comparison."""
-    if not q:
-        return {"load_in_4bit": False, "load_in_8bit": False}
-    out = {"load_in_4bit": bool(q.get("load_in_4bit")), "load_in_8bit": bool(q.get("load_in_8bit"))}
-    if out["load_in_4bit"]:
-        out |= {
-            "bnb_4bit_quant_type": q.get("bnb_4bit_quant_type", "fp4"),
-            "bnb_4bit_use_double_quant": bool(q.get("bnb_4bit_use_double_quant")),
-            "bnb_4bit_compute_dtype": str(q.get("bnb_4bit_compute_dtype") or "float32").removeprefix("torch."),
-        }
-    elif out["load_in_8bit"]:
-        out["llm_int8_threshold"] = float(q.get("llm_int8_threshold", 6.0))
-    return out
-
-
-def override_of(preset_q: dict[str, Any] | None, checkpoint_q: dict[str, Any] | None) -> dict[str, tuple]:
-    """Return {key: (preset's value, checkpoint's value)} where a pre-quantized checkpoint's own
-    quantization_config replaces the preset's (transformers keeps the checkpoint's and warns)."""
-    if checkpoint_q is None:
-        return {}
-    want, got = _deciding(preset_q), _deciding(checkpoint_q)
-    return {k: (want.get(k), got.get(k)) for k in dict.fromkeys([*want, *got]) if want.get(k) != got.get(k)}
 
 
 def load_report(opts: LoadOptions, prepared: Prepared | None = None) -> tuple[LoadReport, Loaded]:

@@ -1,5 +1,6 @@
 """What is really in memory: every tensor of a loaded model counted once (4-bit quant_state and
-int8 SCB included), the census of its modules, and CUDA allocator figures. Imports torch."""
+int8 SCB included), the census of its modules, CUDA allocator figures, and the quantization config
+transformers applied, compared with the preset's. Imports torch inside functions."""
 
 from __future__ import annotations
 
@@ -233,3 +234,48 @@ def rss_bytes() -> int | None:
         return int(psutil.Process(os.getpid()).memory_info().rss)
     except Exception:
         return None
+
+
+# The BitsAndBytesConfig keys that decide what a module becomes (others only tune loading).
+DECIDING_KEYS = (
+    "load_in_4bit",
+    "load_in_8bit",
+    "bnb_4bit_quant_type",
+    "bnb_4bit_use_double_quant",
+    "bnb_4bit_compute_dtype",
+    "llm_int8_threshold",
+)
+
+
+def applied_quantization(model: Any) -> dict[str, Any] | None:
+    """Return the quantization config transformers applied to the loaded model (model.config), as a dict."""
+    q = getattr(model.config, "quantization_config", None)
+    if q is None:
+        return None
+    data = q.to_dict() if hasattr(q, "to_dict") else dict(q)
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def _deciding(q: dict[str, Any] | None) -> dict[str, Any]:
+    """Return the keys of a quantization config that decide the module types, normalised for comparison."""
+    if not q:
+        return {"load_in_4bit": False, "load_in_8bit": False}
+    out = {"load_in_4bit": bool(q.get("load_in_4bit")), "load_in_8bit": bool(q.get("load_in_8bit"))}
+    if out["load_in_4bit"]:
+        out |= {
+            "bnb_4bit_quant_type": q.get("bnb_4bit_quant_type", "fp4"),
+            "bnb_4bit_use_double_quant": bool(q.get("bnb_4bit_use_double_quant")),
+            "bnb_4bit_compute_dtype": str(q.get("bnb_4bit_compute_dtype") or "float32").removeprefix("torch."),
+        }
+    elif out["load_in_8bit"]:
+        out["llm_int8_threshold"] = float(q.get("llm_int8_threshold", 6.0))
+    return out
+
+
+def override_of(preset_q: dict[str, Any] | None, checkpoint_q: dict[str, Any] | None) -> dict[str, tuple]:
+    """Return {key: (preset's value, checkpoint's value)} where a pre-quantized checkpoint's own
+    quantization_config replaces the preset's (transformers keeps the checkpoint's and warns)."""
+    if checkpoint_q is None:
+        return {}
+    want, got = _deciding(preset_q), _deciding(checkpoint_q)
+    return {k: (want.get(k), got.get(k)) for k in dict.fromkeys([*want, *got]) if want.get(k) != got.get(k)}

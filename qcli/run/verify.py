@@ -17,13 +17,13 @@ from qcli.plan.presets import Preset, load_preset
 from qcli.resources import data_text
 from qcli.results.run import CheckResult, VerifyReport
 from qcli.run import checks
+from qcli.run.flags import parse_max_memory
 from qcli.run.loader import (
     DEFAULT_PROMPT,
     LoadOptions,
     Prepared,
     generate,
     load_report,
-    parse_max_memory,
     prepare,
     require_tokenizer,
 )
