@@ -87,3 +87,16 @@ def test_compare_cli_json_and_bad_input(cli, tmp_path):
     assert data["results"][1]["tokens_per_second"] > 0
     assert cli("compare", "demo", "--presets", "bf16,nope").code == 2
     assert cli("compare", "demo", "--text", str(tmp_path / "missing.txt")).code == 2
+
+
+def test_compare_where_every_preset_fails_says_no_device_was_read_back():
+    """The header named the request ('auto') as if it were where the presets ran."""
+    from qcli.run.compare import CompareOptions, run_compare
+
+    opts = CompareOptions(
+        model="demo", presets=["bf16", "nf4"], speed=False, max_new_tokens=2,
+        inject_failure={"bf16": "raise", "nf4": "raise"},
+    )  # fmt: skip
+    report = run_compare(opts)
+    assert report.failed and report.device == "cpu"
+    assert any(n.startswith("no preset loaded: cpu is where they were to load") for n in report.notes), report.notes

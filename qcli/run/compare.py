@@ -163,10 +163,11 @@ def run_compare(
             row.memory_saved_ratio = round(ref.memory_bytes / row.memory_bytes, 4)
         if ref.perplexity is not None and row.perplexity is not None:
             row.delta_perplexity = row.perplexity - ref.perplexity
+    loaded_on = next((r.device for r in rows.values() if r.device), None)  # read back by a worker that loaded
     report = CompareReport(
         model=opts.model,
         reference=reference,
-        device=next((r.device for r in rows.values() if r.device), opts.device),
+        device=loaded_on or resolve_device(opts.device),
         text=opts.text or "built-in sample",
         prompt=opts.prompt,
         results=[rows[p] for p in presets],
@@ -175,6 +176,8 @@ def run_compare(
         environment=environment(probe_torch=True),
     )
     report.speed_method, report.scored_tokens = speed_method, scored
+    if loaded_on is None:
+        report.notes.append(f"no preset loaded: {report.device} is where they were to load, not a device read back")
     if rows[reference].error:
         report.notes.append(f"the reference {reference} failed: no agreement or KL figures")
     return report
