@@ -48,6 +48,100 @@ def config_dtype(cfg: Cfg) -> str | None:
     return value.removeprefix("torch.") if isinstance(value, str) else None
 
 
+# transformers 5's config-class defaults for the keys the builders read, where config.json leaves them out (an
+# absent key is the class default, which is not always "one KV head per query head" or hidden // heads: Mistral's
+# num_key_value_heads is 8, Qwen3's head_dim 128, Gemma's 256). Defaults that derive from other keys (None in the
+# class: Llama's num_key_value_heads, Falcon's ffn_hidden_size) are the builders' own. tests/test_architectures.py
+# checks the table against the config classes.
+CONFIG_DEFAULTS: dict[str, Cfg] = {
+    "llama": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "max_position_embeddings": 2048, "tie_word_embeddings": False,
+              "attention_bias": False, "mlp_bias": False},
+    "mistral": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 131072,
+                "tie_word_embeddings": False},
+    "mixtral": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 131072,
+                "tie_word_embeddings": False, "num_local_experts": 8},
+    "qwen2": {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 32768,
+              "tie_word_embeddings": False, "use_sliding_window": False, "max_window_layers": 28},
+    "qwen2_moe": {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 24,
+                  "num_attention_heads": 16, "num_key_value_heads": 16, "max_position_embeddings": 32768,
+                  "tie_word_embeddings": False, "qkv_bias": True, "use_sliding_window": False, "max_window_layers": 28,
+                  "num_experts": 60, "moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632,
+                  "decoder_sparse_step": 1},
+    "qwen3": {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "num_key_value_heads": 32, "head_dim": 128, "max_position_embeddings": 32768,
+              "tie_word_embeddings": False, "attention_bias": False, "use_sliding_window": False,
+              "max_window_layers": 28},
+    "qwen3_moe": {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 24,
+                  "num_attention_heads": 32, "num_key_value_heads": 4, "max_position_embeddings": 32768,
+                  "tie_word_embeddings": False, "attention_bias": False, "use_sliding_window": False,
+                  "num_experts": 128, "moe_intermediate_size": 768, "decoder_sparse_step": 1},
+    "gemma": {"vocab_size": 256000, "hidden_size": 3072, "intermediate_size": 24576, "num_hidden_layers": 28,
+              "num_attention_heads": 16, "num_key_value_heads": 16, "head_dim": 256, "max_position_embeddings": 8192,
+              "tie_word_embeddings": True, "attention_bias": False},
+    "gemma2": {"vocab_size": 256000, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+               "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "max_position_embeddings": 8192,
+               "tie_word_embeddings": True, "attention_bias": False},
+    "gemma3_text": {"vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+                    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+                    "max_position_embeddings": 131072, "tie_word_embeddings": True, "attention_bias": False},
+    "phi": {"vocab_size": 51200, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24,
+            "num_attention_heads": 32, "max_position_embeddings": 2048, "tie_word_embeddings": False,
+            "qk_layernorm": False},
+    "phi3": {"vocab_size": 32064, "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
+             "num_attention_heads": 32, "max_position_embeddings": 4096, "tie_word_embeddings": False},
+    "gpt2": {"vocab_size": 50257, "tie_word_embeddings": True, "n_embd": 768, "n_layer": 12, "n_head": 12,
+             "n_positions": 1024},
+    "gpt_neox": {"vocab_size": 50432, "hidden_size": 6144, "intermediate_size": 24576, "num_hidden_layers": 44,
+                 "num_attention_heads": 64, "max_position_embeddings": 2048, "tie_word_embeddings": False,
+                 "attention_bias": True},
+    "opt": {"vocab_size": 50272, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+            "max_position_embeddings": 2048, "tie_word_embeddings": True, "ffn_dim": 3072, "enable_bias": True,
+            "do_layer_norm_before": True},
+    "falcon": {"vocab_size": 65024, "hidden_size": 4544, "num_hidden_layers": 32, "num_attention_heads": 71,
+               "max_position_embeddings": 2048, "tie_word_embeddings": True, "new_decoder_architecture": False,
+               "multi_query": True, "parallel_attn": True, "bias": False, "alibi": False},
+    "gpt_oss": {"vocab_size": 201088, "hidden_size": 2880, "intermediate_size": 2880, "num_hidden_layers": 36,
+                "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 64, "max_position_embeddings": 131072,
+                "tie_word_embeddings": False, "attention_bias": True, "num_local_experts": 128},
+    "deepseek_v3": {"vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432, "num_hidden_layers": 61,
+                    "num_attention_heads": 128, "num_key_value_heads": 128, "max_position_embeddings": 4096,
+                    "tie_word_embeddings": False, "attention_bias": False, "moe_intermediate_size": 2048,
+                    "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+                    "v_head_dim": 128, "n_routed_experts": 256, "n_shared_experts": 1, "first_k_dense_replace": 3},
+}  # fmt: skip
+# Keys a config class stores under another name (its `attribute_map`, Falcon's `n_embed`): config.json key -> the
+# name the builders read. The stored name wins when both are given, except Falcon's n_embed, which overrides.
+CONFIG_ALIASES: dict[str, dict[str, str]] = {
+    "gpt2": {"hidden_size": "n_embd", "max_position_embeddings": "n_positions", "num_attention_heads": "n_head",
+             "num_hidden_layers": "n_layer"},
+    "mixtral": {"num_experts": "num_local_experts"},
+    "qwen3_moe": {"num_local_experts": "num_experts"},
+    "gpt_oss": {"num_experts": "num_local_experts"},
+    "deepseek_v3": {"num_local_experts": "n_routed_experts"},
+}  # fmt: skip
+
+
+def with_defaults(cfg: Cfg) -> Cfg:
+    """Return the config as its transformers config class reads it: aliases renamed, absent keys defaulted."""
+    mt = str(cfg.get("model_type"))
+    out = dict(cfg)
+    for alias, name in CONFIG_ALIASES.get(mt, {}).items():
+        if alias in out and name not in out:
+            out[name] = out.pop(alias)
+    if mt == "falcon" and cfg.get("n_embed") is not None:
+        out["hidden_size"] = cfg["n_embed"]
+    return {**CONFIG_DEFAULTS.get(mt, {}), **out}
+
+
+def _kv_heads(cfg: Cfg, heads: int) -> int:
+    """Return num_key_value_heads; null (or a config class with no default) means one per query head."""
+    return cfg_int({"kv": cfg.get("num_key_value_heads") or heads}, "kv")
+
+
 def _head_dim(cfg: Cfg) -> int:
     hidden, heads = cfg_int(cfg, "hidden_size"), cfg_int(cfg, "num_attention_heads")
     head_dim = cfg.get("head_dim")
@@ -201,13 +295,21 @@ def llama_like(cfg: Cfg) -> ModelSpec:
     mt = cfg["model_type"]
     h, vocab = cfg_int(cfg, "hidden_size"), cfg_int(cfg, "vocab_size")
     layers, heads = cfg_int(cfg, "num_hidden_layers"), cfg_int(cfg, "num_attention_heads")
-    kv = cfg_int(cfg, "num_key_value_heads", heads)
+    kv = _kv_heads(cfg, heads)
     hd = _head_dim(cfg)
     gemma = mt.startswith("gemma")
     tied = bool(cfg.get("tie_word_embeddings", gemma))
-    qkv_bias = mt in {"qwen2", "qwen2_moe"} or bool(cfg.get("attention_bias", False))
-    o_bias = bool(cfg.get("attention_bias", False)) and mt not in {"qwen2", "qwen2_moe"}
-    mlp_bias = bool(cfg.get("mlp_bias", False))
+    # Which biases each family's modeling file reads: Qwen2 always biases q/k/v (Qwen2-MoE per `qkv_bias`) and never
+    # o_proj; Mistral and Mixtral have none; the others follow `attention_bias`; only Llama reads `mlp_bias`.
+    if mt == "qwen2":
+        qkv_bias, o_bias = True, False
+    elif mt == "qwen2_moe":
+        qkv_bias, o_bias = bool(cfg.get("qkv_bias", True)), False
+    elif mt in {"mistral", "mixtral"}:
+        qkv_bias = o_bias = False
+    else:
+        qkv_bias = o_bias = bool(cfg.get("attention_bias", False))
+    mlp_bias = mt == "llama" and bool(cfg.get("mlp_bias", False))
     qk_norm = mt in {"qwen3", "qwen3_moe", "gemma3_text"}
     b = _Builder()
     b.add("model.embed_tokens.weight", (vocab, h), "embedding")
@@ -221,7 +323,7 @@ def llama_like(cfg: Cfg) -> ModelSpec:
             b.norm(f"{p}.self_attn.q_norm", hd)
             b.norm(f"{p}.self_attn.k_norm", hd)
         if mt == "mixtral":
-            e, inter = cfg_int(cfg, "num_local_experts"), cfg_int(cfg, "intermediate_size")
+            e, inter = _experts(cfg), cfg_int(cfg, "intermediate_size")
             b.add(f"{p}.mlp.gate.weight", (e, h), "router")
             b.add(f"{p}.mlp.experts.gate_up_proj", (e, 2 * inter, h), "experts")
             b.add(f"{p}.mlp.experts.down_proj", (e, h, inter), "experts")
@@ -265,7 +367,7 @@ def phi3(cfg: Cfg) -> ModelSpec:
     """Return the Phi-3 tensor list (fused qkv_proj and gate_up_proj)."""
     h, vocab = cfg_int(cfg, "hidden_size"), cfg_int(cfg, "vocab_size")
     layers, heads = cfg_int(cfg, "num_hidden_layers"), cfg_int(cfg, "num_attention_heads")
-    kv, hd, inter = cfg_int(cfg, "num_key_value_heads", heads), _head_dim(cfg), cfg_int(cfg, "intermediate_size")
+    kv, hd, inter = _kv_heads(cfg, heads), _head_dim(cfg), cfg_int(cfg, "intermediate_size")
     tied = bool(cfg.get("tie_word_embeddings", False))
     b = _Builder()
     b.add("model.embed_tokens.weight", (vocab, h), "embedding")
@@ -289,7 +391,7 @@ def phi(cfg: Cfg) -> ModelSpec:
     """Return the Phi-1/1.5/2 tensor list (LayerNorm with bias, biased linears, lm_head bias)."""
     h, vocab = cfg_int(cfg, "hidden_size"), cfg_int(cfg, "vocab_size")
     layers, heads = cfg_int(cfg, "num_hidden_layers"), cfg_int(cfg, "num_attention_heads")
-    kv, hd, inter = cfg_int(cfg, "num_key_value_heads", heads), _head_dim(cfg), cfg_int(cfg, "intermediate_size")
+    kv, hd, inter = _kv_heads(cfg, heads), _head_dim(cfg), cfg_int(cfg, "intermediate_size")
     tied = bool(cfg.get("tie_word_embeddings", False))
     b = _Builder()
     b.add("model.embed_tokens.weight", (vocab, h), "embedding")
@@ -435,8 +537,8 @@ def falcon(cfg: Cfg) -> ModelSpec:
     b.norm("transformer.ln_f", h, bias=True)
     if not tied:
         b.add("lm_head.weight", (vocab, h), "lm_head")
-    if cfg.get("rotary", not cfg.get("alibi", False)):
-        _rope_buffers(b, "transformer.rotary_emb", hd)
+    # FalconModel builds its rotary embedding whatever `alibi` says (an ALiBi model just never calls it).
+    _rope_buffers(b, "transformer.rotary_emb", hd)
     return _spec(cfg, b, tied)
 
 
@@ -444,7 +546,7 @@ def gpt_oss(cfg: Cfg) -> ModelSpec:
     """Return the gpt-oss tensor list (attention sinks, biased router, fused experts with biases)."""
     h, vocab = cfg_int(cfg, "hidden_size"), cfg_int(cfg, "vocab_size")
     layers, heads = cfg_int(cfg, "num_hidden_layers"), cfg_int(cfg, "num_attention_heads")
-    kv, hd = cfg_int(cfg, "num_key_value_heads", heads), _head_dim(cfg)
+    kv, hd = _kv_heads(cfg, heads), _head_dim(cfg)
     e, inter = cfg_int(cfg, "num_local_experts", 128), cfg_int(cfg, "intermediate_size")
     bias = bool(cfg.get("attention_bias", True))
     tied = bool(cfg.get("tie_word_embeddings", False))
