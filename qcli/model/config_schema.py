@@ -114,6 +114,7 @@ class _Keys(BaseModel):
     attention_bias: StrictBool | None = None
     mlp_bias: StrictBool | None = None
     qkv_bias: StrictBool | None = None
+    add_cross_attention: StrictBool | None = None
     qk_layernorm: StrictBool | None = None
     multi_query: StrictBool | None = None
     new_decoder_architecture: StrictBool | None = None
