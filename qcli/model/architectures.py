@@ -523,11 +523,12 @@ def opt(cfg: Cfg) -> ModelSpec:
 
 def falcon(cfg: Cfg) -> ModelSpec:
     """Return the Falcon tensor list (fused query_key_value; MQA or grouped KV)."""
-    for key in ("head_dim", "rotary"):  # FalconConfig derives them (read-only properties): transformers refuses
+    # FalconConfig derives these (read-only properties): transformers cannot load a config that sets them.
+    for key, rule in (("head_dim", "hidden_size / num_attention_heads"), ("rotary", "not alibi")):
         if key in cfg:
             raise UsageError(
-                f"config.json: Falcon derives {key!r} from other keys; transformers cannot load a config that sets it",
-                f"remove {key!r} (head_dim is hidden_size / num_attention_heads; rotary is not alibi)",
+                f"config.json: Falcon derives {key!r} ({rule}); transformers cannot load a config that sets it",
+                f"remove {key!r} from config.json",
             )
     h, vocab = cfg_int(cfg, "hidden_size"), cfg_int(cfg, "vocab_size")
     layers, heads = cfg_int(cfg, "num_hidden_layers"), cfg_int(cfg, "num_attention_heads")
