@@ -241,3 +241,92 @@ def test_keep_in_fp32_modules_follow_transformers_dtype_plan():
     fp32 = [c for c in layout.components if c.kind == "weights" and c.dtype == "float32" and c.group == "buffers"]
     # the router's score-correction bias of the two MoE layers (8 experts), next to the float32 rotary tables
     assert sum(c.size_bytes for c in fp32) == (2 * 8 + 2 * 2) * 4
+
+
+# Config variants real checkpoints ship that the families' default configs do not exercise (found by fuzzing the
+# builders against transformers): each is compared with the meta-device build of the class load builds.
+_SMALL = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+          "vocab_size": 101}  # fmt: skip
+VARIANTS = {
+    # absent keys are the config class's defaults, not "one KV head per query head" / hidden // heads
+    "mistral-no-kv-heads": {"model_type": "mistral", **_SMALL, "num_attention_heads": 16},  # 8 KV heads
+    "mixtral-no-kv-heads": {"model_type": "mixtral", **_SMALL, "num_attention_heads": 16, "num_local_experts": 2},
+    "qwen2-no-kv-heads": {"model_type": "qwen2", **_SMALL, "hidden_size": 256, "num_attention_heads": 64},  # 32
+    "qwen3-no-head-dim": {"model_type": "qwen3", **_SMALL, "num_key_value_heads": 2},
+    "qwen3_moe-no-kv-heads": {"model_type": "qwen3_moe", **_SMALL, "num_attention_heads": 8, "num_experts": 2,
+                              "moe_intermediate_size": 16},  # 4 KV heads
+    "gemma-no-head-dim": {"model_type": "gemma", **_SMALL, "num_attention_heads": 2, "num_key_value_heads": 1},
+    "gemma2-no-head-dim": {"model_type": "gemma2", **_SMALL, "sliding_window": 8},
+    "gpt_oss-no-head-dim": {"model_type": "gpt_oss", **_SMALL, "num_attention_heads": 8, "num_local_experts": 2},
+    # biases as each modeling file reads them
+    "mistral-attention-bias": {"model_type": "mistral", **_SMALL, "num_key_value_heads": 2, "attention_bias": True},
+    "qwen2-attention-bias": {"model_type": "qwen2", **_SMALL, "num_key_value_heads": 2, "attention_bias": True},
+    "qwen3-mlp-bias": {"model_type": "qwen3", **_SMALL, "head_dim": 16, "num_key_value_heads": 2, "mlp_bias": True},
+    "qwen2_moe-no-qkv-bias": {"model_type": "qwen2_moe", **_SMALL, "num_key_value_heads": 2, "num_experts": 2,
+                              "moe_intermediate_size": 16, "shared_expert_intermediate_size": 32,
+                              "qkv_bias": False},
+    # rotary tables: a partial factor counts for non-default RoPE types (Llama-like) or always (Phi, GPT-NeoX)
+    "llama-yarn-partial": {"model_type": "llama", **_SMALL, "partial_rotary_factor": 0.5,
+                           "rope_scaling": {"rope_type": "yarn", "factor": 4.0,
+                                            "original_max_position_embeddings": 64}},
+    "llama-default-partial": {"model_type": "llama", **_SMALL, "partial_rotary_factor": 0.5},
+    "gpt_neox-rope-parameters": {"model_type": "gpt_neox", **_SMALL, "partial_rotary_factor": 1.0,
+                                 "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                                     "partial_rotary_factor": 0.5}},
+    "phi3-rope-parameters": {"model_type": "phi3", **_SMALL, "pad_token_id": 0,
+                             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                                 "partial_rotary_factor": 0.5}},
+    "falcon-alibi": {"model_type": "falcon", **_SMALL, "alibi": True, "multi_query": False},
+    "falcon-n_embed": {"model_type": "falcon", **_SMALL, "n_embed": 128, "new_decoder_architecture": True,
+                       "num_kv_heads": 2},
+    # modules the builders did not know
+    "gpt2-cross-attention": {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 101,
+                             "n_positions": 64, "add_cross_attention": True},
+    "opt-no-affine": {"model_type": "opt", **_SMALL, "ffn_dim": 96, "max_position_embeddings": 64,
+                      "layer_norm_elementwise_affine": False, "word_embed_proj_dim": 32},
+    "deepseek_v3-no-shared-expert": {**TINY["deepseek_v3"], "n_shared_experts": 0},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_analytic_equals_meta_device_config_variants(name):
+    _compare(VARIANTS[name])
+
+
+def test_config_defaults_are_the_config_classes():
+    from transformers import AutoConfig
+
+    from qcli.model.architectures import CONFIG_DEFAULTS
+
+    for model_type, defaults in CONFIG_DEFAULTS.items():
+        config = AutoConfig.for_model(model_type)
+        assert {k: getattr(config, k) for k in defaults} == defaults, model_type
+
+
+def test_mistral_with_layer_types_is_ministral_to_transformers():
+    cfg = {"model_type": "mistral", **_SMALL, "head_dim": 16, "num_key_value_heads": 2, "sliding_window": 8,
+           "layer_types": ["sliding_attention", "full_attention"]}  # fmt: skip
+    spec = from_config(cfg)
+    assert spec.source == "meta" and spec.model_class == "MinistralForCausalLM"
+
+
+@pytest.mark.parametrize(
+    ("cfg", "needle"),
+    [
+        ({"model_type": "falcon", **_SMALL, "head_dim": 16}, "head_dim"),
+        (
+            {"model_type": "phi3", **_SMALL, "pad_token_id": 0,
+             "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 3, "long_factor": [1.0] * 8}},
+            "short_factor",
+        ),
+        ({"model_type": "phi3", **_SMALL, "pad_token_id": 0, "rope_scaling": {"type": "linear", "factor": 2.0}},
+         "longrope"),
+    ],
+)  # fmt: skip
+def test_configs_transformers_refuses_are_refused(cfg, needle):
+    from qcli.errors import UsageError
+
+    with pytest.raises(UsageError, match=needle):
+        from_config(cfg)
+    with pytest.raises(UsageError):  # and transformers itself cannot load or build it (meta path)
+        from_meta(cfg)

@@ -23,8 +23,9 @@ FORMULA_KEYS = sorted(
     set(_READ.findall(Path(architectures.__file__).read_text()))
     | {alias for aliases in KEY_ALIASES.values() for alias in aliases}
 )
-# Read leniently on purpose: config_dtype takes a string and otherwise falls back to the default load dtype.
-LENIENT = {"dtype", "torch_dtype"}
+# Read leniently on purpose: config_dtype takes a string and otherwise falls back to the default load dtype; the RoPE
+# dicts are read for a numeric partial_rotary_factor only (anything else: the family's default fraction).
+LENIENT = {"dtype", "torch_dtype", "rope_parameters", "rope_scaling"}
 SCHEMA_KEYS = {info.alias or name for name, info in ConfigKeys.model_fields.items()}
 
 TINY = {

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from qcli.errors import UsageError
+from qcli.model.config_schema import shown
 from qcli.model.installed import transformers_at_least
 from qcli.model.spec import AttentionShape, CacheLayer, ModelSpec, Role, TensorSpec, cfg_int
 
@@ -46,6 +47,79 @@ def config_dtype(cfg: Cfg) -> str | None:
     """Return the checkpoint's dtype from config.json (`dtype`, or transformers 4's `torch_dtype`)."""
     value = cfg.get("dtype") or cfg.get("torch_dtype")
     return value.removeprefix("torch.") if isinstance(value, str) else None
+
+
+# transformers 5's config-class defaults for the keys the builders read, where config.json leaves them out (an
+# absent key is the class default, which is not always "one KV head per query head" or hidden // heads: Mistral's
+# num_key_value_heads is 8, Qwen3's head_dim 128, Gemma's 256). Defaults that derive from other keys (None in the
+# class: Llama's num_key_value_heads, Falcon's ffn_hidden_size) are the builders' own. The basic sizes (hidden size,
+# layer and head counts, vocabulary and intermediate sizes) stay required: a config.json without them is refused,
+# not read as the class's 7B default. tests/test_architectures.py checks the table against the config classes.
+CONFIG_DEFAULTS: dict[str, Cfg] = {
+    "llama": {"max_position_embeddings": 2048, "tie_word_embeddings": False, "attention_bias": False,
+             "mlp_bias": False},
+    "mistral": {"num_key_value_heads": 8, "max_position_embeddings": 131072, "tie_word_embeddings": False},
+    "mixtral": {"num_key_value_heads": 8, "max_position_embeddings": 131072, "tie_word_embeddings": False,
+               "num_local_experts": 8},
+    "qwen2": {"num_key_value_heads": 32, "max_position_embeddings": 32768, "tie_word_embeddings": False,
+             "use_sliding_window": False, "max_window_layers": 28},
+    "qwen2_moe": {"num_key_value_heads": 16, "max_position_embeddings": 32768, "tie_word_embeddings": False,
+                 "qkv_bias": True, "use_sliding_window": False, "max_window_layers": 28, "num_experts": 60,
+                 "decoder_sparse_step": 1},
+    "qwen3": {"num_key_value_heads": 32, "head_dim": 128, "max_position_embeddings": 32768,
+             "tie_word_embeddings": False, "attention_bias": False, "use_sliding_window": False,
+             "max_window_layers": 28},
+    "qwen3_moe": {"num_key_value_heads": 4, "max_position_embeddings": 32768, "tie_word_embeddings": False,
+                 "attention_bias": False, "use_sliding_window": False, "num_experts": 128,
+                 "decoder_sparse_step": 1},
+    "gemma": {"num_key_value_heads": 16, "head_dim": 256, "max_position_embeddings": 8192,
+             "tie_word_embeddings": True, "attention_bias": False},
+    "gemma2": {"num_key_value_heads": 4, "head_dim": 256, "max_position_embeddings": 8192,
+              "tie_word_embeddings": True, "attention_bias": False},
+    "gemma3_text": {"num_key_value_heads": 4, "head_dim": 256, "max_position_embeddings": 131072,
+                   "tie_word_embeddings": True, "attention_bias": False},
+    "phi": {"max_position_embeddings": 2048, "tie_word_embeddings": False, "qk_layernorm": False},
+    "phi3": {"max_position_embeddings": 4096, "tie_word_embeddings": False},
+    "gpt2": {"tie_word_embeddings": True, "n_positions": 1024},
+    "gpt_neox": {"max_position_embeddings": 2048, "tie_word_embeddings": False, "attention_bias": True},
+    "opt": {"max_position_embeddings": 2048, "tie_word_embeddings": True, "enable_bias": True,
+           "do_layer_norm_before": True},
+    "falcon": {"max_position_embeddings": 2048, "tie_word_embeddings": True, "new_decoder_architecture": False,
+              "multi_query": True, "parallel_attn": True, "bias": False, "alibi": False},
+    "gpt_oss": {"num_key_value_heads": 8, "head_dim": 64, "max_position_embeddings": 131072,
+               "tie_word_embeddings": False, "attention_bias": True, "num_local_experts": 128},
+    "deepseek_v3": {"num_key_value_heads": 128, "max_position_embeddings": 4096, "tie_word_embeddings": False,
+                   "attention_bias": False, "moe_intermediate_size": 2048, "q_lora_rank": 1536,
+                   "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+                   "n_routed_experts": 256, "n_shared_experts": 1, "first_k_dense_replace": 3},
+}  # fmt: skip
+# Keys a config class stores under another name (its `attribute_map`, Falcon's `n_embed`): config.json key -> the
+# name the builders read. The stored name wins when both are given, except Falcon's n_embed, which overrides.
+CONFIG_ALIASES: dict[str, dict[str, str]] = {
+    "gpt2": {"hidden_size": "n_embd", "max_position_embeddings": "n_positions", "num_attention_heads": "n_head",
+             "num_hidden_layers": "n_layer"},
+    "mixtral": {"num_experts": "num_local_experts"},
+    "qwen3_moe": {"num_local_experts": "num_experts"},
+    "gpt_oss": {"num_experts": "num_local_experts"},
+    "deepseek_v3": {"num_local_experts": "n_routed_experts"},
+}  # fmt: skip
+
+
+def with_defaults(cfg: Cfg) -> Cfg:
+    """Return the config as its transformers config class reads it: aliases renamed, absent keys defaulted."""
+    mt = str(cfg.get("model_type"))
+    out = dict(cfg)
+    for alias, name in CONFIG_ALIASES.get(mt, {}).items():
+        if alias in out and name not in out:
+            out[name] = out.pop(alias)
+    if mt == "falcon" and cfg.get("n_embed") is not None:
+        out["hidden_size"] = cfg["n_embed"]
+    return {**CONFIG_DEFAULTS.get(mt, {}), **out}
+
+
+def _kv_heads(cfg: Cfg, heads: int) -> int:
+    """Return num_key_value_heads; null (or a config class with no default) means one per query head."""
+    return cfg_int({"kv": cfg.get("num_key_value_heads") or heads}, "kv")
 
 
 def _head_dim(cfg: Cfg) -> int:
@@ -145,8 +219,24 @@ def attention_shape(cfg: Cfg) -> AttentionShape:
 
 
 def _fraction(cfg: Cfg, keys: tuple[str, ...], default: float) -> float:
-    """Return the first of `keys` the config sets (null counts as unset), else the family's default."""
+    """Return the rotary fraction as transformers 5's config classes resolve it: the `partial_rotary_factor` of
+    `rope_scaling` (which replaces `rope_parameters` when set) or `rope_parameters`, then the first of `keys` the
+    config sets (null counts as unset), else the family's default."""
+    rope = cfg.get("rope_scaling") or cfg.get("rope_parameters")
+    if isinstance(rope, dict):
+        value = rope.get("partial_rotary_factor")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
+            return float(value)
     return next((float(cfg[k]) for k in keys if cfg.get(k) is not None), default)
+
+
+def _rotary_dim(cfg: Cfg, head_dim: int, default_type: str = "default") -> int:
+    """Return the rotary dimensions of a family whose own default RoPE ignores `partial_rotary_factor` (Llama-like,
+    gpt-oss): the full head for the default type; other types (linear, yarn, llama3, ...) go through transformers'
+    ROPE_INIT_FUNCTIONS, which do apply it. `default_type`: the config class's type when config.json sets none."""
+    rope = cfg.get("rope_scaling") or cfg.get("rope_parameters")
+    kind = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else default_type
+    return head_dim if kind == "default" else int(head_dim * _fraction(cfg, ("partial_rotary_factor",), 1.0))
 
 
 def _rope_buffers(b: _Builder, prefix: str, rotary_dim: int, count: int = 1, names: tuple[str, ...] = ("",)) -> None:
@@ -201,13 +291,21 @@ def llama_like(cfg: Cfg) -> ModelSpec:
     mt = cfg["model_type"]
     h, vocab = cfg_int(cfg, "hidden_size"), cfg_int(cfg, "vocab_size")
     layers, heads = cfg_int(cfg, "num_hidden_layers"), cfg_int(cfg, "num_attention_heads")
-    kv = cfg_int(cfg, "num_key_value_heads", heads)
+    kv = _kv_heads(cfg, heads)
     hd = _head_dim(cfg)
     gemma = mt.startswith("gemma")
     tied = bool(cfg.get("tie_word_embeddings", gemma))
-    qkv_bias = mt in {"qwen2", "qwen2_moe"} or bool(cfg.get("attention_bias", False))
-    o_bias = bool(cfg.get("attention_bias", False)) and mt not in {"qwen2", "qwen2_moe"}
-    mlp_bias = bool(cfg.get("mlp_bias", False))
+    # Which biases each family's modeling file reads: Qwen2 always biases q/k/v (Qwen2-MoE per `qkv_bias`) and never
+    # o_proj; Mistral and Mixtral have none; the others follow `attention_bias`; only Llama reads `mlp_bias`.
+    if mt == "qwen2":
+        qkv_bias, o_bias = True, False
+    elif mt == "qwen2_moe":
+        qkv_bias, o_bias = bool(cfg.get("qkv_bias", True)), False
+    elif mt in {"mistral", "mixtral"}:
+        qkv_bias = o_bias = False
+    else:
+        qkv_bias = o_bias = bool(cfg.get("attention_bias", False))
+    mlp_bias = mt == "llama" and bool(cfg.get("mlp_bias", False))
     qk_norm = mt in {"qwen3", "qwen3_moe", "gemma3_text"}
     b = _Builder()
     b.add("model.embed_tokens.weight", (vocab, h), "embedding")
@@ -221,7 +319,7 @@ def llama_like(cfg: Cfg) -> ModelSpec:
             b.norm(f"{p}.self_attn.q_norm", hd)
             b.norm(f"{p}.self_attn.k_norm", hd)
         if mt == "mixtral":
-            e, inter = cfg_int(cfg, "num_local_experts"), cfg_int(cfg, "intermediate_size")
+            e, inter = _experts(cfg), cfg_int(cfg, "intermediate_size")
             b.add(f"{p}.mlp.gate.weight", (e, h), "router")
             b.add(f"{p}.mlp.experts.gate_up_proj", (e, 2 * inter, h), "experts")
             b.add(f"{p}.mlp.experts.down_proj", (e, h, inter), "experts")
@@ -257,7 +355,7 @@ def llama_like(cfg: Cfg) -> ModelSpec:
             for buf in ("inv_freq", "original_inv_freq"):
                 b.add(f"model.rotary_emb.{t}_{buf}", (hd // 2,), "buffer", dtype="float32")
     else:
-        _rope_buffers(b, "model.rotary_emb", hd)
+        _rope_buffers(b, "model.rotary_emb", _rotary_dim(cfg, hd))
     return _spec(cfg, b, tied)
 
 
@@ -265,7 +363,7 @@ def phi3(cfg: Cfg) -> ModelSpec:
     """Return the Phi-3 tensor list (fused qkv_proj and gate_up_proj)."""
     h, vocab = cfg_int(cfg, "hidden_size"), cfg_int(cfg, "vocab_size")
     layers, heads = cfg_int(cfg, "num_hidden_layers"), cfg_int(cfg, "num_attention_heads")
-    kv, hd, inter = cfg_int(cfg, "num_key_value_heads", heads), _head_dim(cfg), cfg_int(cfg, "intermediate_size")
+    kv, hd, inter = _kv_heads(cfg, heads), _head_dim(cfg), cfg_int(cfg, "intermediate_size")
     tied = bool(cfg.get("tie_word_embeddings", False))
     b = _Builder()
     b.add("model.embed_tokens.weight", (vocab, h), "embedding")
@@ -280,16 +378,40 @@ def phi3(cfg: Cfg) -> ModelSpec:
     b.norm("model.norm", h)
     if not tied:
         b.add("lm_head.weight", (vocab, h), "lm_head")
-    rotary = int(hd * _fraction(cfg, ("partial_rotary_factor",), 1.0))
-    _rope_buffers(b, "model.rotary_emb", rotary)
+    fraction = _fraction(cfg, ("partial_rotary_factor",), 1.0)
+    _check_phi3_rope(cfg, int(h // heads * fraction) // 2)
+    _rope_buffers(b, "model.rotary_emb", int(hd * fraction))
     return _spec(cfg, b, tied)
+
+
+def _check_phi3_rope(cfg: Cfg, half: int) -> None:
+    """Refuse what Phi3Config.validate_rope refuses: a RoPE type other than default/longrope ("su" and "yarn" are
+    read as longrope), or short/long factors that are not `half` numbers (half the rotary dimensions)."""
+    rope = cfg.get("rope_scaling") or cfg.get("rope_parameters")
+    if not isinstance(rope, dict):
+        return
+    key = "rope_scaling" if cfg.get("rope_scaling") else "rope_parameters"
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind not in ("default", "longrope", "su", "yarn"):
+        raise UsageError(f"config.json: {key}: Phi-3 takes the RoPE types default and longrope, got {shown(kind)}")
+    for name in ("short_factor", "long_factor"):
+        factor = rope.get(name)
+        if factor is not None and not (
+            isinstance(factor, list)
+            and len(factor) == half
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in factor)
+        ):
+            got = f"{len(factor)} entries" if isinstance(factor, list) else shown(factor)
+            raise UsageError(
+                f"config.json: {key}.{name} must be a list of {half} numbers (half the rotary dimensions), got {got}"
+            )
 
 
 def phi(cfg: Cfg) -> ModelSpec:
     """Return the Phi-1/1.5/2 tensor list (LayerNorm with bias, biased linears, lm_head bias)."""
     h, vocab = cfg_int(cfg, "hidden_size"), cfg_int(cfg, "vocab_size")
     layers, heads = cfg_int(cfg, "num_hidden_layers"), cfg_int(cfg, "num_attention_heads")
-    kv, hd, inter = cfg_int(cfg, "num_key_value_heads", heads), _head_dim(cfg), cfg_int(cfg, "intermediate_size")
+    kv, hd, inter = _kv_heads(cfg, heads), _head_dim(cfg), cfg_int(cfg, "intermediate_size")
     tied = bool(cfg.get("tie_word_embeddings", False))
     b = _Builder()
     b.add("model.embed_tokens.weight", (vocab, h), "embedding")
@@ -329,6 +451,11 @@ def gpt2(cfg: Cfg) -> ModelSpec:
         b.conv1d(f"{p}.attn.c_attn", h, 3 * h)
         b.conv1d(f"{p}.attn.c_proj", h, h)
         b.norm(f"{p}.ln_2", h, bias=True)
+        if cfg.get("add_cross_attention"):  # GPT2Block: cross-attention to an encoder's states, with its own norm
+            b.conv1d(f"{p}.crossattention.c_attn", h, 2 * h)
+            b.conv1d(f"{p}.crossattention.q_attn", h, h)
+            b.conv1d(f"{p}.crossattention.c_proj", h, h)
+            b.norm(f"{p}.ln_cross_attn", h, bias=True)
         b.conv1d(f"{p}.mlp.c_fc", h, inter)
         b.conv1d(f"{p}.mlp.c_proj", inter, h)
     b.norm("transformer.ln_f", h, bias=True)
@@ -357,7 +484,7 @@ def gpt_neox(cfg: Cfg) -> ModelSpec:
     if not tied:
         b.add("lm_head.weight", (vocab, h), "lm_head")
     hd = _head_dim(cfg)
-    _rope_buffers(b, "gpt_neox.rotary_emb", int(hd * _fraction(cfg, ("rotary_pct", "partial_rotary_factor"), 0.25)))
+    _rope_buffers(b, "gpt_neox.rotary_emb", int(hd * _fraction(cfg, ("rotary_pct",), 0.25)))
     return _spec(cfg, b, tied)
 
 
@@ -375,16 +502,20 @@ def opt(cfg: Cfg) -> ModelSpec:
     if proj != h:
         b.linear(f"{p0}.project_out", proj, h)
         b.linear(f"{p0}.project_in", h, proj)
-    if cfg.get("do_layer_norm_before", True) and not cfg.get("_remove_final_layer_norm", False):
-        b.norm(f"{p0}.final_layer_norm", h, bias=cfg.get("layer_norm_elementwise_affine", True))
+    # nn.LayerNorm(elementwise_affine=False) has neither weight nor bias.
+    affine = bool(cfg.get("layer_norm_elementwise_affine", True))
+    if cfg.get("do_layer_norm_before", True) and not cfg.get("_remove_final_layer_norm", False) and affine:
+        b.norm(f"{p0}.final_layer_norm", h, bias=True)
     for i in range(layers):
         p = f"{p0}.layers.{i}"
         for n in ("k_proj", "v_proj", "q_proj", "out_proj"):
             b.linear(f"{p}.self_attn.{n}", h, h, bias)
-        b.norm(f"{p}.self_attn_layer_norm", h, bias=True)
+        if affine:
+            b.norm(f"{p}.self_attn_layer_norm", h, bias=True)
         b.linear(f"{p}.fc1", ffn, h, bias)
         b.linear(f"{p}.fc2", h, ffn, bias)
-        b.norm(f"{p}.final_layer_norm", h, bias=True)
+        if affine:
+            b.norm(f"{p}.final_layer_norm", h, bias=True)
     if not tied:
         b.add("lm_head.weight", (vocab, proj), "lm_head")
     return _spec(cfg, b, tied)
@@ -392,6 +523,13 @@ def opt(cfg: Cfg) -> ModelSpec:
 
 def falcon(cfg: Cfg) -> ModelSpec:
     """Return the Falcon tensor list (fused query_key_value; MQA or grouped KV)."""
+    # FalconConfig derives these (read-only properties): transformers cannot load a config that sets them.
+    for key, rule in (("head_dim", "hidden_size / num_attention_heads"), ("rotary", "not alibi")):
+        if key in cfg:
+            raise UsageError(
+                f"config.json: Falcon derives {key!r} ({rule}); transformers cannot load a config that sets it",
+                f"remove {key!r} from config.json",
+            )
     h, vocab = cfg_int(cfg, "hidden_size"), cfg_int(cfg, "vocab_size")
     layers, heads = cfg_int(cfg, "num_hidden_layers"), cfg_int(cfg, "num_attention_heads")
     hd = h // heads
@@ -435,8 +573,8 @@ def falcon(cfg: Cfg) -> ModelSpec:
     b.norm("transformer.ln_f", h, bias=True)
     if not tied:
         b.add("lm_head.weight", (vocab, h), "lm_head")
-    if cfg.get("rotary", not cfg.get("alibi", False)):
-        _rope_buffers(b, "transformer.rotary_emb", hd)
+    # FalconModel builds its rotary embedding whatever `alibi` says (an ALiBi model just never calls it).
+    _rope_buffers(b, "transformer.rotary_emb", hd)
     return _spec(cfg, b, tied)
 
 
@@ -444,7 +582,7 @@ def gpt_oss(cfg: Cfg) -> ModelSpec:
     """Return the gpt-oss tensor list (attention sinks, biased router, fused experts with biases)."""
     h, vocab = cfg_int(cfg, "hidden_size"), cfg_int(cfg, "vocab_size")
     layers, heads = cfg_int(cfg, "num_hidden_layers"), cfg_int(cfg, "num_attention_heads")
-    kv, hd = cfg_int(cfg, "num_key_value_heads", heads), _head_dim(cfg)
+    kv, hd = _kv_heads(cfg, heads), _head_dim(cfg)
     e, inter = cfg_int(cfg, "num_local_experts", 128), cfg_int(cfg, "intermediate_size")
     bias = bool(cfg.get("attention_bias", True))
     tied = bool(cfg.get("tie_word_embeddings", False))
@@ -469,7 +607,7 @@ def gpt_oss(cfg: Cfg) -> ModelSpec:
     b.norm("model.norm", h)
     if not tied:
         b.add("lm_head.weight", (vocab, h), "lm_head")
-    _rope_buffers(b, "model.rotary_emb", hd)
+    _rope_buffers(b, "model.rotary_emb", _rotary_dim(cfg, hd, "yarn"))  # GptOssConfig's default RoPE is yarn
     # GptOssPreTrainedModel._keep_in_fp32_modules: transformers adds them to the bnb skip list.
     return _spec(cfg, b, tied, keep_in_fp32=("input_layernorm", "post_attention_layernorm", "norm"))
 
@@ -484,7 +622,7 @@ def deepseek_v3(cfg: Cfg) -> ModelSpec:
     nope, rope = cfg_int(cfg, "qk_nope_head_dim", 128), cfg_int(cfg, "qk_rope_head_dim", 64)
     v_dim = cfg_int(cfg, "v_head_dim", 128)
     e, moe_inter = cfg_int(cfg, "n_routed_experts", 256), cfg_int(cfg, "moe_intermediate_size", 2048)
-    shared, dense = cfg_int(cfg, "n_shared_experts", 1), cfg_int(cfg, "first_k_dense_replace", 3, minimum=0)
+    shared, dense = cfg_int(cfg, "n_shared_experts", 1, minimum=0), cfg_int(cfg, "first_k_dense_replace", 3, minimum=0)
     inter, bias = cfg_int(cfg, "intermediate_size"), bool(cfg.get("attention_bias", False))
     tied = bool(cfg.get("tie_word_embeddings", False))
     b = _Builder()
@@ -530,6 +668,18 @@ def deepseek_v3(cfg: Cfg) -> ModelSpec:
     # MLA as transformers caches it: the compressed latent and the shared rope key, one vector per token.
     spec.cache = [CacheLayer("full", per_token=((kv_rank + rope, None),))] * layers
     return spec
+
+
+def analytic_type(cfg: Cfg) -> str | None:
+    """Return the model type transformers reads a config as, when an analytic builder describes it exactly; else None.
+
+    transformers' AutoConfig reads a `mistral` config that has `layer_types` as `ministral` (and builds
+    MinistralForCausalLM): that one goes through the meta path.
+    """
+    mt = cfg.get("model_type")
+    if mt == "mistral" and "layer_types" in cfg:
+        return None
+    return mt if isinstance(mt, str) and mt in BUILDERS else None
 
 
 BUILDERS: dict[str, Callable[[Cfg], ModelSpec]] = {

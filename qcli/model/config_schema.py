@@ -71,6 +71,7 @@ class _Keys(BaseModel):
     vocab_size: Dim | None = None
     hidden_size: Dim | None = None
     n_embd: Dim | None = None
+    n_embed: Dim | None = None  # Falcon: an older name of hidden_size, which it overrides
     intermediate_size: Sizes0 | None = None
     n_inner: Dim | None = None
     ffn_dim: Dim | None = None
@@ -112,6 +113,8 @@ class _Keys(BaseModel):
     tie_word_embeddings: StrictBool | None = None
     attention_bias: StrictBool | None = None
     mlp_bias: StrictBool | None = None
+    qkv_bias: StrictBool | None = None
+    add_cross_attention: StrictBool | None = None
     qk_layernorm: StrictBool | None = None
     multi_query: StrictBool | None = None
     new_decoder_architecture: StrictBool | None = None

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from qcli.errors import UsageError
-from qcli.model.architectures import BUILDERS, config_dtype
+from qcli.model.architectures import BUILDERS, analytic_type, config_dtype, with_defaults
 from qcli.model.config_schema import validate_config, whole_floats
 from qcli.model.meta import from_meta
 from qcli.model.spec import ModelSpec
@@ -24,9 +24,10 @@ def from_config(
     model_type = checked.get("model_type")
     if not isinstance(model_type, str) or not model_type:
         raise UsageError("config.json: missing 'model_type'", "is this a transformers model config?")
-    builder = BUILDERS.get(model_type)
+    analytic = analytic_type(checked)
+    builder = BUILDERS[analytic] if analytic else None
     if builder is not None:
-        spec = builder(checked)
+        spec = builder(with_defaults(checked))
         spec.config_dtype = config_dtype(checked)
     elif not allow_meta:
         raise UsageError(f"config.json: model_type {model_type!r} has no analytic description")
