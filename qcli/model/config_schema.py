@@ -113,7 +113,7 @@ class _Keys(BaseModel):
     tie_word_embeddings: StrictBool | None = None
     attention_bias: StrictBool | None = None
     mlp_bias: StrictBool | None = None
-    qkv_bias: StrictBool | None = None
+    qkv_bias: StrictBool | list[StrictBool] | None = None  # Qwen2-MoE: one flag; CvT: one per stage
     add_cross_attention: StrictBool | None = None
     qk_layernorm: StrictBool | None = None
     multi_query: StrictBool | None = None
@@ -180,9 +180,17 @@ class ConfigKeys(_Keys):
     text_config: _Keys | None = None
 
 
+_TYPE_TAGS = frozenset({"bool", "int", "float", "str"})
+
+
 def _clean_loc(err: Any) -> tuple[str | int, ...]:
-    """Return an error's location without pydantic's union-branch tags (`function-after[...]`, `list[...]`)."""
-    return tuple(p for p in err["loc"] if isinstance(p, int) or str(p).replace("_", "a").isalnum())
+    """Return an error's location without pydantic's union-branch tags (`function-after[...]`, `list[...]`, and
+    a plain type's name such as `bool` below a key)."""
+    return tuple(
+        p
+        for i, p in enumerate(err["loc"])
+        if isinstance(p, int) or (str(p).replace("_", "a").isalnum() and not (i and p in _TYPE_TAGS))
+    )
 
 
 def shown(value: Any, limit: int = 40) -> str:
