@@ -215,10 +215,15 @@ def test_a_header_huggingface_hub_cannot_parse_names_the_file_and_why(faulty, re
     assert hint in line and "Failed to parse" not in line
 
 
-def test_an_index_tensor_no_listed_shard_holds_is_named(faulty):
+def test_an_index_tensor_no_listed_shard_holds_is_named(faulty, tmp_path):
+    needle = "weight_map lists 'v' in 'a.safetensors', and no shard it lists holds it"
     r = qcli("estimate", "bad/index-misplaced")
     assert r.code == 2, (r.out, r.err)
-    assert "weight_map lists 'v' in 'a.safetensors', and no shard it lists holds it" in r.line(), r.line()
+    assert needle in r.line(), r.line()
+    for file, data in faulty.repos["bad/index-misplaced"].files.items():  # the same files, local
+        (tmp_path / file).write_bytes(data)
+    r = qcli("estimate", str(tmp_path))
+    assert r.code == 2 and needle in r.line(), r.err
 
 
 def _stored(r: Ran) -> dict[str, int] | None:
@@ -338,6 +343,7 @@ def test_urls_typed_by_hand(url, expected):
         ("https://huggingface.co/acme/x/blob/main/text_encoder/config.json", "'text_encoder/config.json'"),
         ("https://huggingface.co/acme/x/tree/main/unet", "'unet'"),
         ("https://huggingface.co/acme/x/resolve/v1/a/b/model.safetensors", "'a/b/model.safetensors'"),
+        ("https://huggingface.co/acme/x/blob/main/unet%2Fconfig.json", "'unet/config.json'"),  # the / escaped
     ],
 )
 def test_a_url_into_a_subfolder_is_refused(url, named):

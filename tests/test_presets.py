@@ -171,3 +171,20 @@ def test_a_name_that_cannot_be_shown_and_a_source_key_are_refused(tmp_path, text
         load_preset(str(path))
     with pytest.raises(UsageError, match="name: is blank"):
         load_preset("qlora", ["name=' '"])
+    with pytest.raises(UsageError, match="source: unknown key"):
+        load_preset("bf16", ["source=elsewhere"])  # a --set cannot write it either
+
+
+def test_a_name_with_a_non_breaking_space_or_an_emoji_sequence_is_a_name(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text('name: "a\u00a0b \U0001f469\u200d\U0001f52c"\ndtype: bfloat16\n', encoding="utf-8")
+    assert load_preset(str(path)).name == "a\u00a0b \U0001f469\u200d\U0001f52c"
+
+
+def test_a_mapping_merged_into_an_anchor_that_is_merged_again_is_no_duplicate(tmp_path):
+    """PyYAML merges `<<` into the anchored node's own key list while building: a check made after that saw
+    the merged keys as given twice (this YAML is valid, and yaml.safe_load reads it)."""
+    from qcli.plan.safe_yaml import load_yaml
+
+    text = "a: &a {x: 1}\nm:\n  b: &b\n    <<: *a\n    x: 2\n  <<: *b\n"
+    assert load_yaml(text, "t") == {"a": {"x": 1}, "m": {"x": 1, "b": {"x": 2}}}

@@ -97,6 +97,9 @@ def test_compare_where_every_preset_fails_says_no_device_was_read_back():
         model="demo", presets=["bf16", "nf4"], speed=False, max_new_tokens=2,
         inject_failure={"bf16": "raise", "nf4": "raise"},
     )  # fmt: skip
+    from qcli.run.flags import resolve_device
+
     report = run_compare(opts)
-    assert report.failed and report.device == "cpu"
-    assert any(n.startswith("no preset loaded: cpu is where they were to load") for n in report.notes), report.notes
+    device = resolve_device("auto")  # cpu here, cuda:0 on a GPU runner
+    assert report.failed and report.device == device
+    assert any(n.startswith(f"no preset loaded: {device} is where they were to load") for n in report.notes)

@@ -180,7 +180,7 @@ def _os_error(exc: BaseException) -> Outcome:
     if exc.errno == errno.ENAMETOOLONG:
         name = str(exc.filename)[:60] + ("…" if len(str(exc.filename)) > 60 else "")
         return Outcome(int(ExitCode.BAD_INPUT), f"{name}: file name too long", "give a shorter path")
-    if exc.errno in {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG}:
+    if exc.errno in {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}:
         # A full disk (`qcli … > /dev/full`) or a failing device: the work ran, writing its result failed.
         where = str(exc.filename)[:60] if exc.filename else "the output"
         return Outcome(

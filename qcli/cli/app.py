@@ -61,27 +61,29 @@ def _root(
 class OnceCommand(TyperCommand):
     """A command whose single-value options may be given once: Click keeps the last of `--params 8b
     --params 70b` silently, and a plan for 70b would be shown to someone who also typed 8b. A flag and its
-    negation (`--master-weights --no-master-weights`) count as one option given twice; a plain flag given
-    twice (`--json --json`) means the same thing and passes."""
+    negation together (`--master-weights --no-master-weights`) are refused the same way; a flag given twice
+    (`--json --json`) means the same thing and passes, and so does anything with --help."""
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
-        if not ctx.resilient_parsing:  # completion parses half-typed lines: nothing to refuse there
+        words = args[: args.index("--")] if "--" in args else args
+        # completion parses half-typed lines; --help shows the help whatever else the line holds
+        if not ctx.resilient_parsing and not set(words) & set(ctx.help_option_names):
             try:
                 _, _, order = self.make_parser(ctx).parse_args(args=list(args))
             except typer.TyperException:  # the real parse below reports it, in Click's words
                 order = []
-            counts = Counter(
-                p
-                for p in order
-                if p.param_type_name == "option"
-                and not p.multiple
-                and not p.count
-                and (not p.is_flag or p.secondary_opts)
-            )
-            for param, n in counts.items():
-                if n > 1:
-                    names = "/".join([*param.opts[:1], *param.secondary_opts[:1]])
-                    raise UsageError(f"{names} is given {n} times", "give it once: only the last would count")
+            given = {w.split("=", 1)[0] for w in words if w.startswith("-")}
+            for param, n in Counter(p for p in order if p.param_type_name == "option").items():
+                if param.multiple or param.count:
+                    continue
+                if param.is_flag:
+                    both = given & set(param.opts) and given & set(param.secondary_opts)
+                    if both:
+                        raise UsageError(
+                            f"{param.opts[0]} and {param.secondary_opts[0]} are both given", "give one of them"
+                        )
+                elif n > 1:
+                    raise UsageError(f"{param.opts[0]} is given {n} times", "give it once: only the last would count")
         return super().parse_args(ctx, args)
 
 

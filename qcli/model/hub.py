@@ -121,7 +121,7 @@ def parse_url(text: str) -> tuple[str, str | None] | None:
         raise UsageError(f"{text}: not a model URL on the hub", "give https://huggingface.co/ORG/NAME[/tree/REVISION]")
     if m.group("repo").split("/")[0].lower() in {"datasets", "spaces", "buckets", "models", "docs", "collections"}:
         raise UsageError(f"{text}: not a model repo", "qcli reads model repos")
-    rev, path = m.group("rev"), (m.group("path") or "").strip("/")
+    rev, path = m.group("rev"), unquote(m.group("path") or "").strip("/")  # unet%2Fconfig.json is unet/config.json
     pr = re.fullmatch(r"(?P<ref>(?:pr|convert)/[^/]+)/?(?P<path>.*)", path) if rev == "refs" else None
     if pr:  # `/tree/refs/pr/1` typed without the page's %2F: the revision is refs/pr/1
         rev, path = f"refs/{pr.group('ref')}", pr.group("path")

@@ -9,6 +9,7 @@ import difflib
 import re
 import reprlib
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -126,7 +127,7 @@ class Preset(BaseModel):
         # Reports, JUnit test names and compare's rows carry the name: it must read as one.
         if not name.strip():
             raise ValueError("is blank: give the preset a name")
-        if not name.isprintable():
+        if any(unicodedata.category(c) in {"Cc", "Zl", "Zp"} for c in name):
             raise ValueError("holds control characters (a tab, newline or NUL): give a plain name")
         return name
 
@@ -318,8 +319,6 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Preset
         raise UsageError(f"{source}: the file is empty", "a preset needs at least name and dtype")
     if not isinstance(data, dict):
         raise UsageError(f"{source}: the top level must be a mapping of keys (name, dtype, quantization)")
-    if "source" in data:  # the field qcli fills with where the preset came from
-        raise UsageError(f"{source}: source: unknown key", "drop it: qcli records where a preset came from itself")
     before = copy.deepcopy(data)
     keys = [a.partition("=")[0].strip() for a in overrides or []]
     twice = next((k for i, k in enumerate(keys) if k and k in keys[:i]), None)
@@ -327,6 +326,8 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Preset
         raise UsageError(f"--set {reprlib.repr(twice)} is given twice", "give each key once")
     for assignment in overrides or []:
         _apply_set(data, assignment, source)
+    if "source" in data:  # the field qcli fills with where the preset came from, from the file or a --set
+        raise UsageError(f"{source}: source: unknown key", "drop it: qcli records where a preset came from itself")
     if data != before and data.get("name") == before.get("name") and isinstance(data.get("name"), str):
         data["name"] = f"{data['name']} (--set)"  # no longer the preset its name promises: reports say so
     if overrides:

@@ -26,26 +26,38 @@ MERGE_TAG = "tag:yaml.org,2002:merge"
 class SafeLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """PyYAML's safe loader, refusing a key given twice in one mapping (with its line and column)."""
 
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, yaml.Node] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == MERGE_TAG:
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.setdefault(key, key_node)
-                except TypeError:  # an unhashable key: PyYAML's own construct_mapping reports it
-                    continue
-                if first is not key_node:
-                    raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping",
-                        node.start_mark,
-                        f"found the key {key!r} twice (first at line {first.start_mark.line + 1}); "
-                        "YAML keeps only the last, so give it once",
-                        key_node.start_mark,
-                    )
-        return super().construct_mapping(node, deep=deep)
+    def construct_document(self, node: yaml.Node) -> Any:
+        # Checked on the composed tree, before anything is built: PyYAML merges `<<` keys into an anchored
+        # mapping's own node while building, and a mapping checked after that would hold the merged keys.
+        seen_nodes: set[int] = set()
+        stack = [node]
+        while stack:
+            current = stack.pop()
+            if id(current) in seen_nodes:
+                continue
+            seen_nodes.add(id(current))
+            if isinstance(current, yaml.MappingNode):
+                self._check_unique(current)
+                stack.extend(n for pair in current.value for n in pair)
+            elif isinstance(current, yaml.SequenceNode):
+                stack.extend(current.value)
+        return super().construct_document(node)
+
+    def _check_unique(self, node: yaml.MappingNode) -> None:
+        first_at: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                continue  # a merge may be overridden; a mapping or list as a key is PyYAML's to refuse
+            key = self.construct_object(key_node)
+            first = first_at.setdefault(key, key_node)
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found the key {key!r} twice (first at line {first.start_mark.line + 1}); "
+                    "YAML keeps only the last, so give it once",
+                    key_node.start_mark,
+                )
 
 
 SAFE_LOADER: type = SafeLoader

@@ -162,7 +162,7 @@ def training_state(
     elif req.mode == "qlora" and fmt.kind == "dense":
         # Planned as asked, it would be LoRA on a 16-bit base reported as QLoRA.
         raise UsageError(
-            f"--train qlora trains LoRA adapters on a 4-bit base, and this precision is {fmt.key}",
+            f"--train qlora trains LoRA adapters on a quantized base (4-bit, or int8), and this precision is {fmt.key}",
             "use a 4-bit preset (qlora, nf4) or --bits 4 with it, or --train lora for a 16-bit base",
         )
     else:

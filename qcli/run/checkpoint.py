@@ -260,6 +260,8 @@ def check_weight_dtypes(name: str, directory: Path | None, config: dict[str, Any
 
     if directory is None or isinstance(config.get("quantization_config"), dict):
         return
+    if (directory / "hf_quant_config.json").is_file():  # NVIDIA ModelOpt keeps its quantization config there
+        return
     for path in checkpoint_files(directory) or []:
         for tensor, (dtype, _, _) in read_header(path).items():
             if tensor.endswith(".weight") and dtype in NON_FLOAT_DTYPES:
