@@ -6,7 +6,9 @@ and one stderr line. Core code raises; it never prints or exits.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from enum import IntEnum
 
 
@@ -115,3 +117,13 @@ class HubRevisionNotFound(HubError):
 
 class HubFileMissing(HubError):
     """The repo and revision exist; the file does not."""
+
+
+def debug_enabled() -> bool:
+    """Return whether --debug (or QCLI_DEBUG) asked for tracebacks and the libraries' own warnings."""
+    return os.environ.get("QCLI_DEBUG", "") not in {"", "0"}
+
+
+def too_many_digits() -> str:
+    """Return the problem of a number Python's int() refuses to read (CVE-2020-10735's digit limit)."""
+    return f"a number with more than {sys.get_int_max_str_digits()} digits"

@@ -21,7 +21,7 @@ import typer
 from typer.core import TyperCommand
 
 from qcli.cli._errors import outcome_of
-from qcli.errors import ExitCode, Terminated, UsageError
+from qcli.errors import ExitCode, Terminated, UsageError, debug_enabled
 
 # command name -> the module that defines it, in the order `qcli --help` lists them. Each module has a
 # function of the same name (or, for a group, a Typer app named `app`) and an EPILOG of examples.
@@ -126,7 +126,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (qcli.errors.ExitCode)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("QCLI_DEBUG", "") not in {"", "0"}
+    debug = "--debug" in args or debug_enabled()
     args = [a for a in args if a != "--debug"]  # accepted anywhere, not only before the command
     if debug:
         os.environ["QCLI_DEBUG"] = "1"  # workers report their tracebacks; the progress line keeps warnings

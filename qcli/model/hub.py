@@ -37,6 +37,7 @@ from qcli.errors import (
     HubServerError,
     HubUnreachable,
     UsageError,
+    debug_enabled,
 )
 
 DEFAULT_REVISION = "main"  # huggingface_hub.constants.DEFAULT_REVISION
@@ -276,7 +277,6 @@ def _bounded(call: Callable[[], T], seconds: float) -> T:
     thread still running at the deadline is left to the process's exit (it is a daemon).
     """
     import logging
-    import os
     import threading
 
     box: dict[str, object] = {}
@@ -294,7 +294,7 @@ def _bounded(call: Callable[[], T], seconds: float) -> T:
             self.message = record.getMessage()
 
     logger, last = logging.getLogger("huggingface_hub"), Last(logging.WARNING)
-    quiet = os.environ.get("QCLI_DEBUG", "") in {"", "0"}
+    quiet = not debug_enabled()
     saved = logger.handlers[:], logger.propagate
     if quiet:
         logger.handlers, logger.propagate = [last], False

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from qcli.errors import UsageError
+from qcli.errors import UsageError, too_many_digits
 from qcli.model import hub
 from qcli.model.demo import DEMO_CONFIG, DEMO_NAME
 from qcli.model.safetensors_header import stored_bytes
@@ -58,7 +57,7 @@ def _read_config(path: Path, shown: str | None = None) -> dict[str, Any]:
     except OSError as exc:
         raise UsageError(f"{name}: cannot be read ({exc.strerror or exc})") from None
     except ValueError:  # JSONDecodeError's base (after UnicodeDecodeError, a subclass too): Python's int-digit limit
-        raise UsageError(f"{name}: a number with more than {sys.get_int_max_str_digits()} digits") from None
+        raise UsageError(f"{name}: {too_many_digits()}") from None
     if not isinstance(data, dict):
         raise UsageError(f"{name}: the top level must be a JSON object")
     return data

@@ -12,11 +12,10 @@ import json
 import os
 import stat
 import struct
-import sys
 from math import prod
 from pathlib import Path
 
-from qcli.errors import UsageError
+from qcli.errors import UsageError, too_many_digits
 
 # safetensors' own limit on the JSON header (safetensors/src/tensor.rs MAX_HEADER_SIZE).
 MAX_HEADER_BYTES = 100_000_000
@@ -74,8 +73,7 @@ def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...], int]]:
     except (json.JSONDecodeError, RecursionError):
         raise SafetensorsError(path, "the header is not valid JSON") from None
     except ValueError:  # JSONDecodeError's base: an integer past Python's int-digit limit
-        limit = sys.get_int_max_str_digits()
-        raise SafetensorsError(path, f"the header has a number with more than {limit} digits") from None
+        raise SafetensorsError(path, f"the header has {too_many_digits()}") from None
     if not isinstance(header, dict):
         raise SafetensorsError(path, "the header is not a JSON object")
     return check_entries(path, header, size - 8 - length)
@@ -168,8 +166,7 @@ def checkpoint_files(directory: Path) -> list[Path] | None:
     except (json.JSONDecodeError, RecursionError):
         raise SafetensorsError(index, "not valid JSON", "index") from None
     except ValueError:  # JSONDecodeError's base: an integer past Python's int-digit limit
-        limit = sys.get_int_max_str_digits()
-        raise SafetensorsError(index, f"a number with more than {limit} digits", "index") from None
+        raise SafetensorsError(index, too_many_digits(), "index") from None
     return [directory / name for name in shard_names(index, data)]
 
 

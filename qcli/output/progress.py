@@ -28,6 +28,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from qcli.errors import debug_enabled
+
 # The loggers of the libraries a load goes through; their warnings are not the user's business here.
 LIBRARY_LOGGERS = ("transformers", "huggingface_hub", "accelerate", "bitsandbytes", "torch", "filelock", "urllib3")
 DEMO_BUILD = "building the demo model (first run only)…"
@@ -144,7 +146,7 @@ def progress_line(enabled: bool) -> Iterator[ProgressLine]:
 
     With --debug (QCLI_DEBUG=1) the libraries' warnings and log lines stay visible.
     """
-    debug = os.environ.get("QCLI_DEBUG", "") not in {"", "0"}
+    debug = debug_enabled()
     line = ProgressLine(enabled)
     levels = {name: logging.getLogger(name).level for name in LIBRARY_LOGGERS}
     with contextlib.ExitStack() as stack:

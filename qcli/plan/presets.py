@@ -8,7 +8,6 @@ import copy
 import difflib
 import re
 import reprlib
-import sys
 import unicodedata
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from qcli.errors import UsageError
+from qcli.errors import UsageError, too_many_digits
 from qcli.paths import user_path
 from qcli.plan.formats import DENSE_FORMATS, Format, LoadDtype, normalize_dtype
 from qcli.resources import config_file, config_files
@@ -243,10 +242,6 @@ def _read(name_or_path: str) -> tuple[str, str]:
     return f"configs/{name}.yaml", config_file(f"{name}.yaml").read_text(encoding="utf-8")
 
 
-def _too_many_digits() -> str:
-    return f"a number with more than {sys.get_int_max_str_digits()} digits"
-
-
 def _apply_set(data: dict[str, Any], assignment: str, source: str) -> None:
     import yaml  # lazily: `qcli estimate --params` reads no YAML (docs/bench.md)
 
@@ -265,7 +260,7 @@ def _apply_set(data: dict[str, Any], assignment: str, source: str) -> None:
         problem = getattr(exc, "problem", None) or "syntax error"
         raise UsageError(f"--set {reprlib.repr(key)}: the value is not valid YAML ({problem})") from None
     except ValueError:  # PyYAML builds ints with int(): Python refuses more than 4300 digits
-        raise UsageError(f"--set {reprlib.repr(key)}: {_too_many_digits()}") from None
+        raise UsageError(f"--set {reprlib.repr(key)}: {too_many_digits()}") from None
     node = data
     parts = key.split(".")
     if not all(p.strip() for p in parts):
@@ -314,7 +309,7 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Preset
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UsageError(f"{source}: YAML syntax error{where}: {getattr(exc, 'problem', exc)}") from exc
     except ValueError:  # PyYAML builds ints with int(): Python refuses more than 4300 digits
-        raise UsageError(f"{source}: {_too_many_digits()}") from None
+        raise UsageError(f"{source}: {too_many_digits()}") from None
     if data is None:
         raise UsageError(f"{source}: the file is empty", "a preset needs at least name and dtype")
     if not isinstance(data, dict):

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qcli.errors import UsageError
+from qcli.errors import UsageError, debug_enabled
 
 NAMED = 3  # tensor names shown per kind of problem
 QUANTIZED_LAYERS = ("Linear4bit", "Linear8bitLt")
@@ -35,7 +34,7 @@ def _quiet_transformers() -> Iterator[None]:
     own progress_line does the same for the load); --debug (QCLI_DEBUG) keeps them."""
     logger = logging.getLogger("transformers")
     level = logger.level
-    if os.environ.get("QCLI_DEBUG", "") in {"", "0"}:
+    if not debug_enabled():
         logger.setLevel(logging.ERROR)
     try:
         yield

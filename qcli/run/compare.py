@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from qcli.environment import environment
-from qcli.errors import RunError, UsageError
+from qcli.errors import RunError, UsageError, debug_enabled
 from qcli.model.config_schema import validate_config
 from qcli.model.demo import DEMO_NAME
 from qcli.model.describe import from_config
@@ -33,7 +33,7 @@ from qcli.run.demo import writable_cache
 from qcli.run.flags import check_new_tokens, check_prompt, check_text_file, check_weights_present, resolve_device
 from qcli.run.loader import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, model_path
 from qcli.run.quality import agreement_and_kl
-from qcli.run.worker import WorkerSpec, debug_enabled, run_worker
+from qcli.run.worker import WorkerSpec, run_worker
 
 
 @dataclass

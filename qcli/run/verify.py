@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qcli.errors import RunError, UsageError
+from qcli.errors import RunError, UsageError, debug_enabled
 from qcli.options import FromCli
 from qcli.plan.limits import MAX_TIMEOUT_SECONDS, check_float
 from qcli.plan.presets import Preset, load_preset
@@ -27,7 +27,7 @@ from qcli.run.loader import (
     prepare,
     require_tokenizer,
 )
-from qcli.run.worker import WorkerResult, WorkerSpec, debug_enabled, run_worker
+from qcli.run.worker import WorkerResult, WorkerSpec, run_worker
 from qcli.units import parse_bytes
 
 # A KL divergence threshold past this passes anything: almost surely a typo.

@@ -149,11 +149,6 @@ def main() -> int:
     return 0
 
 
-def debug_enabled() -> bool:
-    """Return whether --debug (or QCLI_DEBUG) asked for tracebacks."""
-    return os.environ.get("QCLI_DEBUG", "") not in {"", "0"}
-
-
 def _package_root() -> str:
     """Return the directory holding this qcli package (what the isolated child puts on its path)."""
     return str(Path(__file__).resolve().parents[2])
