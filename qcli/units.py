@@ -93,6 +93,18 @@ def parse_bytes(text: str, flag: str = "size") -> int:
     return count
 
 
+def parse_capacity(text: str, flag: str) -> int:
+    """Return a device's memory written as a size (parse_bytes), refusing one under 1 MiB: no GPU or host
+    is that small, and `--gpu 1b` or `--cpu-memory 24b` is a unit slip (b is bytes), not a plan to make."""
+    size = parse_bytes(text, flag)
+    if size < MIB:
+        raise UsageError(
+            f"{flag} {_shown(text)} is {size:,} byte{'' if size == 1 else 's'}, too small for a device's memory",
+            "give GB or GiB, e.g. 24GB or 80GiB; B alone means bytes",
+        )
+    return size
+
+
 def gib(n_bytes: float) -> str:
     """Return bytes as GiB with two decimals and the unit, e.g. '4.19 GiB'."""
     return f"{n_bytes / GIB:,.2f} GiB"

@@ -120,6 +120,39 @@ def test_bad_distributed_flags_exit_2(cli, args):
     assert r.err.startswith("Error: ") and len(r.err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--gpu", "T4", "--cpu-memory", "64GiB"], "nothing here offloads"),  # one GPU, no device map
+        (["--gpu", "T4", "--train", "qlora", "--cpu-memory", "64GiB"], "nothing here offloads"),
+        (["--gpu", "H100", "--gpus", "2", "--train", "full", "--strategy", "ddp", "--cpu-memory", "1TiB"], "offload"),
+        (["--gpu", "1b"], "1 byte, too small"),  # a unit slip: b is bytes
+        (["--gpu", "512KiB"], "524,288 bytes"),
+        (["--gpu", "T4", "--device-map", "auto", "--cpu-memory", "24b"], "--cpu-memory '24b' is 24 bytes"),
+    ],
+)
+def test_host_budget_that_changes_nothing_and_byte_sized_devices_exit_2(cli, args, said):
+    r = cli("estimate", LLAMA, "--preset", "bf16", *args)
+    assert r.code == 2, r.out
+    assert said in r.err and len(r.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--gpu", "T4", "--device-map", "auto", "--cpu-memory", "64GiB"],  # what does not fit goes to the CPU
+        ["--gpu", "T4", "--gpus", "2", "--cpu-memory", "64GiB"],  # a map over two GPUs
+        ["--gpu", "H100", "--train", "full", "--strategy", "zero3", "--cpu-memory", "1TiB"],
+        ["--gpu", "1MiB", "--device-map", "auto", "--cpu-memory", "1MiB"],  # the smallest device size taken
+    ],
+)
+def test_host_budget_is_taken_where_a_plan_has_a_cpu_row(cli, args):
+    budget = args[args.index("--cpu-memory") + 1]
+    data = est(cli, LLAMA70, "--preset", "bf16", *args)
+    cpu = [d for p in data["plans"] for d in p["devices"] if d["kind"] == "cpu"]
+    assert cpu and all(d["capacity_bytes"] == {"64GiB": 64, "1TiB": 1024, "1MiB": 2**-10}[budget] * 2**30 for d in cpu)
+
+
 def test_how_many_gpus(cli):
     data = est(cli, LLAMA70, "--train", "qlora", "--gpu", "RTX 4090", "--gpus", "auto", "--context", "1024")
     needed = {g["strategy"]: g["total_gpus"] for g in data["gpus_needed"]}

@@ -35,7 +35,7 @@ from qcli.plan.scaling import MAX_GPUS_PER_NODE, copies, how_many
 from qcli.plan.storages import cuda_prediction
 from qcli.plan.training import DEFAULT_TRAIN_SEQUENCE, TrainingRequest
 from qcli.results.plan import EstimateReport, ModelInfo, Plan, Recommendation, SourceInfo
-from qcli.units import MAX_BYTES, parse_bytes, parse_params
+from qcli.units import MAX_BYTES, parse_bytes, parse_capacity, parse_params
 
 PARAMS_NOTE = (
     "bare --params: every parameter is taken as one quantized tensor; real models keep "
@@ -315,6 +315,11 @@ def _check_flags(opts: EstimateOptions) -> None:
     if placement and not opts.gpus:
         need = "need" if len(placement) > 1 else "needs"
         raise UsageError(f"{' and '.join(placement)} {need} a --gpu to place the model on", "e.g. --gpu A100-80GB")
+    if opts.cpu_memory is not None and not _host_memory_read(opts):
+        raise UsageError(
+            "--cpu-memory budgets what is offloaded to the CPU, and nothing here offloads",
+            "add --device-map auto (inference), or --offload-optimizer / --strategy zero3 (training)",
+        )
     if opts.master_weights and opts.train in {"lora", "qlora"}:
         raise UsageError(
             f"--master-weights is for --train full: --train {opts.train} trains fp32 LoRA adapters, "
@@ -323,6 +328,17 @@ def _check_flags(opts: EstimateOptions) -> None:
         )
     if opts.kv_dtype is not None and opts.context is None:
         raise UsageError("--kv-dtype sizes the KV cache: add --context", "e.g. --context 8192 --kv-dtype float16")
+
+
+def _host_memory_read(opts: EstimateOptions) -> bool:
+    """Return whether a plan for these flags has a CPU row for --cpu-memory to budget: an inference device
+    map over the GPUs (what does not fit is offloaded), or training with a strategy or offload that keeps
+    state in host memory (several GPUs: the strategies compared include ZeRO's)."""
+    several = len(opts.gpus) > 1 or opts.gpu_count is not None
+    if not opts.train:
+        return opts.device_map is not None or several
+    strategy = (opts.strategy or "").strip().lower()
+    return opts.offload_optimizer or opts.offload_params or "zero" in strategy or (not strategy and several)
 
 
 DENSE_PRESET = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
@@ -370,7 +386,7 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
     dtype_flag = parse_load_dtype(opts.dtype, "--dtype")
     kv_dtype = parse_load_dtype(opts.kv_dtype, "--kv-dtype")
     cuda_context, context_source = parse_cuda_context(opts.cuda_context)
-    cpu_memory = parse_bytes(opts.cpu_memory, "--cpu-memory") if opts.cpu_memory is not None else None
+    cpu_memory = parse_capacity(opts.cpu_memory, "--cpu-memory") if opts.cpu_memory is not None else None
     budgets = parse_max_memory(opts.max_memory, opts.device_map)
     if budgets is not None and "cpu" in budgets:
         if cpu_memory is not None:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from qcli.errors import UsageError
 from qcli.resources import config_file
-from qcli.units import MIB, parse_bytes
+from qcli.units import MIB, parse_capacity
 
 
 class GPU(BaseModel):
@@ -67,7 +67,7 @@ def resolve_gpu(text: str) -> Device:
         if wanted in {_key(gpu.name), *(_key(a) for a in gpu.aliases)}:
             return gpu.device()
     if re.match(r"^\s*[0-9.]", text) and not _containing(wanted):
-        size = parse_bytes(text, flag="--gpu")
+        size = parse_capacity(text, "--gpu")
         # A bare size: capacity only; the GPU's compute features are unknown.
         return Device(name=text.strip(), capacity_bytes=size)
     raise UsageError(f"--gpu {text!r} is neither a known GPU nor a size", _suggestion(text))
