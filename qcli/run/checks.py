@@ -11,6 +11,7 @@ from typing import Any
 
 from qcli.plan.presets import Preset
 from qcli.results.run import CheckResult, LoadReport, QuantGroup
+from qcli.run.kernels import failure_text
 from qcli.units import human_bytes
 
 
@@ -170,9 +171,8 @@ def forward_finite(model: Any, tokenizer: Any, device: str) -> CheckResult:
         with torch.no_grad():
             logits = model(**ids).logits
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
         return CheckResult(
-            name="forward_finite", passed=False, error=True, detail=f"forward failed: {type(exc).__name__}: {first}"
+            name="forward_finite", passed=False, error=True, detail=f"forward failed: {failure_text(exc, model)}"
         )
     bad = int((~torch.isfinite(logits)).sum())
     shape = f"logits {tuple(logits.shape)} {str(logits.dtype).removeprefix('torch.')}"

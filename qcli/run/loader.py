@@ -49,6 +49,7 @@ from qcli.run.flags import (
     parse_max_memory,
     resolve_device,
 )
+from qcli.run.kernels import failure_text
 from qcli.run.measure import (
     applied_quantization,
     census,
@@ -444,9 +445,10 @@ def load_report(opts: LoadOptions, prepared: Prepared | None = None) -> tuple[Lo
         except (RunError, UsageError):
             raise
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            hint = "`qcli verify` reports each step"
+            if offloaded:
+                hint = f"offloaded bitsandbytes modules cannot always run on the CPU; {hint}"
             raise RunError(
-                f"{opts.model} loaded, but generating from --prompt failed: {type(exc).__name__}: {first}",
-                "offloaded bitsandbytes modules cannot always run on the CPU; `qcli verify` reports each step",
+                f"{opts.model} loaded, but generating from --prompt failed: {failure_text(exc, loaded.model)}", hint
             ) from exc
     return report, loaded

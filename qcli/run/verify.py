@@ -18,6 +18,7 @@ from qcli.resources import data_text
 from qcli.results.run import CheckResult, VerifyReport
 from qcli.run import checks
 from qcli.run.flags import parse_max_memory
+from qcli.run.kernels import failure_text
 from qcli.run.loader import (
     DEFAULT_PROMPT,
     LoadOptions,
@@ -158,9 +159,11 @@ def _generation_check(loaded: Any, opts: VerifyOptions) -> CheckResult:
     try:
         gen = generate(loaded, opts.load.prompt or DEFAULT_PROMPT, opts.load.max_new_tokens)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
         return CheckResult(
-            name="generation", passed=False, error=True, detail=f"generation failed: {type(exc).__name__}: {first}"
+            name="generation",
+            passed=False,
+            error=True,
+            detail=f"generation failed: {failure_text(exc, loaded.model)}",
         )
     return checks.generation(gen.text, gen.new_tokens, opts.expect)
 

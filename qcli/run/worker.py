@@ -19,9 +19,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from qcli.errors import ExitCode, UsageError
+from qcli.errors import ExitCode, QcliError, RunError, UsageError
 from qcli.model.demo import DEMO_NAME
 from qcli.results.run import CompareRow
+from qcli.run.kernels import failure_text
 from qcli.run.loader import LoadOptions, generate, load_report
 from qcli.run.quality import perplexity_and_logprobs, speed, token_ids
 
@@ -98,7 +99,12 @@ def run(spec: WorkerSpec) -> WorkerResult:
     if loaded.tokenizer is None:  # the parent checked it up front; the files may have changed since
         raise UsageError(loaded.tokenizer_problem or f"{spec.model}: no tokenizer")
     ids = token_ids(loaded.tokenizer, spec.text)
-    ppl, logp = perplexity_and_logprobs(loaded.model, ids, loaded.device)
+    try:
+        ppl, logp = perplexity_and_logprobs(loaded.model, ids, loaded.device)
+    except (QcliError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # the first forward pass: name a known kernel limit as its cause
+        raise RunError(f"forward pass failed: {failure_text(exc, loaded.model)}") from exc
     torch.save(logp.to(torch.float16 if logp.numel() > 50_000_000 else torch.float32), spec.logits_path)
     cuda = report.cuda[0] if report.cuda else None
     row = CompareRow(
