@@ -39,6 +39,7 @@ def test_narrow_4bit_layers_on_the_cpu_kernel_are_named_as_the_cause(tmp_path):
     text = failure_text(caught.value, model)
     assert text.startswith("bitsandbytes' CPU 4-bit kernel cannot run model.layers.0.self_attn.q_proj (32 → 32)")
     assert f"and {len(misfits) - 1} more" in text and "in_features % 64 == 0" in text
+    assert failure_text(None, model) == text  # the load report's note, before any forward pass
 
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -62,3 +63,4 @@ def test_other_failures_keep_their_own_words(tmp_path):
     with torch.no_grad():
         assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
     assert failure_text(ValueError("bad\nsecond line"), model) == "ValueError: bad"
+    assert failure_text(None, model) == ""

@@ -31,13 +31,15 @@ def cpu_4bit_misfits(model: Any) -> list[str]:
     return out
 
 
-def failure_text(exc: BaseException, model: Any) -> str:
-    """Return `Type: first line` of a failed forward pass, or its cause when it is bitsandbytes' CPU kernel."""
-    first = (str(exc).strip().splitlines() or [""])[0]
-    raw = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+def failure_text(exc: BaseException | None, model: Any) -> str:
+    """Return `Type: first line` of a failed forward pass, or its cause when it is bitsandbytes' CPU kernel
+    (exc None: the cause alone, for a forward pass not yet run)."""
     misfits = cpu_4bit_misfits(model) if model is not None else []
     if not misfits:
-        return raw[:200]
+        if exc is None:
+            return ""
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return (f"{type(exc).__name__}: {first}" if first else type(exc).__name__)[:200]
     more = f" and {len(misfits) - 1} more" if len(misfits) > 1 else ""
     return (
         f"bitsandbytes' CPU 4-bit kernel cannot run {misfits[0]}{more}: it needs in_features % 64 == 0 and"

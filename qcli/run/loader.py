@@ -49,7 +49,7 @@ from qcli.run.flags import (
     parse_max_memory,
     resolve_device,
 )
-from qcli.run.kernels import failure_text
+from qcli.run.kernels import cpu_4bit_misfits, failure_text
 from qcli.run.measure import (
     applied_quantization,
     census,
@@ -439,6 +439,9 @@ def load_report(opts: LoadOptions, prepared: Prepared | None = None) -> tuple[Lo
     report.notes.append(f"figures taken {MEASURED_AT}")
     if loaded.device == "cpu" and (model_census.linear4bit or model_census.linear8bit):
         report.notes.append(CPU_FIRST_FORWARD_NOTE)
+        misfits = cpu_4bit_misfits(loaded.model)
+        if misfits:
+            report.notes.append(f"a forward pass on this CPU will fail: {failure_text(None, loaded.model)}")
     if opts.prompt:
         try:
             report.generation = generate(loaded, opts.prompt, opts.max_new_tokens)
