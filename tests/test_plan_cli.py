@@ -125,6 +125,7 @@ def test_bad_distributed_flags_exit_2(cli, args):
     [
         (["--gpu", "T4", "--cpu-memory", "64GiB"], "nothing here offloads"),  # one GPU, no device map
         (["--gpu", "T4", "--train", "qlora", "--cpu-memory", "64GiB"], "nothing here offloads"),
+        (["--gpu", "T4", "--gpus", "1", "--cpu-memory", "64GiB"], "nothing here offloads"),
         (["--gpu", "H100", "--gpus", "2", "--train", "full", "--strategy", "ddp", "--cpu-memory", "1TiB"], "offload"),
         (["--gpu", "1b"], "1 byte, too small"),  # a unit slip: b is bytes
         (["--gpu", "512KiB"], "524,288 bytes"),

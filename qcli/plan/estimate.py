@@ -334,7 +334,7 @@ def _host_memory_read(opts: EstimateOptions) -> bool:
     """Return whether a plan for these flags has a CPU row for --cpu-memory to budget: an inference device
     map over the GPUs (what does not fit is offloaded), or training with a strategy or offload that keeps
     state in host memory (several GPUs: the strategies compared include ZeRO's)."""
-    several = len(opts.gpus) > 1 or opts.gpu_count is not None
+    several = len(opts.gpus) > 1 or (opts.gpu_count is not None and opts.gpu_count.strip() != "1")
     if not opts.train:
         return opts.device_map is not None or several
     strategy = (opts.strategy or "").strip().lower()
