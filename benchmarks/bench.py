@@ -27,6 +27,7 @@ QCLI = [sys.executable, "-m", "qcli"]
 ROUNDS = 7
 LLAMA = "tests/fixtures/configs/llama3-8b.json"
 JAMBA = "tests/fixtures/configs/jamba-v0.1.json"
+ARGV_MAIN = "import sys; from qcli.cli import main; sys.exit(main(sys.argv[1:]))"
 SPEC_CACHE = Path(tempfile.gettempdir()) / "qcli-bench-spec-cache"
 # (label, command, extra environment)
 STARTUP: list[tuple[str, list[str], dict[str, str]]] = [
@@ -49,6 +50,13 @@ STARTUP: list[tuple[str, list[str], dict[str, str]]] = [
         "completion of `qcli estimate --pr`",
         [*QCLI],
         {"_QCLI_COMPLETE": "complete_bash", "COMP_WORDS": "qcli estimate --pr", "COMP_CWORD": "2"},
+    ),
+    # The analytic row again, ending through the interpreter's usual exit (main() called with argv, as tests
+    # do): what qcli.cli.app._end_process saves by skipping the teardown.
+    (
+        "same analytic estimate, ending with the interpreter's teardown (not how `qcli` ends)",
+        [sys.executable, "-c", ARGV_MAIN, "estimate", LLAMA, "--preset", "qlora", "--context", "8192", "--gpu", "T4"],
+        {},
     ),
     (
         "floor: a two-option Typer app printing one line with rich (benchmarks/typer_floor.py)",
@@ -145,12 +153,15 @@ def main() -> int:
         "(qcli.results.plan), pydantic models build their validators on first use (`defer_build`),",
         "PyYAML is imported only when a YAML file is read, pydantic's plugin scan is off in the CLI, and the",
         "longest context and largest batch that fit are found with about ten plans (regula falsi on the",
-        "headroom) instead of the 44 a bisection built.",
+        "headroom) instead of the 44 a bisection built. Last, a `qcli` process that imported no torch ends",
+        "as CPython's exit does (atexit functions, streams flushed) and skips the interpreter's teardown, a",
+        "garbage collection of every module's objects that no process about to end needs (the teardown row",
+        "shows what it cost; qcli/cli/app.py `_end_process`).",
         "",
-        "The floor row is not qcli: it is the least a command on this stack costs. Typer 0.29 imports pydantic",
-        "and builds a pydantic TypeAdapter for every option while parsing, and rich's Console imports its",
-        "styles and themes; a ratio below the floor row is not reachable while qcli is a Typer + rich CLI,",
-        "and issue 15's ≤ 0.10 for `--params` is below it.",
+        "The floor row is not qcli: it is the least a command on this stack costs, ending the same way as",
+        "qcli. Typer 0.29 imports pydantic and builds a pydantic TypeAdapter for every option while parsing,",
+        "and rich's Console imports its styles and themes; a ratio below the floor row is not reachable while",
+        "qcli is a Typer + rich CLI, and issue 15's ≤ 0.10 for `--params` is below it.",
         "",
         f"The meta-path row reads a warm spec cache; its first run (cold: transformers builds Jamba on the meta "
         f"device) took {cold_wall:.2f} s wall, {cold_cpu:.2f} s CPU.",

@@ -4,6 +4,9 @@
 measured in the same run as qcli's own.
 """
 
+import os
+import sys
+
 import typer
 
 app = typer.Typer()
@@ -22,4 +25,6 @@ def presets() -> None:  # a second command, so that Typer builds a group as qcli
 
 
 if __name__ == "__main__":
-    app()
+    app(standalone_mode=False)
+    sys.stdout.flush()
+    os._exit(0)  # as `qcli` ends: without the interpreter's teardown (qcli.cli.app._end_process)
