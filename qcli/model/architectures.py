@@ -94,7 +94,8 @@ CONFIG_DEFAULTS: dict[str, Cfg] = {
                    "n_routed_experts": 256, "n_shared_experts": 1, "first_k_dense_replace": 3},
 }  # fmt: skip
 # Keys a config class stores under another name (its `attribute_map`, Falcon's `n_embed`): config.json key -> the
-# name the builders read. The stored name wins when both are given, except Falcon's n_embed, which overrides.
+# name the builders read. transformers 5 sets such a key after the class's own fields, so when both are given the
+# alias wins (gpt2's hidden_size over n_embd, gpt-oss's num_experts over num_local_experts), as Falcon's n_embed does.
 CONFIG_ALIASES: dict[str, dict[str, str]] = {
     "gpt2": {"hidden_size": "n_embd", "max_position_embeddings": "n_positions", "num_attention_heads": "n_head",
              "num_hidden_layers": "n_layer"},
@@ -110,7 +111,7 @@ def with_defaults(cfg: Cfg) -> Cfg:
     mt = str(cfg.get("model_type"))
     out = dict(cfg)
     for alias, name in CONFIG_ALIASES.get(mt, {}).items():
-        if alias in out and name not in out:
+        if alias in out:  # set after the config class's own fields: the alias wins when both are given
             out[name] = out.pop(alias)
     if mt == "falcon" and cfg.get("n_embed") is not None:
         out["hidden_size"] = cfg["n_embed"]
@@ -147,7 +148,13 @@ def _layer_types(cfg: Cfg, layers: int) -> list[str]:
     if mt in {"gemma2", "gpt_oss"}:  # Gemma 2 and gpt-oss alternate: sliding, full, sliding, ...
         return ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers)]
     if mt == "gemma3_text":  # Gemma 3: five sliding layers, then one full (sliding_window_pattern 6)
-        pattern = cfg.get("sliding_window_pattern") or 6
+        pattern = cfg.get("sliding_window_pattern", 6)
+        if not isinstance(pattern, int) or isinstance(pattern, bool) or pattern < 1:  # transformers divides by it
+            raise UsageError(
+                f"config.json: sliding_window_pattern must be a positive integer, got {shown(pattern)}; transformers "
+                "cannot derive the layer types from it",
+                "remove it (the default is 6) or write layer_types",
+            )
         return ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers)]
     window = _window(cfg)
     if mt in {"qwen2", "qwen3"}:
@@ -239,6 +246,84 @@ def _rotary_dim(cfg: Cfg, head_dim: int, default_type: str = "default") -> int:
     return head_dim if kind == "default" else int(head_dim * _fraction(cfg, ("partial_rotary_factor",), 1.0))
 
 
+# The RoPE types transformers 5 builds (`ROPE_INIT_FUNCTIONS`, and "default") and the keys each type's validator
+# requires besides `rope_type` (`_validate_<type>_rope_parameters`; `original_max_position_embeddings` and `rope_theta`
+# are filled in by `standardize_rope_params`). tests/test_real_configs.py checks the table against transformers.
+ROPE_REQUIRED: dict[str, tuple[str, ...]] = {
+    "default": (), "linear": ("factor",), "dynamic": ("factor",), "yarn": ("factor",),
+    "longrope": ("short_factor", "long_factor"), "llama3": ("factor", "low_freq_factor", "high_freq_factor"),
+    "proportional": (),
+}  # fmt: skip
+
+
+def _rope_dicts(cfg: Cfg) -> list[tuple[str, dict[str, Any]]]:
+    """Return the RoPE parameter dicts as transformers reads them (`rope_scaling` replaces `rope_parameters`), one per
+    layer type when the dict is nested by layer type, with the config.json key path of each."""
+    key = "rope_scaling" if cfg.get("rope_scaling") else "rope_parameters"
+    rope = cfg.get(key)
+    if not isinstance(rope, dict) or not rope:
+        return []
+    if "rope_type" not in rope and "type" not in rope and all(isinstance(v, dict) or v is None for v in rope.values()):
+        return [(f"{key}.{name}", v) for name, v in rope.items() if isinstance(v, dict)]
+    return [(key, rope)]
+
+
+def _check_rope(cfg: Cfg, inv_freq: int | None = None, head_dim_unset: bool = False) -> None:
+    """Refuse the RoPE parameters transformers 5 refuses when it loads the config or builds the model.
+
+    An unknown type (the model's rotary class has no init function for it), a key the type's validator requires,
+    longrope factors that are not one per rotary frequency (`inv_freq` of them: the build fails to broadcast), and
+    the types whose init reads `config.head_dim` without a fallback when the config class leaves it null (Mixtral).
+    """
+    phi3 = cfg.get("model_type") == "phi3"
+    for key, rope in _rope_dicts(cfg):
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        if phi3 and kind in ("su", "yarn"):  # Phi3Config reads both as longrope, after standardizing
+            if kind == "su" and "original_max_position_embeddings" not in rope:
+                raise UsageError(
+                    f"config.json: {key}: transformers 5 reads Phi-3's RoPE type 'su' as longrope but does not "
+                    "fill in its original_max_position_embeddings, and refuses the config",
+                    f'write "rope_type": "longrope" (or add original_max_position_embeddings to {key})',
+                )
+            kind = "longrope"
+        if not isinstance(kind, str) or kind not in ROPE_REQUIRED:
+            raise UsageError(
+                f"config.json: {key}: transformers has no RoPE type {shown(kind)} "
+                f"(it knows {', '.join(sorted(ROPE_REQUIRED))})"
+            )
+        missing = [k for k in ROPE_REQUIRED[kind] if k not in rope]
+        if missing:
+            raise UsageError(
+                f"config.json: {key}: RoPE type {kind!r} needs {', '.join(missing)}; transformers refuses the config "
+                "without"
+            )
+        if head_dim_unset and kind in ("dynamic", "yarn", "longrope"):
+            raise UsageError(
+                f"config.json: {key}: transformers cannot build RoPE type {kind!r} for this config without head_dim "
+                "(its rotary init reads a null head_dim)",
+                "add head_dim (hidden_size / num_attention_heads) to config.json",
+            )
+        if kind == "longrope" and inv_freq is not None:
+            for name in ("short_factor", "long_factor"):
+                factor = rope[name]
+                if isinstance(factor, list) and len(factor) not in (1, inv_freq):
+                    raise UsageError(
+                        f"config.json: {key}.{name} has {len(factor)} entries, the model has {inv_freq} rotary "
+                        "frequencies: transformers cannot build it"
+                    )
+
+
+def _check_heads_divide_hidden(cfg: Cfg) -> None:
+    """Refuse what `validate_architecture` refuses (Llama, Gemma 2/3, GPT-NeoX): a hidden size that is not a multiple
+    of the head count, even when head_dim is given."""
+    hidden, heads = cfg_int(cfg, "hidden_size"), cfg_int(cfg, "num_attention_heads")
+    if cfg.get("model_type") in {"llama", "gemma2", "gemma3_text", "gpt_neox"} and hidden % heads:
+        raise UsageError(
+            f"config.json: hidden_size {hidden} is not a multiple of num_attention_heads {heads}; transformers' "
+            f"{cfg.get('model_type')} config refuses it even with head_dim set"
+        )
+
+
 def _rope_buffers(b: _Builder, prefix: str, rotary_dim: int, count: int = 1, names: tuple[str, ...] = ("",)) -> None:
     # transformers keeps inv_freq and original_inv_freq as fp32 buffers of rotary_dim/2 each.
     for n in names:
@@ -293,6 +378,7 @@ def llama_like(cfg: Cfg) -> ModelSpec:
     layers, heads = cfg_int(cfg, "num_hidden_layers"), cfg_int(cfg, "num_attention_heads")
     kv = _kv_heads(cfg, heads)
     hd = _head_dim(cfg)
+    _check_heads_divide_hidden(cfg)
     gemma = mt.startswith("gemma")
     tied = bool(cfg.get("tie_word_embeddings", gemma))
     # Which biases each family's modeling file reads: Qwen2 always biases q/k/v (Qwen2-MoE per `qkv_bias`) and never
@@ -349,13 +435,15 @@ def llama_like(cfg: Cfg) -> ModelSpec:
         b.add("lm_head.weight", (vocab, h), "lm_head")
     if gemma:  # Gemma scales embeddings by sqrt(hidden): a 0-d buffer
         b.add("model.embed_tokens.embed_scale", (), "buffer")  # built in the load dtype, not float32
+    rotary = hd if mt == "gemma3_text" else _rotary_dim(cfg, hd)
+    _check_rope(cfg, rotary // 2, head_dim_unset=mt == "mixtral" and cfg.get("head_dim") is None)
     if mt == "gemma3_text":  # one rotary table per attention type present
         types = [t for t in ("sliding_attention", "full_attention") if t in _layer_types(cfg, layers)]
         for t in types:
             for buf in ("inv_freq", "original_inv_freq"):
                 b.add(f"model.rotary_emb.{t}_{buf}", (hd // 2,), "buffer", dtype="float32")
     else:
-        _rope_buffers(b, "model.rotary_emb", _rotary_dim(cfg, hd))
+        _rope_buffers(b, "model.rotary_emb", rotary)
     return _spec(cfg, b, tied)
 
 
@@ -380,6 +468,7 @@ def phi3(cfg: Cfg) -> ModelSpec:
         b.add("lm_head.weight", (vocab, h), "lm_head")
     fraction = _fraction(cfg, ("partial_rotary_factor",), 1.0)
     _check_phi3_rope(cfg, int(h // heads * fraction) // 2)
+    _check_rope(cfg, int(hd * fraction) // 2)
     _rope_buffers(b, "model.rotary_emb", int(hd * fraction))
     return _spec(cfg, b, tied)
 
@@ -399,7 +488,7 @@ def _check_phi3_rope(cfg: Cfg, half: int) -> None:
         if factor is not None and not (
             isinstance(factor, list)
             and len(factor) == half
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in factor)
+            and all(isinstance(x, (int, float)) for x in factor)  # as Phi3Config checks (a bool is an int)
         ):
             got = f"{len(factor)} entries" if isinstance(factor, list) else shown(factor)
             raise UsageError(
@@ -432,6 +521,7 @@ def phi(cfg: Cfg) -> ModelSpec:
         b.add("lm_head.weight", (vocab, h), "lm_head")
     b.add("lm_head.bias", (vocab,), "bias")
     rotary = int(hd * _fraction(cfg, ("partial_rotary_factor",), 0.5))
+    _check_rope(cfg, rotary // 2)
     _rope_buffers(b, "model.rotary_emb", rotary)
     return _spec(cfg, b, tied)
 
@@ -484,7 +574,10 @@ def gpt_neox(cfg: Cfg) -> ModelSpec:
     if not tied:
         b.add("lm_head.weight", (vocab, h), "lm_head")
     hd = _head_dim(cfg)
-    _rope_buffers(b, "gpt_neox.rotary_emb", int(hd * _fraction(cfg, ("rotary_pct",), 0.25)))
+    _check_heads_divide_hidden(cfg)
+    rotary = int(hd * _fraction(cfg, ("rotary_pct",), 0.25))
+    _check_rope(cfg, rotary // 2)
+    _rope_buffers(b, "gpt_neox.rotary_emb", rotary)
     return _spec(cfg, b, tied)
 
 
@@ -530,12 +623,28 @@ def falcon(cfg: Cfg) -> ModelSpec:
                 f"config.json: Falcon derives {key!r} ({rule}); transformers cannot load a config that sets it",
                 f"remove {key!r} from config.json",
             )
+    # The old RefinedWeb names n_layer / n_head are no FalconConfig fields: transformers ignores them and builds the
+    # class defaults (32 layers, 71 heads). Counted as it builds the model, and said so.
+    notes: list[str] = []
+    for name, old, default in (("num_hidden_layers", "n_layer", 32), ("num_attention_heads", "n_head", 71)):
+        if name not in cfg and old in cfg:
+            cfg = {**cfg, name: default}
+            differs = "" if cfg[old] == default else f", not {shown(cfg[old])}"
+            notes.append(
+                f"config.json names {old} (the old RefinedWeb name), which transformers' FalconConfig ignores: it "
+                f"builds its default {name} {default}{differs}; write {name} for the model the checkpoint holds"
+            )
     h, vocab = cfg_int(cfg, "hidden_size"), cfg_int(cfg, "vocab_size")
     layers, heads = cfg_int(cfg, "num_hidden_layers"), cfg_int(cfg, "num_attention_heads")
+    if h % heads:  # FalconAttention refuses it
+        raise UsageError(
+            f"config.json: hidden_size {h} is not divisible by num_attention_heads {heads}: transformers "
+            "cannot build the Falcon attention" + (" (it ignores n_head)" if "n_head" in cfg else "")
+        )
     hd = h // heads
     new_arch = bool(cfg.get("new_decoder_architecture"))
     if new_arch:
-        kv = cfg_int(cfg, "num_kv_heads", heads)
+        kv = cfg_int(cfg, "num_kv_heads", heads) if cfg.get("num_kv_heads") is not None else heads
         qkv_out = (heads + 2 * kv) * hd
     elif cfg.get("multi_query", True):
         qkv_out = h + 2 * hd
@@ -574,8 +683,11 @@ def falcon(cfg: Cfg) -> ModelSpec:
     if not tied:
         b.add("lm_head.weight", (vocab, h), "lm_head")
     # FalconModel builds its rotary embedding whatever `alibi` says (an ALiBi model just never calls it).
+    _check_rope(cfg, hd // 2)
     _rope_buffers(b, "transformer.rotary_emb", hd)
-    return _spec(cfg, b, tied)
+    spec = _spec(cfg, b, tied)
+    spec.notes.extend(notes)
+    return spec
 
 
 def gpt_oss(cfg: Cfg) -> ModelSpec:
@@ -607,7 +719,9 @@ def gpt_oss(cfg: Cfg) -> ModelSpec:
     b.norm("model.norm", h)
     if not tied:
         b.add("lm_head.weight", (vocab, h), "lm_head")
-    _rope_buffers(b, "model.rotary_emb", _rotary_dim(cfg, hd, "yarn"))  # GptOssConfig's default RoPE is yarn
+    rotary = _rotary_dim(cfg, hd, "yarn")  # GptOssConfig's default RoPE is yarn
+    _check_rope(cfg, rotary // 2)
+    _rope_buffers(b, "model.rotary_emb", rotary)
     # GptOssPreTrainedModel._keep_in_fp32_modules: transformers adds them to the bnb skip list.
     return _spec(cfg, b, tied, keep_in_fp32=("input_layernorm", "post_attention_layernorm", "norm"))
 
@@ -662,6 +776,7 @@ def deepseek_v3(cfg: Cfg) -> ModelSpec:
     bias_dtype = "float32" if fp32_router else None
     for i in range(dense, layers):
         b.add(f"model.layers.{i}.mlp.gate.e_score_correction_bias", (e,), "buffer", dtype=bias_dtype)
+    _check_rope(cfg, rope // 2)
     _rope_buffers(b, "model.rotary_emb", rope)
     strict = ("e_score_correction_bias", "gate.weight") if fp32_router else ("e_score_correction_bias",)
     spec = _spec(cfg, b, tied, keep_in_fp32_strict=strict)

@@ -8,6 +8,7 @@ from typing import Any
 
 from qcli.errors import UsageError
 from qcli.model.architectures import BUILDERS, analytic_type, config_dtype, with_defaults
+from qcli.model.config_fields import check_strict_fields
 from qcli.model.config_schema import validate_config, whole_floats
 from qcli.model.meta import from_meta
 from qcli.model.spec import ModelSpec
@@ -27,6 +28,7 @@ def from_config(
     analytic = analytic_type(checked)
     builder = BUILDERS[analytic] if analytic else None
     if builder is not None:
+        check_strict_fields(checked)  # what the meta path's config class refuses, refused here too
         spec = builder(with_defaults(checked))
         spec.config_dtype = config_dtype(checked)
     elif not allow_meta:
