@@ -81,7 +81,7 @@ class Repo:
         digits of a commit, as the real hub resolves a short sha), None if none."""
         if rev in self.branches:
             return self.branches[rev]
-        if rev == self.sha:
+        if rev == self.sha or rev in self.branches.values():  # any commit a branch is at: files at a full sha
             return rev
         if re.fullmatch(r"[0-9a-f]{7,39}", rev):
             matches = {c for c in {self.sha, *self.branches.values()} if c.startswith(rev)}
