@@ -54,6 +54,18 @@ REVOKED_TOKEN = "hf_qcliTestTokenRevoked000000000"  # well-formed, but no longer
 # What a captive portal or a proxy's error page sends where a file should be.
 HTML_PAGE = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Sign in to continue</body></html>"
 
+# Faults that answer a file with an HTTP error and the hub's X-Error-Code (None: no code): fault -> (status, code)
+CODED_ERRORS = {
+    "401": (401, None),
+    "gated-403": (403, "GatedRepo"),
+    "revision-404": (404, "RevisionNotFound"),
+    "entry-404": (404, "EntryNotFound"),
+    "repo-404": (404, "RepoNotFound"),
+    "429-all": (429, None),
+}
+
+HEADER_FAULTS = ("weak-etag", "no-etag", "bad-commit")  # a good answer with one header odd or missing
+
 # Files that the real hub stores with LFS (and so serves through the CDN redirect).
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
@@ -247,6 +259,8 @@ def _handler(server: HubServer, host: str) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self, head: bool) -> None:
             path = urlsplit(self.path).path
+            if path.startswith("/_moved/"):  # where the `relative` fault's redirect points: the same file
+                path = path[len("/_moved") :]
             if host == "cdn":
                 self._cdn(path, head)
                 return
@@ -317,9 +331,16 @@ def _handler(server: HubServer, host: str) -> type[BaseHTTPRequestHandler]:
             if data is None:
                 self._error(404, "EntryNotFound", "Entry not found", head, **{"X-Repo-Commit": commit})
                 return
-            if self._fault(repo.faults.get(filename), data, head):
+            fault = repo.faults.get(filename)
+            if self._fault(fault, data, head):
                 return
             headers = {"X-Repo-Commit": commit, "ETag": f'"{git_blob_sha1(data)}"'}
+            if fault == "weak-etag":
+                headers["ETag"] = f'W/"{git_blob_sha1(data)}"'
+            elif fault == "no-etag":
+                del headers["ETag"]
+            elif fault == "bad-commit":
+                headers["X-Repo-Commit"] = "not-a-sha"
             if filename.endswith(LFS_SUFFIXES):
                 sha256 = hashlib.sha256(data).hexdigest()
                 headers |= {
@@ -333,7 +354,20 @@ def _handler(server: HubServer, host: str) -> type[BaseHTTPRequestHandler]:
 
         def _fault(self, fault: str | None, data: bytes, head: bool) -> bool:
             """Answer a file's fault (see the module's docstring); False when it has none for this request."""
-            if fault == "loop":
+            if fault in HEADER_FAULTS or (fault == "relative" and self.path.startswith("/_moved/")):
+                return False  # answered by _resolve, with its headers changed
+            if fault == "slow-head":
+                if head:
+                    time.sleep(30)
+                return False
+            if fault in CODED_ERRORS:
+                status, code = CODED_ERRORS[fault]
+                self._error(
+                    status, code, f"{code or 'plain'} {status}", head, **({"Retry-After": "1"} if status == 429 else {})
+                )
+            elif fault == "relative" and not self.path.startswith("/_moved/"):
+                self._send(302, {"Location": "/_moved" + self.path}, b"", head)
+            elif fault == "loop":
                 self._send(301, {"Location": self.path}, b"", head)
             elif fault == "404":
                 self._send(404, {"Content-Type": "text/plain"}, b"Not Found", head)

@@ -93,6 +93,9 @@ def repos(hub_repos: dict[str, Repo]) -> dict[str, Repo]:
             "b.safetensors": I32_WEIGHT,
         }
     )
+    good = {"config.json": config, "model.safetensors": _st({"w": _t("F32", 1, 0, 4)}, 4)}
+    for fault in (*hubserver.CODED_ERRORS, *hubserver.HEADER_FAULTS, "relative"):
+        out[f"ans/{fault}"] = Repo(dict(good), faults={"config.json": fault})
     return out
 
 
@@ -179,3 +182,35 @@ def test_integer_weights_with_a_quantization_config_pass_the_check(hub: HubServe
     source = resolve(repo)
     assert source.non_float_weight == ("model.safetensors", "model.embed_tokens.weight", "I32")
     check_weight_dtypes(repo, source)  # no error: the quantization config says how to read them
+
+
+# -- odd answers to config.json's request: each named by its real cause, the token never shown --------------
+
+GARBAGE_TOKEN = "hf_qcliGarbageTokenNeverShown42"
+
+
+@pytest.mark.parametrize(
+    ("fault", "needle"),
+    [
+        ("bad-commit", "without the hub's headers (X-Repo-Commit 'not-a-sha' is not a commit sha)"),  # was: revision
+        ("no-etag", "without the hub's headers (no ETag header)"),  # was: no X-Repo-Commit or ETag header
+        ("401", "refused access to ans/401 (HTTP 401)"),
+        ("gated-403", "is a gated model and this token has not been granted access"),
+        ("revision-404", "revision 'main' not found"),
+        ("entry-404", "has no config.json at revision main"),
+        ("repo-404", "not found on the hub"),
+        ("429-all", "rate-limiting requests (HTTP 429)"),
+    ],
+)
+def test_an_odd_answer_names_its_cause_and_never_the_token(cli, hub: HubServer, monkeypatch, fault, needle):
+    monkeypatch.setenv("HF_TOKEN", GARBAGE_TOKEN)
+    r = cli("estimate", f"ans/{fault}", "--json")
+    assert needle in _one_line(r)
+    assert GARBAGE_TOKEN not in r.out + r.err
+
+
+@pytest.mark.parametrize("fault", ["weak-etag", "relative"])
+def test_a_weak_etag_or_a_relative_redirect_is_read(cli, hub: HubServer, fault):
+    r = cli("estimate", f"ans/{fault}", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["model"]["stored_bytes_by_dtype"] == {"F32": 4}

@@ -74,11 +74,13 @@ class _NotAHub(Exception):
     """An answer to a file's HEAD request without the hub's X-Repo-Commit header; `location` is where a
     redirect pointed (another host's login page), None when there was none."""
 
-    def __init__(self, url: str, location: str | None) -> None:
+    def __init__(self, url: str, location: str | None, reason: str | None = None) -> None:
         from urllib.parse import urlsplit
 
         moved = location is not None and urlsplit(location).netloc != urlsplit(url).netloc
-        super().__init__(f"redirected to {urlsplit(location).netloc}" if moved else "no X-Repo-Commit header")
+        super().__init__(
+            reason or (f"redirected to {urlsplit(location).netloc}" if moved else "no X-Repo-Commit header")
+        )
 
 
 @dataclass(frozen=True)
@@ -208,8 +210,10 @@ def _no_answer(exc: BaseException) -> tuple[type[HubUnreachable], str]:
         return HubIncomplete, str(exc)
     if isinstance(exc, _NotAHub):
         return HubNotAHub, str(exc)
-    if isinstance(exc, errors.FileMetadataError):
-        return HubNotAHub, "no X-Repo-Commit or ETag header"
+    if isinstance(exc, errors.FileMetadataError):  # huggingface_hub's message names the header it missed
+        text = str(exc)
+        missing = "ETag" if "ETag" in text else "Content-Length" if "Content-Length" in text else "X-Repo-Commit"
+        return HubNotAHub, f"no {missing} header"
     if isinstance(exc, httpx2.TimeoutException) and not isinstance(exc, httpx2.ConnectTimeout):
         return HubIncomplete, f"no complete answer in time: {type(exc).__name__}"
     if isinstance(exc, (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.DecodingError)):
@@ -385,6 +389,9 @@ def fetch(repo_id: str, filename: str, revision: str | None, token: str | None) 
         meta = get_hf_file_metadata(url, token=token)
         if meta.commit_hash is None:  # hf_hub_download would refuse it too, and call it a connection problem
             raise _NotAHub(url, meta.location)
+        if not _COMMIT.fullmatch(meta.commit_hash):  # hf_hub_download would file the config under that name
+            shown = meta.commit_hash[:40].encode("ascii", "backslashreplace").decode()
+            raise _NotAHub(url, meta.location, f"X-Repo-Commit {shown!r} is not a commit sha")
         commit = meta.commit_hash
         path = cached_file(repo_id, filename, commit)
         if path is not None:
