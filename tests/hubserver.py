@@ -21,6 +21,9 @@ typed errors; file_download.py `get_hf_file_metadata` reads `X-Repo-Commit`, `ET
   answer 301 to themselves), `404` (a plain 404 with no error code), `500` (GETs answer HTTP 500), `html`
   (HEAD and GET answer 200 with an HTML page and no hub headers, as a captive portal or a proxy's error page
   does), `away` (HEAD and GET answer 302 to an HTML page on another host, the CDN's port).
+  Also `CODED_ERRORS` (an HTTP error with the hub's X-Error-Code, or none), `HEADER_FAULTS` (a good answer
+  with a weak ETag, no ETag, or an X-Repo-Commit that is no sha), `relative` (a 302 to a relative Location
+  that serves the same file) and `slow-head` (the HEAD answers after 30 s).
 - A revoked token (`REVOKED_TOKEN`) gets 401 "Invalid credentials in Authorization header" on every route;
   a short sha (7 or more hex digits) names its commit, as on the real hub.
 
