@@ -21,6 +21,9 @@ typed errors; file_download.py `get_hf_file_metadata` reads `X-Repo-Commit`, `ET
   answer 301 to themselves), `404` (a plain 404 with no error code), `500` (GETs answer HTTP 500), `html`
   (HEAD and GET answer 200 with an HTML page and no hub headers, as a captive portal or a proxy's error page
   does), `away` (HEAD and GET answer 302 to an HTML page on another host, the CDN's port).
+  Also `CODED_ERRORS` (an HTTP error with the hub's X-Error-Code, or none), `HEADER_FAULTS` (a good answer
+  with a weak ETag, no ETag, or an X-Repo-Commit that is no sha), `relative` (a 302 to a relative Location
+  that serves the same file) and `slow-head` (the HEAD answers after 30 s).
 - A revoked token (`REVOKED_TOKEN`) gets 401 "Invalid credentials in Authorization header" on every route;
   a short sha (7 or more hex digits) names its commit, as on the real hub.
 
@@ -54,6 +57,18 @@ REVOKED_TOKEN = "hf_qcliTestTokenRevoked000000000"  # well-formed, but no longer
 # What a captive portal or a proxy's error page sends where a file should be.
 HTML_PAGE = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Sign in to continue</body></html>"
 
+# Faults that answer a file with an HTTP error and the hub's X-Error-Code (None: no code): fault -> (status, code)
+CODED_ERRORS = {
+    "401": (401, None),
+    "gated-403": (403, "GatedRepo"),
+    "revision-404": (404, "RevisionNotFound"),
+    "entry-404": (404, "EntryNotFound"),
+    "repo-404": (404, "RepoNotFound"),
+    "429-all": (429, None),
+}
+
+HEADER_FAULTS = ("weak-etag", "no-etag", "bad-commit")  # a good answer with one header odd or missing
+
 # Files that the real hub stores with LFS (and so serves through the CDN redirect).
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
@@ -81,7 +96,7 @@ class Repo:
         digits of a commit, as the real hub resolves a short sha), None if none."""
         if rev in self.branches:
             return self.branches[rev]
-        if rev == self.sha:
+        if rev == self.sha or rev in self.branches.values():  # any commit a branch is at: files at a full sha
             return rev
         if re.fullmatch(r"[0-9a-f]{7,39}", rev):
             matches = {c for c in {self.sha, *self.branches.values()} if c.startswith(rev)}
@@ -247,6 +262,8 @@ def _handler(server: HubServer, host: str) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self, head: bool) -> None:
             path = urlsplit(self.path).path
+            if path.startswith("/_moved/"):  # where the `relative` fault's redirect points: the same file
+                path = path[len("/_moved") :]
             if host == "cdn":
                 self._cdn(path, head)
                 return
@@ -317,9 +334,16 @@ def _handler(server: HubServer, host: str) -> type[BaseHTTPRequestHandler]:
             if data is None:
                 self._error(404, "EntryNotFound", "Entry not found", head, **{"X-Repo-Commit": commit})
                 return
-            if self._fault(repo.faults.get(filename), data, head):
+            fault = repo.faults.get(filename)
+            if self._fault(fault, data, head):
                 return
             headers = {"X-Repo-Commit": commit, "ETag": f'"{git_blob_sha1(data)}"'}
+            if fault == "weak-etag":
+                headers["ETag"] = f'W/"{git_blob_sha1(data)}"'
+            elif fault == "no-etag":
+                del headers["ETag"]
+            elif fault == "bad-commit":
+                headers["X-Repo-Commit"] = "not-a-sha"
             if filename.endswith(LFS_SUFFIXES):
                 sha256 = hashlib.sha256(data).hexdigest()
                 headers |= {
@@ -333,7 +357,20 @@ def _handler(server: HubServer, host: str) -> type[BaseHTTPRequestHandler]:
 
         def _fault(self, fault: str | None, data: bytes, head: bool) -> bool:
             """Answer a file's fault (see the module's docstring); False when it has none for this request."""
-            if fault == "loop":
+            if fault in HEADER_FAULTS or (fault == "relative" and self.path.startswith("/_moved/")):
+                return False  # answered by _resolve, with its headers changed
+            if fault == "slow-head":
+                if head:
+                    time.sleep(30)
+                return False
+            if fault in CODED_ERRORS:
+                status, code = CODED_ERRORS[fault]
+                self._error(
+                    status, code, f"{code or 'plain'} {status}", head, **({"Retry-After": "1"} if status == 429 else {})
+                )
+            elif fault == "relative" and not self.path.startswith("/_moved/"):
+                self._send(302, {"Location": "/_moved" + self.path}, b"", head)
+            elif fault == "loop":
                 self._send(301, {"Location": self.path}, b"", head)
             elif fault == "404":
                 self._send(404, {"Content-Type": "text/plain"}, b"Not Found", head)

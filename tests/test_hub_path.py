@@ -157,9 +157,10 @@ def test_stored_bytes_equal_the_data_offsets_spans(cli, hub: HubServer, hub_repo
 
 
 def test_an_unreadable_header_is_bad_input(cli, hub: HubServer, hub_repos, tmp_path):
-    one_line_error(cli("estimate", "acme/bad-header"), "acme/bad-header", "safetensors header")
+    reason = "model.safetensors: not a valid safetensors file: the header is not valid JSON"
+    one_line_error(cli("estimate", "acme/bad-header"), f"acme/bad-header at main: {reason}")
     local = _local_copy(hub_repos["acme/bad-header"], tmp_path / "bad")
-    one_line_error(cli("estimate", str(local)), "model.safetensors", "not a valid safetensors file")
+    one_line_error(cli("estimate", str(local)), reason)
 
 
 def test_stored_bytes_shown_next_to_the_projection(cli, hub: HubServer, hub_repos):

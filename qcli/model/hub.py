@@ -74,11 +74,13 @@ class _NotAHub(Exception):
     """An answer to a file's HEAD request without the hub's X-Repo-Commit header; `location` is where a
     redirect pointed (another host's login page), None when there was none."""
 
-    def __init__(self, url: str, location: str | None) -> None:
+    def __init__(self, url: str, location: str | None, reason: str | None = None) -> None:
         from urllib.parse import urlsplit
 
         moved = location is not None and urlsplit(location).netloc != urlsplit(url).netloc
-        super().__init__(f"redirected to {urlsplit(location).netloc}" if moved else "no X-Repo-Commit header")
+        super().__init__(
+            reason or (f"redirected to {urlsplit(location).netloc}" if moved else "no X-Repo-Commit header")
+        )
 
 
 @dataclass(frozen=True)
@@ -208,8 +210,10 @@ def _no_answer(exc: BaseException) -> tuple[type[HubUnreachable], str]:
         return HubIncomplete, str(exc)
     if isinstance(exc, _NotAHub):
         return HubNotAHub, str(exc)
-    if isinstance(exc, errors.FileMetadataError):
-        return HubNotAHub, "no X-Repo-Commit or ETag header"
+    if isinstance(exc, errors.FileMetadataError):  # huggingface_hub's message names the header it missed
+        text = str(exc)
+        missing = "ETag" if "ETag" in text else "Content-Length" if "Content-Length" in text else "X-Repo-Commit"
+        return HubNotAHub, f"no {missing} header"
     if isinstance(exc, httpx2.TimeoutException) and not isinstance(exc, httpx2.ConnectTimeout):
         return HubIncomplete, f"no complete answer in time: {type(exc).__name__}"
     if isinstance(exc, (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.DecodingError)):
@@ -385,6 +389,9 @@ def fetch(repo_id: str, filename: str, revision: str | None, token: str | None) 
         meta = get_hf_file_metadata(url, token=token)
         if meta.commit_hash is None:  # hf_hub_download would refuse it too, and call it a connection problem
             raise _NotAHub(url, meta.location)
+        if not _COMMIT.fullmatch(meta.commit_hash):  # hf_hub_download would file the config under that name
+            shown = meta.commit_hash[:40].encode("ascii", "backslashreplace").decode()
+            raise _NotAHub(url, meta.location, f"X-Repo-Commit {shown!r} is not a commit sha")
         commit = meta.commit_hash
         path = cached_file(repo_id, filename, commit)
         if path is not None:
@@ -527,6 +534,15 @@ def _headers_record(cache_dir: Path, repo_id: str, commit: str) -> Path:
     return cache_dir / "safetensors-headers" / host / repo_id.replace("/", "--") / f"{commit}.json"
 
 
+@dataclass(frozen=True)
+class StoredHeaders:
+    """What the safetensors headers of the files transformers loads say: bytes per stored dtype, and the first
+    `*.weight` tensor stored as integers or booleans (file, tensor, dtype), None when there is none."""
+
+    bytes_by_dtype: dict[str, int]
+    non_float_weight: tuple[str, str, str] | None = None
+
+
 def stored_bytes(
     repo_id: str,
     commit: str,
@@ -534,11 +550,12 @@ def stored_bytes(
     cache_dir: Path,
     online: bool = True,
     revision: str | None = None,
-) -> dict[str, int] | None:
-    """Return bytes per stored dtype of the repo's safetensors at `commit`: the sum of the tensors'
-    `data_offsets` spans, from the headers alone (huggingface_hub's `get_safetensors_metadata` reads them
-    with Range requests: model.safetensors, else the shards of model.safetensors.index.json, the files
-    transformers loads). Each header is checked as a local file's is (qcli.model.safetensors_header).
+) -> StoredHeaders | None:
+    """Return what the repo's safetensors headers at `commit` say (bytes per dtype: the sum of the tensors'
+    `data_offsets` spans), from the headers alone: model.safetensors, else the shards of
+    model.safetensors.index.json, the files transformers loads. Each header is read with Range requests
+    through huggingface_hub's HTTP client and checked by the code that checks a local file
+    (qcli.model.safetensors_header), so a damaged file on the hub and its local copy get the same message.
     None when the repo has no safetensors, or when not `online` (or HF_HUB_OFFLINE) and not recorded.
 
     A refusal (a shard the index lists and the repo lacks, gated, not found) and a bad header or index
@@ -546,45 +563,29 @@ def stored_bytes(
     A commit's files never change, so the figures are recorded under `cache_dir` for the next run.
     """
     record = _headers_record(cache_dir, repo_id, commit)
-    recorded = _read_record(record)
+    is_offline = not online or offline()
+    recorded = _read_record(record, is_offline)
     if recorded is not None:
         return recorded
-    if not online or offline():
+    if is_offline:
         return _from_snapshot(repo_id, commit)
-    from huggingface_hub import HfApi, errors
+    from huggingface_hub import errors
 
-    from qcli.model.safetensors_header import (
-        INDEX_NAME,
-        SafetensorsError,
-        check_entries,
-        check_index_covered,
-        shard_names,
-    )
+    from qcli.model.safetensors_header import INDEX_NAME, SafetensorsError
 
     rev = revision or commit
     where = f"{repo_id} at {rev}"
-
-    def read() -> object:
-        import warnings
-
-        from huggingface_hub.utils import disable_progress_bars
-
-        # Its "Parse safetensors files" bar would break the one-screen output (unless the user asked for the
-        # hub's bars with HF_HUB_DISABLE_PROGRESS_BARS=0, which has priority: then no warning about it).
-        with warnings.catch_warnings(), disable_progress_bars():
-            warnings.simplefilter("ignore")
-            return HfApi(token=token).get_safetensors_metadata(repo_id, revision=commit)
-
     try:
-        meta = _bounded(read, _deadline(3))  # the index, then the shards' headers (8 at a time)
-    except errors.NotASafetensorsRepoError:
-        return None
-    except errors.SafetensorsParsingError as exc:
-        raise _unreadable_header(where, str(exc)) from None
+        headers = _bounded(lambda: _remote_headers(repo_id, commit, token, where), _deadline(3))
+    except SafetensorsError:
+        raise
     except _failures() as exc:
         if _is_refusal(exc):
             _raise_for(exc, repo_id, rev, _requested_file(exc) or "model.safetensors", token)
         raise HeadersUnavailable(f"the hub at {endpoint()} did not give the safetensors headers ({_why(exc)})") from exc
+    except errors.RemoteEntryNotFoundError as exc:  # raised by hf_hub_download for the index: a refusal
+        _raise_for(exc, repo_id, rev, INDEX_NAME, token)
+        raise
     except OSError as exc:
         cause = _cause(exc)  # the index's download: hf_hub_download's HEAD got no usable answer
         if cause is not exc and not _is_refusal(cause):
@@ -593,30 +594,134 @@ def stored_bytes(
             _raise_for(cause, repo_id, rev, INDEX_NAME, token)
         _raise_os_error(exc, repo_id, INDEX_NAME, rev)
         raise
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # huggingface_hub parsing a hostile index
-        raise SafetensorsError(
-            where, f"huggingface_hub cannot parse it ({type(exc).__name__})", "safetensors index or header"
+    if headers is None:
+        return None
+    found = _summed(headers)
+    _write_record(record, found)
+    return found
+
+
+_FIRST_BYTES = 100_000  # read with the header length, as huggingface_hub does: most headers fit (its hf_api.py)
+
+
+def _remote_headers(
+    repo_id: str, commit: str, token: str | None, where: str
+) -> dict[str, dict[str, tuple[str, tuple[int, ...], int]]] | None:
+    """Return {file: checked header entries} of the safetensors transformers loads from the repo at `commit`
+    (model.safetensors, else the index's shards, 8 at a time); None when the repo has neither file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from huggingface_hub import errors, hf_hub_download
+
+    from qcli.model.safetensors_header import (
+        INDEX_NAME,
+        SINGLE_NAME,
+        check_index_covered,
+        read_index,
+        shard_names,
+    )
+
+    try:
+        return {SINGLE_NAME: _remote_header(repo_id, SINGLE_NAME, commit, token, where)}
+    except errors.RemoteEntryNotFoundError:
+        pass  # no model.safetensors: the index, as transformers reads it next
+    try:
+        path = Path(hf_hub_download(repo_id, INDEX_NAME, revision=commit, token=token))
+    except errors.RemoteEntryNotFoundError:
+        return None  # neither: no safetensors (pytorch_model.bin, .gguf, ...)
+    shown = f"{where}: {INDEX_NAME}"
+    data = read_index(path, shown)
+    names = shard_names(shown, data)
+    with ThreadPoolExecutor(max_workers=min(8, len(names)), thread_name_prefix="qcli-hub") as pool:
+        futures = {name: pool.submit(_remote_header, repo_id, name, commit, token, where) for name in names}
+    headers = {name: futures[name].result() for name in names}  # the first failure in name order is raised
+    weight_map = data["weight_map"]  # type: ignore[index]  # checked by shard_names
+    check_index_covered(shown, weight_map, {name for entries in headers.values() for name in entries})
+    return headers
+
+
+def _remote_header(
+    repo_id: str, filename: str, commit: str, token: str | None, where: str
+) -> dict[str, tuple[str, tuple[int, ...], int]]:
+    """Return the checked header entries of one safetensors file of the repo, read with Range requests.
+
+    The file's size comes from the answer's Content-Range (a 416 to the first range: an empty file), so the
+    header length and the data_offsets are checked against it as a local file's are. A server that ignores
+    Range and sends the whole file is read no further than the header."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    from qcli.model.safetensors_header import SafetensorsError, header_length, looks_like_html, parse_header
+
+    shown = f"{where}: {filename}"
+    url = hf_hub_url(repo_id, filename, revision=commit)
+    headers = build_hf_headers(token=token)
+    timeout = constants.HF_HUB_DOWNLOAD_TIMEOUT
+
+    def get(start: int, end: int) -> tuple[bytes, int | None]:
+        want = end - start + 1
+        with get_session().stream(
+            "GET", url, headers={**headers, "Range": f"bytes={start}-{end}"}, timeout=timeout
+        ) as response:
+            if response.status_code == 416:  # nothing at `start`: the file is shorter
+                return b"", _total_size(response)
+            hf_raise_for_status(response)
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) >= want:
+                    break
+            if response.status_code == 200:  # the whole file from byte 0, not the range
+                return bytes(body[start : start + want]), _content_length(response)
+            return bytes(body[:want]), _total_size(response)
+
+    first, size = get(0, _FIRST_BYTES + 7)
+    try:
+        length = header_length(shown, first, size)
+    except SafetensorsError as exc:
+        if not looks_like_html(first):
+            raise
+        raise UsageError(  # the message a local copy gets, and where such a page comes from
+            exc.message,
+            "the hub, or a proxy between, sent a web page instead of the file: check the network and HF_ENDPOINT",
         ) from None
-    if meta.sharded:
-        shard_names(f"{where}: {INDEX_NAME}", {"weight_map": meta.weight_map})
-        held = {name for file_meta in meta.files_metadata.values() for name in file_meta.tensors}
-        check_index_covered(f"{where}: {INDEX_NAME}", meta.weight_map, held)
+    raw = first[8 : 8 + length]
+    if len(raw) < length:  # a header past the first request's bytes
+        more, _ = get(8 + len(raw), 7 + length)
+        raw += more
+        if len(raw) < length:
+            header_length(shown, first, 8 + len(raw))  # the file ends inside the header: say so
+    return parse_header(shown, raw, None if size is None else size - 8 - length)
+
+
+def _total_size(response: object) -> int | None:
+    """Return the file size a 206 or 416 answer's Content-Range gives (`bytes 0-99/1234`, `bytes */1234`)."""
+    value = getattr(response, "headers", {}).get("Content-Range") or ""
+    m = re.fullmatch(r"\s*bytes\s+(?:\d+-\d+|\*)/(\d{1,20})\s*", value)
+    return int(m.group(1)) if m else None
+
+
+def _content_length(response: object) -> int | None:
+    value = getattr(response, "headers", {}).get("Content-Length") or ""
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 20 else None
+
+
+def _summed(headers: dict[str, dict[str, tuple[str, tuple[int, ...], int]]]) -> StoredHeaders:
+    """Return the bytes per dtype of the files' headers and their first integer or boolean `*.weight`."""
+    from qcli.model.safetensors_header import non_float_weight
+
     totals: dict[str, int] = {}
-    for filename, file_meta in sorted(meta.files_metadata.items()):
-        header = {
-            name: {"dtype": t.dtype, "shape": t.shape, "data_offsets": list(t.data_offsets)}
-            for name, t in file_meta.tensors.items()
-        }
-        for dtype, _, nbytes in check_entries(f"{where}: {filename}", header, None).values():
+    for entries in headers.values():
+        for dtype, _, nbytes in entries.values():
             totals[dtype] = totals.get(dtype, 0) + nbytes
-    _write_record(record, totals)
-    return totals
+    return StoredHeaders(totals, non_float_weight(headers))
 
 
-def _from_snapshot(repo_id: str, commit: str) -> dict[str, int] | None:
-    """Return the stored bytes of a snapshot the hub cache holds whole (`hf download`, an earlier load), read
-    as a local model's files are; None when the files transformers loads are not all there."""
-    from qcli.model.safetensors_header import checkpoint_files
+def _from_snapshot(repo_id: str, commit: str) -> StoredHeaders | None:
+    """Return what the headers of a snapshot the hub cache holds whole (`hf download`, an earlier load) say,
+    read as a local model's files are; None when the files transformers loads are not all there."""
+    from qcli.model.safetensors_header import checkpoint_files, read_header
     from qcli.model.safetensors_header import stored_bytes as local_stored_bytes
 
     config = cached_file(repo_id, "config.json", commit)
@@ -628,51 +733,67 @@ def _from_snapshot(repo_id: str, commit: str) -> dict[str, int] | None:
         return None
     if not files or not all(f.is_file() for f in files):
         return None
-    return local_stored_bytes(config.parent)
+    totals = local_stored_bytes(config.parent)
+    if totals is None:
+        return None
+    return StoredHeaders(totals, _summed({f.name: read_header(f) for f in files}).non_float_weight)
 
 
-def _read_record(record: Path) -> dict[str, int] | None:
-    """Return the stored bytes an earlier run recorded; None when there is no record or it is not one
-    (truncated, edited, another format): it is then read from the hub again and written anew."""
+def _read_record(record: Path, offline: bool = False) -> StoredHeaders | None:
+    """Return what an earlier run recorded; None when there is no record or it is not one (truncated, edited,
+    another format): it is then read from the hub again and written anew. A record written before qcli
+    recorded integer weights is used offline (that check is then skipped) and read again online."""
     try:
-        totals = json.loads(record.read_text(encoding="utf-8"))["stored_bytes_by_dtype"]
+        data = json.loads(record.read_text(encoding="utf-8"))
+        totals = data["stored_bytes_by_dtype"]
     except (OSError, ValueError, TypeError, KeyError, RecursionError):
         return None
     if not isinstance(totals, dict) or not all(
         isinstance(k, str) and type(v) is int and v >= 0 for k, v in totals.items()
     ):
         return None
-    return totals
+    if "non_float_weight" not in data:
+        return StoredHeaders(totals) if offline else None
+    found = data["non_float_weight"]
+    if found is None:
+        return StoredHeaders(totals)
+    if isinstance(found, list) and len(found) == 3 and all(isinstance(x, str) for x in found):
+        return StoredHeaders(totals, (found[0], found[1], found[2]))
+    return None
 
 
-def _write_record(record: Path, totals: dict[str, int]) -> None:
+def _write_record(record: Path, found: StoredHeaders) -> None:
     """Record the figures for the next run; a cache that cannot be written only costs that run the requests."""
     import os
 
+    data = {"stored_bytes_by_dtype": found.bytes_by_dtype, "non_float_weight": found.non_float_weight}
     partial = record.with_suffix(f".{os.getpid()}.partial")
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps({"stored_bytes_by_dtype": totals}))
+        partial.write_text(json.dumps(data))
         partial.replace(record)
     except OSError:
         with contextlib.suppress(OSError):
             partial.unlink()
 
 
-def _unreadable_header(where: str, message: str) -> UsageError:
-    """Return the error for a header huggingface_hub cannot parse: the file and its reason, which its message
-    puts after "Failed to parse safetensors header for 'FILE' (repo '…', revision '…'): "."""
-    message = " ".join(message.split())
-    m = re.match(r"Failed to parse safetensors header for '(?P<file>[^']*)' \(.*?\): (?P<why>.*)", message)
-    file, why = (m.group("file"), m.group("why")) if m else ("a safetensors file", message)
-    why = why.split(". Please make sure", 1)[0].rstrip(".")[:160]
-    hint = "the repo's checkpoint is damaged"
-    got = re.search(r"\(got (\d+)\)", why)
-    start = int(got.group(1)).to_bytes(8, "little") if got and int(got.group(1)) < 2**64 else b""
-    if start.lstrip().startswith(b"<"):  # the 8-byte length field is the start of an HTML page
-        why = f"it begins with {start.decode('latin-1')!r}, an HTML page, not a safetensors file"
-        hint = "the hub, or a proxy between, sent a web page instead of the file: check the network and HF_ENDPOINT"
-    return UsageError(f"{where}: {file}: the safetensors header cannot be read: {why}", hint)
+def has_file(repo_id: str, filename: str, commit: str, token: str | None) -> bool | None:
+    """Return whether the repo holds `filename` at `commit`: the cache, else one HEAD request; None when that
+    cannot be known (offline and not cached, or the hub gave no answer)."""
+    if cached_file(repo_id, filename, commit) is not None:
+        return True
+    if offline():
+        return None
+    from huggingface_hub import errors
+    from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url
+
+    try:
+        _bounded(lambda: get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=commit), token=token), _deadline())
+    except errors.RemoteEntryNotFoundError:
+        return False
+    except (*_failures(), OSError):
+        return None
+    return True
 
 
 def _requested_file(exc: BaseException) -> str | None:

@@ -35,6 +35,9 @@ class ModelSource:
     # bytes per stored dtype: the sum of the tensors' data_offsets spans in the safetensors headers of the
     # files transformers loads; None when unknown (no safetensors, or the hub did not give the headers)
     stored_bytes: dict[str, int] | None = None
+    # a hub repo's first `*.weight` stored as integers or booleans (file, tensor, dtype), read from the same
+    # headers; None when there is none or they were not read (a local directory's files are read at the check)
+    non_float_weight: tuple[str, str, str] | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -146,13 +149,13 @@ def _from_hub(repo_id: str, revision: str | None, read_safetensors: bool, token:
     if read_safetensors:
         online = got.fallback is None and not hub.offline()
         try:
-            source.stored_bytes = hub.stored_bytes(
-                repo_id, got.commit_sha, token, cache_root(), online=online, revision=rev
-            )
+            found = hub.stored_bytes(repo_id, got.commit_sha, token, cache_root(), online=online, revision=rev)
         except hub.HeadersUnavailable as exc:
             source.notes.append(f"stored bytes unknown: {exc}")
         else:
-            if source.stored_bytes is None:
+            if found is not None:
+                source.stored_bytes, source.non_float_weight = found.bytes_by_dtype, found.non_float_weight
+            else:
                 source.notes.append(
                     "the repo has no safetensors weights: stored bytes unknown"
                     if online

@@ -27,6 +27,9 @@ DTYPE_BITS = {
 }  # fmt: skip
 DTYPE_BYTES = {k: v // 8 for k, v in DTYPE_BITS.items() if v % 8 == 0}
 MAX_RANK = 16
+# dtypes that hold no float values: a `*.weight` stored so is no float weight at all (without a
+# quantization_config, transformers casts the integers to the load dtype and loads a broken model).
+NON_FLOAT_DTYPES = frozenset({"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64"})
 
 
 INDEX_NAME = "model.safetensors.index.json"  # transformers' SAFE_WEIGHTS_INDEX_NAME
@@ -53,19 +56,41 @@ def _regular_file_size(path: Path, what: str = "safetensors file") -> int:
 def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...], int]]:
     """Return {tensor name: (dtype, shape, bytes)} from a checked .safetensors header."""
     size = _regular_file_size(path)
-    if size < 8:
-        raise SafetensorsError(path, f"{size} bytes, shorter than the 8-byte header length")
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         with os.fdopen(fd, "rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            if length > MAX_HEADER_BYTES:
-                raise SafetensorsError(path, f"header length {length:,} exceeds {MAX_HEADER_BYTES:,} bytes")
-            if length > size - 8:
-                raise SafetensorsError(path, f"header length {length:,} is longer than the file ({size:,} bytes)")
+            length = header_length(path, fh.read(8), size)
             raw = fh.read(length)
     except OSError as exc:
         raise SafetensorsError(path, exc.strerror or type(exc).__name__) from None
+    return parse_header(path, raw, size - 8 - length)
+
+
+def header_length(path: Path | str, start: bytes, size: int | None) -> int:
+    """Return the header length a file's first 8 bytes give, checked against safetensors' limit and the
+    file's `size` (None: unknown); `path` names the file in errors. The hub path reads the same bytes with a
+    Range request and checks them here, so a file on the hub and its local copy get the same message."""
+    if (size is not None and size < 8) or len(start) < 8:
+        got = size if size is not None and size < 8 else len(start)
+        raise SafetensorsError(path, f"{got} bytes, shorter than the 8-byte header length")
+    (length,) = struct.unpack("<Q", start[:8])
+    if looks_like_html(start) and (length > MAX_HEADER_BYTES or (size is not None and length > size - 8)):
+        raise SafetensorsError(path, f"it begins with {start[:8].decode('latin-1')!r}, an HTML page")
+    if length > MAX_HEADER_BYTES:
+        raise SafetensorsError(path, f"header length {length:,} exceeds {MAX_HEADER_BYTES:,} bytes")
+    if size is not None and length > size - 8:
+        raise SafetensorsError(path, f"header length {length:,} is longer than the file ({size:,} bytes)")
+    return length
+
+
+def looks_like_html(start: bytes) -> bool:
+    """Return whether a file's first bytes are the start of a web page (a login or error page saved, or sent
+    by a proxy, where the file should be): its 8-byte header length would then read as a huge number."""
+    return start[:8].lstrip().startswith(b"<")
+
+
+def parse_header(path: Path | str, raw: bytes, data_bytes: int | None) -> dict[str, tuple[str, tuple[int, ...], int]]:
+    """Return {tensor name: (dtype, shape, bytes)} of a header's raw JSON bytes, checked (`check_entries`)."""
     try:
         header = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -76,7 +101,7 @@ def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...], int]]:
         raise SafetensorsError(path, f"the header has {too_many_digits()}") from None
     if not isinstance(header, dict):
         raise SafetensorsError(path, "the header is not a JSON object")
-    return check_entries(path, header, size - 8 - length)
+    return check_entries(path, header, data_bytes)
 
 
 def check_entries(
@@ -157,17 +182,25 @@ def checkpoint_files(directory: Path) -> list[Path] | None:
     index = directory / INDEX_NAME
     if not index.exists():
         return None
+    return [directory / name for name in shard_names(index, read_index(index))]
+
+
+def read_index(index: Path, shown: Path | str | None = None) -> object:
+    """Return the parsed JSON of a safetensors index file (a local one, or the hub's downloaded copy, named
+    `shown` in errors); its shape is checked by `shard_names`."""
+    shown = shown or index
     if _regular_file_size(index, "index") > MAX_HEADER_BYTES:
-        raise SafetensorsError(index, f"larger than {MAX_HEADER_BYTES:,} bytes", "index")
+        raise SafetensorsError(shown, f"larger than {MAX_HEADER_BYTES:,} bytes", "index")
     try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SafetensorsError(index, getattr(exc, "strerror", None) or type(exc).__name__, "index") from None
+        return json.loads(index.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SafetensorsError(shown, "not UTF-8 text", "index") from None
+    except OSError as exc:
+        raise SafetensorsError(shown, exc.strerror or type(exc).__name__, "index") from None
     except (json.JSONDecodeError, RecursionError):
-        raise SafetensorsError(index, "not valid JSON", "index") from None
+        raise SafetensorsError(shown, "not valid JSON", "index") from None
     except ValueError:  # JSONDecodeError's base: an integer past Python's int-digit limit
-        raise SafetensorsError(index, too_many_digits(), "index") from None
-    return [directory / name for name in shard_names(index, data)]
+        raise SafetensorsError(shown, too_many_digits(), "index") from None
 
 
 def shard_names(index: Path | str, data: object) -> list[str]:
@@ -176,6 +209,8 @@ def shard_names(index: Path | str, data: object) -> list[str]:
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise SafetensorsError(index, "weight_map must map tensor names to file names", "index")
+    if not weight_map:  # transformers would load no shard: every weight newly initialized
+        raise SafetensorsError(index, "weight_map is empty: it names no shard to load", "index")
     names = sorted(set(weight_map.values()))
     for name in names:
         parts = name.replace("\\", "/").split("/")
@@ -222,3 +257,16 @@ def stored_bytes(directory: Path) -> dict[str, int] | None:
         for dtype, _, nbytes in headers[f].values():
             totals[dtype] = totals.get(dtype, 0) + nbytes
     return totals
+
+
+def non_float_weight(
+    headers: dict[str, dict[str, tuple[str, tuple[int, ...], int]]],
+) -> tuple[str, str, str] | None:
+    """Return (file, tensor, dtype) of the first `*.weight` tensor stored as integers or booleans in the checked
+    headers of the files transformers loads ({file: entries}, in load order); None when every weight is a float.
+    Buffers such as GPT-2's boolean `attn.bias` masks are not weights."""
+    for file, entries in headers.items():
+        for tensor, (dtype, _, _) in entries.items():
+            if tensor.endswith(".weight") and dtype in NON_FLOAT_DTYPES:
+                return file, tensor, dtype
+    return None

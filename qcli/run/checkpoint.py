@@ -20,9 +20,12 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qcli.errors import UsageError, debug_enabled
+
+if TYPE_CHECKING:
+    from qcli.model.resolve import ModelSource
 
 NAMED = 3  # tensor names shown per kind of problem
 QUANTIZED_LAYERS = ("Linear4bit", "Linear8bitLt")
@@ -246,29 +249,42 @@ def check_token_ids(name: str, config: dict[str, Any]) -> None:
             )
 
 
-# safetensors dtypes that hold no float values: a weight stored so is no float weight at all.
-NON_FLOAT_DTYPES = frozenset({"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64"})
-
-
-def check_weight_dtypes(name: str, directory: Path | None, config: dict[str, Any]) -> None:
-    """Raise a UsageError when a local checkpoint without a quantization_config stores a `*.weight` tensor as
+def check_weight_dtypes(name: str, source: ModelSource, token: str | None = None) -> None:
+    """Raise a UsageError when a checkpoint without a quantization_config stores a `*.weight` tensor as
     integers or booleans: transformers casts it to the load dtype without a word (int32(w × 100) loads as a
     bf16 weight a hundred times too large), and the model generates garbage. Buffers such as GPT-2's boolean
-    `attn.bias` masks are not weights and pass; quantized checkpoints store integer weights by design."""
-    from qcli.model.safetensors_header import checkpoint_files, read_header
+    `attn.bias` masks are not weights and pass; quantized checkpoints store integer weights by design.
 
-    if directory is None or isinstance(config.get("quantization_config"), dict):
+    A local directory's headers are read here; a hub repo's were read by `resolve` (Range requests, recorded
+    per commit), and hf_quant_config.json is asked for only when such a weight is there."""
+    from qcli.model.safetensors_header import checkpoint_files, non_float_weight, read_header
+
+    if isinstance(source.config.get("quantization_config"), dict):
         return
-    if (directory / "hf_quant_config.json").is_file():  # NVIDIA ModelOpt keeps its quantization config there
+    directory = source.local_dir
+    if source.repo_id is not None and source.commit_sha is not None:
+        found = source.non_float_weight
+        if found is None:
+            return
+        from qcli.model.hub import has_file
+
+        if has_file(source.repo_id, MODELOPT_CONFIG, source.commit_sha, token) is not False:
+            return  # NVIDIA ModelOpt keeps its quantization config there (or it cannot be known: not refused)
+    elif directory is None or (directory / MODELOPT_CONFIG).is_file():
         return
-    for path in checkpoint_files(directory) or []:
-        for tensor, (dtype, _, _) in read_header(path).items():
-            if tensor.endswith(".weight") and dtype in NON_FLOAT_DTYPES:
-                raise UsageError(
-                    f"{name}: {path.name} stores {tensor} as {dtype}, and config.json has no quantization_config: "
-                    "transformers would cast the integers to floats and load a broken model",
-                    "save the checkpoint again from a float model, or add the quantization_config it was saved with",
-                )
+    else:
+        found = non_float_weight({p.name: read_header(p) for p in checkpoint_files(directory) or []})
+        if found is None:
+            return
+    file, tensor, dtype = found
+    raise UsageError(
+        f"{name}: {file} stores {tensor} as {dtype}, and config.json has no quantization_config: "
+        "transformers would cast the integers to floats and load a broken model",
+        "save the checkpoint again from a float model, or add the quantization_config it was saved with",
+    )
+
+
+MODELOPT_CONFIG = "hf_quant_config.json"  # NVIDIA ModelOpt's quantization config, beside config.json
 
 
 GENERATION_CONFIG = "generation_config.json"

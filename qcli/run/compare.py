@@ -82,13 +82,13 @@ def validate(opts: CompareOptions) -> Checked:
     check_prompt(opts.prompt)
     text = check_text_file(opts.text) if opts.text is not None else data_text("sample.txt")
     # A missing model is bad input before any preset runs; every worker then loads the same commit.
-    source = resolve(opts.model, opts.revision, read_safetensors=False, token=opts.token)
+    source = resolve(opts.model, opts.revision, token=opts.token)
     check_weights_present(source)
     check_causal_lm(opts.model, source.config, trust_remote_code=False)
     validate_config(source.config)
     check_token_ids(opts.model, source.config)
     check_generation_config(opts.model, source.local_dir)
-    check_weight_dtypes(opts.model, source.local_dir, source.config)
+    check_weight_dtypes(opts.model, source, opts.token)
     try:
         spec = from_config(source.config)
     except UnknownModelType:

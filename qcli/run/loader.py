@@ -112,7 +112,7 @@ def prepare(opts: LoadOptions) -> Prepared:
         resolve_device(opts.device)  # a missing GPU is bad input before the model is built or read
     preset = load_preset(opts.preset, opts.sets)
     dtype = parse_load_dtype(opts.dtype) or preset.dtype
-    source = resolve(opts.model, opts.revision, read_safetensors=False, token=opts.token)  # bad input: exit 2 now
+    source = resolve(opts.model, opts.revision, token=opts.token)  # bad input: exit 2 now
     if source.local_dir is not None and Path(opts.model).is_file():
         raise UsageError(f"{opts.model}: load needs the model directory, not its config.json")
     pre = prequant_of(source.quantization_config, opts.model)
@@ -127,7 +127,7 @@ def prepare(opts: LoadOptions) -> Prepared:
     validate_config(source.config)  # a config qcli cannot read is bad input, not "no estimate"
     check_token_ids(opts.model, source.config)
     check_generation_config(opts.model, source.local_dir)
-    check_weight_dtypes(opts.model, source.local_dir, source.config)
+    check_weight_dtypes(opts.model, source, opts.token)
     spec: ModelSpec | None
     describe_error: UsageError | None = None
     try:
