@@ -4,6 +4,7 @@
 measured in the same run as qcli's own.
 """
 
+import gc
 import os
 import sys
 
@@ -25,6 +26,7 @@ def presets() -> None:  # a second command, so that Typer builds a group as qcli
 
 
 if __name__ == "__main__":
+    gc.disable()  # as a `qcli` planning process runs
     app(standalone_mode=False)
     sys.stdout.flush()
     os._exit(0)  # as `qcli` ends: without the interpreter's teardown (qcli.cli.app._end_process)

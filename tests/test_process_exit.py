@@ -20,9 +20,9 @@ def _python(code: str, *args: str, tmp: Path) -> subprocess.CompletedProcess[str
 
 
 ENTRY = """
-import atexit, sys, threading
+import atexit, gc, sys, threading
 from pathlib import Path
-atexit.register(lambda: Path("atexit-ran").write_text("yes"))
+atexit.register(lambda: Path("atexit-ran").write_text(f"gc enabled: {gc.isenabled()}"))
 if sys.argv.pop(1) == "thread":
     stop = threading.Event()
     t = threading.Thread(target=stop.wait, daemon=False)
@@ -41,10 +41,16 @@ def test_the_process_ends_with_atexit_run_and_all_output_written(tmp_path):
     r = _python(ENTRY, "plain", *args, tmp=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["command"] == "estimate"  # the whole JSON object, flushed
-    assert (tmp_path / "atexit-ran").read_text() == "yes"
+    assert (tmp_path / "atexit-ran").read_text() == "gc enabled: False"  # a planning process: nothing to collect
     assert not (tmp_path / "returned").exists()  # main() ended the process: no teardown after it
     bad = _python(ENTRY, "plain", "estimate", "--params", "8x", tmp=tmp_path)
     assert bad.returncode == 2 and bad.stderr.startswith("Error: ") and bad.stdout == ""
+
+
+def test_a_loading_command_keeps_the_garbage_collector(tmp_path):
+    r = _python(ENTRY, "plain", "verify", "demo", "--preset", "no-such-preset", tmp=tmp_path)
+    assert r.returncode == 2 and "no-such-preset" in r.stderr
+    assert (tmp_path / "atexit-ran").read_text() == "gc enabled: True"  # cycles there may hold tensors
 
 
 def test_a_running_thread_gets_the_normal_exit(tmp_path):

@@ -10,6 +10,7 @@ was ~40 ms of `qcli estimate`'s start-up (docs/bench.md).
 
 import atexit
 import contextlib
+import gc
 import importlib
 import os
 import signal
@@ -34,6 +35,8 @@ COMMANDS: dict[str, str] = {
     "presets": "qcli.cli.presets",
     "env": "qcli.cli.env",
 }
+# The commands that load a model: their processes keep the garbage collector (cycles may hold tensors).
+LOADING_COMMANDS = frozenset({"load", "verify", "compare"})
 HELP = "Will this model fit, at which precision, and does it really work once loaded?"
 
 
@@ -127,8 +130,15 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (qcli.errors.ExitCode). As the process's entry point (argv None),
     a run that leaves nothing to tear down ends the process here (`_end_process`)."""
-    code = _run(list(sys.argv[1:] if argv is None else argv))
-    return _end_process(code) if argv is None else code
+    if argv is not None:
+        return _run(list(argv))
+    args = sys.argv[1:]
+    if not set(args) & LOADING_COMMANDS:
+        # A planning process allocates ~40k objects that live until it ends (modules, classes, schemas) and
+        # no garbage worth collecting: the collector's ~100 passes over them are ~5 % of an estimate
+        # (docs/bench.md). Commands that hold a model's tensors keep it.
+        gc.disable()
+    return _end_process(_run(args))
 
 
 def _end_process(code: int) -> int:
