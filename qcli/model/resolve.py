@@ -69,6 +69,8 @@ def resolve(
     """Return the ModelSource for a local dir, a config.json path, `demo`, a hub id or a hub URL."""
     if revision is not None and not revision.strip():
         raise UsageError("--revision is empty", "give a branch, tag or commit, or leave --revision out for main")
+    if token is not None:  # a local model never sends it, but a --token that cannot be a token is bad input
+        hub.check_token(token)
     if model == DEMO_NAME:
         return ModelSource(name=DEMO_NAME, config=dict(DEMO_CONFIG), config_from="builtin")
     from_url = hub.parse_url(model)
