@@ -628,6 +628,16 @@ CASES: list[Case] = [
     case("flags-cpu-memory-without-gpu", "estimate", "--params", "8b", "--cpu-memory", "64GiB", err_has="--gpu"),
     case("flags-kv-dtype-without-context", "estimate", "m", "--kv-dtype", "float16", setup=M, err_has="--context"),
     case("files-model-leading-space", "estimate", " m", setup=M, err_has="whitespace"),
+    # fourth corpus (2026-11-27): report files that would overwrite each other, an input, or the JSON on stdout
+    case("files-csv-and-markdown-same-file", "compare", *DEMO, "--presets", "bf16", "--csv", "r.txt", "--markdown", "./r.txt", err_has="same file"),
+    case("files-csv-and-plot-same-existing-file", "compare", *DEMO, "--presets", "bf16", "--csv", "r.txt", "--plot", "r.txt", setup=write("r.txt", "old"), err_has="same file"),
+    case("files-csv-over-text", "compare", *DEMO, "--presets", "bf16", "--text", "t.txt", "--csv", "t.txt", setup=write("t.txt", "some text to score"), err_has="would overwrite"),
+    case("files-markdown-over-preset-file", "compare", *DEMO, "--presets", "bf16,p.yaml", "--markdown", "p.yaml", setup=write("p.yaml", preset_yaml()), err_has="would overwrite"),
+    case("files-junit-over-reference-preset", "verify", *DEMO, "--reference", "p.yaml", "--junit", "p.yaml", setup=write("p.yaml", preset_yaml()), err_has="would overwrite"),
+    case("files-junit-over-model-config", "verify", "m", "--preset", "bf16", "--junit", "m/config.json", setup=model(weights=st(GOOD_HEADER)), err_has="file of the model"),
+    case("files-csv-over-model-weights", "compare", f"{W}/m/config.json", "--presets", "bf16", "--csv", "m/model.safetensors", setup=model(weights=st(GOOD_HEADER)), err_has="file of the model"),
+    case("output-junit-to-stdout-with-json", "verify", *DEMO, "--json", "--junit", "/dev/stdout", err_has="standard output"),
+    case("output-csv-to-stdout-with-json", "compare", *DEMO, "--presets", "bf16", "--json", "--csv", "/dev/stdout", err_has="standard output"),
 ]
 # fmt: on
 
