@@ -638,6 +638,11 @@ CASES: list[Case] = [
     case("files-csv-over-model-weights", "compare", f"{W}/m/config.json", "--presets", "bf16", "--csv", "m/model.safetensors", setup=model(weights=st(GOOD_HEADER)), err_has="file of the model"),
     case("output-junit-to-stdout-with-json", "verify", *DEMO, "--json", "--junit", "/dev/stdout", err_has="standard output"),
     case("output-csv-to-stdout-with-json", "compare", *DEMO, "--presets", "bf16", "--json", "--csv", "/dev/stdout", err_has="standard output"),
+    case("flags-dtype-contradicts-dense-bits", "estimate", "m", "--bits", "16", "--dtype", "float32", setup=M, err_has=("--dtype float32", "--bits 16")),
+    case("flags-dtype-contradicts-bits-bf16-params", "estimate", "--params", "8b", "--bits", "bf16", "--dtype", "float16", err_has="--dtype"),
+    case("flags-dtype-with-params-quantized", "estimate", "--params", "8b", "--bits", "4", "--dtype", "float32", err_has=("--dtype", "--params")),
+    case("flags-dtype-with-params-table", "estimate", "--params", "8b", "--dtype", "bfloat16", err_has=("--dtype", "--params")),
+    case("flags-dtype-same-as-dense-bits-control", "estimate", "m", "--bits", "bf16", "--dtype", "bfloat16", code=0, setup=M, out_has="bf16"),
 ]
 # fmt: on
 
