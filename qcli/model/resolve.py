@@ -103,6 +103,11 @@ def resolve(
                 "transformers loads"
             )
         return source
+    if path.is_symlink():  # it names a local entry, not a hub repo: the link points nowhere, or at itself
+        raise UsageError(
+            f"{model}: a symbolic link to nothing (its target is missing, or the links loop)",
+            "point at the model directory itself",
+        )
     if model != model.strip():
         # The error line collapses whitespace: `' m'` would read as "m: no such file" beside an existing m.
         raise UsageError(
