@@ -645,6 +645,11 @@ CASES: list[Case] = [
     case("flags-dtype-with-params-quantized", "estimate", "--params", "8b", "--bits", "4", "--dtype", "float32", err_has=("--dtype", "--params")),
     case("flags-dtype-with-params-table", "estimate", "--params", "8b", "--dtype", "bfloat16", err_has=("--dtype", "--params")),
     case("flags-dtype-same-as-dense-bits-control", "estimate", "m", "--bits", "bf16", "--dtype", "bfloat16", code=0, setup=M, out_has="bf16"),
+    case("flags-batch-without-context", "estimate", "m", "--batch", "4", setup=M, err_has=("--batch", "--context")),
+    case("flags-batch-with-params-and-gpu", "estimate", "--params", "8b", "--gpu", "T4", "--batch", "8", err_has="--batch"),
+    case("flags-batch-with-train-control", "estimate", "m", "--train", "lora", "--batch", "2", code=0, setup=M, out_has="lora"),
+    case("flags-cuda-context-without-gpu", "estimate", "m", "--preset", "bf16", "--cuda-context", "900MiB", setup=M, err_has=("--cuda-context", "--gpu")),
+    case("flags-device-arabic-digit", "load", *DEMO, "--device", "cuda:٠", err_has="not a device"),
 ]
 # fmt: on
 

@@ -323,6 +323,11 @@ def _check_flags(opts: EstimateOptions) -> None:
         )
     if opts.kv_dtype is not None and opts.context is None:
         raise UsageError("--kv-dtype sizes the KV cache: add --context", "e.g. --context 8192 --kv-dtype float16")
+    if opts.batch != defaults.batch and opts.context is None and not opts.train:
+        # without a context there is no KV cache and no activations: only the report's batch_size changed
+        raise UsageError(
+            f"--batch {opts.batch} multiplies the KV cache: add --context", "e.g. --context 8192 --batch 4"
+        )
 
 
 DENSE_PRESET = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
@@ -390,6 +395,8 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
     _check_dtype(dtype_flag, fmt, preset, opts)
     kv_dtype = parse_load_dtype(opts.kv_dtype, "--kv-dtype")
     cuda_context, context_source = parse_cuda_context(opts.cuda_context)
+    if cuda_context is not None and not opts.gpus:  # checked after the file: its own errors say more
+        raise UsageError("--cuda-context is part of the fit on a GPU: add --gpu", "e.g. --gpu T4 --cuda-context 600MiB")
     cpu_memory = parse_bytes(opts.cpu_memory, "--cpu-memory") if opts.cpu_memory is not None else None
     budgets = parse_max_memory(opts.max_memory, opts.device_map)
     if budgets is not None and "cpu" in budgets:
