@@ -650,6 +650,7 @@ CASES: list[Case] = [
     case("flags-batch-with-train-control", "estimate", "m", "--train", "lora", "--batch", "2", code=0, setup=M, out_has="lora"),
     case("flags-cuda-context-without-gpu", "estimate", "m", "--preset", "bf16", "--cuda-context", "900MiB", setup=M, err_has=("--cuda-context", "--gpu")),
     case("flags-device-arabic-digit", "load", *DEMO, "--device", "cuda:٠", err_has="not a device"),
+    case("numbers-tolerance-bare-fraction", "verify", *DEMO, "--tolerance", "0.05", err_has=("--tolerance", "5%")),
 ]
 # fmt: on
 
