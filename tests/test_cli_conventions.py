@@ -121,3 +121,36 @@ def test_master_weights_with_lora_is_refused(cli):
     r = cli("estimate", "demo", "--train", "lora", "--master-weights")
     assert r.code == 2 and "--master-weights is for --train full" in r.err, r.err
     assert cli("estimate", "demo", "--train", "full", "--master-weights").code == 0
+
+
+def _text_options() -> list[tuple[str, str]]:
+    """Every option of every command that takes a value (not a flag), read from the Click commands."""
+    import typer
+
+    from qcli.cli.app import build_app
+
+    group = typer.main.get_command(build_app())
+    out = []
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        for param in command.params:
+            if param.param_type_name == "option" and not param.is_flag and name != "presets":
+                out.append((name, max(param.opts, key=len)))
+    return out
+
+
+@pytest.mark.parametrize("value", ["", " \t"])
+@pytest.mark.parametrize(("command", "option"), _text_options())
+def test_every_option_refuses_an_empty_value(cli, command, option, value):
+    """An empty value is a value someone typed (an unset shell variable): `verify --budget ''` passed
+    with no budget checked and `estimate --strategy ''` planned none, because `if value:` read '' as
+    "not given". The check runs before any model is built or loaded, so the demo is never touched."""
+    r = cli(command, "demo", option, value)
+    if r.code == 2 and "is given 2 times" in r.err:  # -m/--model beside MODEL: say it once
+        r = cli(command, option, value)
+    assert r.code == 2, (command, option, r.out[-300:], r.err)
+    assert f"{option} is empty" in r.err and len(r.err.strip().splitlines()) == 1, r.err
+
+
+def test_a_token_that_cannot_be_one_is_refused_for_a_local_model_too(cli):
+    r = cli("estimate", "demo", "--token", "hf_a b")
+    assert r.code == 2 and "--token holds spaces" in r.err and "hf_a b" not in r.err, r.err

@@ -133,7 +133,9 @@ def test_qcli_load_reports_prediction_beside_measurement(tmp_path, demo_path, pr
     # The measured context feeds a later estimate.
     path = tmp_path / "load.json"
     path.write_text(proc.stdout)
-    est = _qcli("estimate", "--model", "demo", "--preset", preset, "--cuda-context", str(path), "--json")
+    est = _qcli(
+        "estimate", "--model", "demo", "--preset", preset, "--gpu", "80GiB", "--cuda-context", str(path), "--json"
+    )
     assert est.returncode == 0, est.stderr
     context = json.loads(est.stdout)["plans"][0]["overheads"][0]
     assert context["size_bytes"] == measured["cuda_context_bytes"] and context["source"] == "measured (load.json)"

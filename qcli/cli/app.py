@@ -73,9 +73,9 @@ class OnceCommand(TyperCommand):
         # completion parses half-typed lines; --help shows the help whatever else the line holds
         if not ctx.resilient_parsing and not set(words) & set(ctx.help_option_names):
             try:
-                _, _, order = self.make_parser(ctx).parse_args(args=list(args))
+                raw, _, order = self.make_parser(ctx).parse_args(args=list(args))
             except typer.TyperException:  # the real parse below reports it, in Click's words
-                order = []
+                raw, order = {}, []
             given = {w.split("=", 1)[0] for w in words if w.startswith("-")}
             for param, n in Counter(p for p in order if p.param_type_name == "option").items():
                 if param.multiple or param.count:
@@ -88,7 +88,41 @@ class OnceCommand(TyperCommand):
                         )
                 elif n > 1:
                     raise UsageError(f"{param.opts[0]} is given {n} times", "give it once: only the last would count")
+            refuse_blank(self, raw)  # before conversion: `--nodes ''` is empty, not "not a valid integer"
         return super().parse_args(ctx, args)
+
+
+# What to give instead of an empty value, where a plain "give a value" says too little.
+BLANK_HINTS = {
+    "--gpu": "give a GPU name such as T4, or a size such as 24GB",
+    "--model": "give a model directory, a config.json, a hub id or a hub URL",
+    "--revision": "give a branch, tag or commit, or leave --revision out for main",
+    "--token": "give a hub token, or leave --token out to use HF_TOKEN or `hf auth login`",
+    "--junit": "give a file path, e.g. --junit verify.xml",
+    "--csv": "give a file path, e.g. --csv compare.csv",
+    "--markdown": "give a file path, e.g. --markdown report.md",
+    "--plot": "give a file path, e.g. --plot compare.png",
+    "--prompt": "give some text, e.g. --prompt 'The capital of France is'",
+    "--expect": "give the text the generation must contain, e.g. --expect Paris",
+}
+
+
+def refuse_blank(command: TyperCommand, raw: dict[str, Any]) -> None:
+    """Raise a UsageError for an option given an empty or blank value (`--budget ''`, `--gpu ' '`).
+
+    Checked here, once for every option of every command, because a command that tests `if value:` reads
+    '' as "not given": `verify --budget ''` passed with no budget checked, `--strategy ''` planned no
+    strategy. An option left out is None, never '', so '' is always a value someone typed (an unset
+    shell variable, usually). `raw` is the parser's unconverted values (param name -> value or list).
+    """
+    for param in command.params:
+        if param.param_type_name != "option" or getattr(param, "is_flag", False):
+            continue
+        value = raw.get(param.name or "")
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, str) and not v.strip() for v in values):
+            flag = max(param.opts, key=len)
+            raise UsageError(f"{flag} is empty", BLANK_HINTS.get(flag, "give a value, or leave the option out"))
 
 
 def build_app(names: list[str] | None = None) -> typer.Typer:

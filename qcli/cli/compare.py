@@ -55,9 +55,17 @@ def compare(
     # Imported here, not at module level: `qcli --help` and `qcli estimate` never pay for the loading side.
     from qcli.model.demo import DEMO_NAME
     from qcli.output.console import console, print_json
-    from qcli.output.files import check_output_path, compare_csv, compare_markdown, compare_plot, writing
+    from qcli.output.files import (
+        check_output_path,
+        check_outputs_apart,
+        compare_csv,
+        compare_markdown,
+        compare_plot,
+        writing,
+    )
     from qcli.output.progress import progress_line, progress_wanted
     from qcli.output.run_views import render_compare
+    from qcli.plan.presets import preset_file
     from qcli.run.compare import CompareOptions, run_compare, validate
     from qcli.run.demo import ensure_demo
 
@@ -65,6 +73,9 @@ def compare(
     for flag, path in (("--csv", csv), ("--markdown", markdown), ("--plot", plot)):
         if path is not None:
             check_output_path(path, flag)  # before any work: not after a long compare
+    reads = [text, preset_file(reference), *(preset_file(p.strip()) for p in (presets or "").split(","))]
+    outputs = {"--csv": csv, "--markdown": markdown, "--plot": plot}
+    check_outputs_apart(outputs, reads, None if model == DEMO_NAME else model, json_)
     opts = CompareOptions.from_cli(
         model=model,
         presets=presets.split(",") if presets is not None else None,

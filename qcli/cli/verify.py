@@ -75,15 +75,18 @@ def verify(
     # Imported here, not at module level: `qcli --help` and `qcli estimate` never pay for the loading side.
     from qcli.model.demo import DEMO_NAME
     from qcli.output.console import console, print_json
-    from qcli.output.files import check_output_path, write_junit, writing
+    from qcli.output.files import check_output_path, check_outputs_apart, write_junit, writing
     from qcli.output.progress import progress_line, progress_wanted
     from qcli.output.run_views import render_verify
+    from qcli.plan.presets import preset_file
     from qcli.run.demo import ensure_demo
     from qcli.run.loader import DEFAULT_PRESET, LoadOptions, prepare
     from qcli.run.verify import VerifyOptions, check_reference_flags, run_verify, validate
 
     if junit is not None:
         check_output_path(junit, "--junit")  # before any work: a bad path is exit 2 at once
+        reads = [preset_file(preset), preset_file(reference)]
+        check_outputs_apart({"--junit": junit}, reads, None if model == DEMO_NAME else model, json_)
     interactive = progress_wanted(json_, quiet)
     try:
         check_reference_flags(reference, {"--min-agreement": min_agreement, "--max-kl": max_kl, "--timeout": timeout})

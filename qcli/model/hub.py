@@ -150,8 +150,8 @@ def check_token(token: str | None) -> None:
     if token is not None and not _TOKEN.fullmatch(token):
         problem = "is empty" if not token.strip() else "holds spaces, control or non-ASCII characters"
         raise UsageError(f"--token {problem}: not a hub token", f"{hint}, or leave --token out to use HF_TOKEN")
-    implicit = _implicit_token()
-    if token is None and implicit is not None and not _TOKEN.fullmatch(implicit):
+    implicit = _implicit_token() if token is None else None
+    if implicit is not None and not _TOKEN.fullmatch(implicit):
         raise UsageError("HF_TOKEN holds spaces, control or non-ASCII characters: not a hub token", hint)
 
 

@@ -72,6 +72,8 @@ def resolve(
     """Return the ModelSource for a local dir, a config.json path, `demo`, a hub id or a hub URL."""
     if revision is not None and not revision.strip():
         raise UsageError("--revision is empty", "give a branch, tag or commit, or leave --revision out for main")
+    if token is not None:  # a local model never sends it, but a --token that cannot be a token is bad input
+        hub.check_token(token)
     if model == DEMO_NAME:
         return ModelSource(name=DEMO_NAME, config=dict(DEMO_CONFIG), config_from="builtin")
     from_url = hub.parse_url(model)
@@ -104,6 +106,11 @@ def resolve(
                 "transformers loads"
             )
         return source
+    if path.is_symlink():  # it names a local entry, not a hub repo: the link points nowhere, or at itself
+        raise UsageError(
+            f"{model}: a symbolic link to nothing (its target is missing, or the links loop)",
+            "point at the model directory itself",
+        )
     if model != model.strip():
         # The error line collapses whitespace: `' m'` would read as "m: no such file" beside an existing m.
         raise UsageError(

@@ -4,6 +4,8 @@ objects only; nothing is measured here."""
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -155,6 +157,67 @@ def check_output_path(path: str, flag: str) -> Path:
     if not existed:
         target.unlink(missing_ok=True)
     return target
+
+
+def _stat(path: str | Path) -> os.stat_result | None:
+    try:
+        return os.stat(Path(path).expanduser())
+    except (OSError, ValueError, RuntimeError):  # missing, a loop, a NUL, `~nouser`: nothing to collide with
+        return None
+
+
+# What transformers reads from a model directory (config, weights, tokenizer, remote code): a report written
+# over one of these destroys the model; a report.md or verify.xml beside the weights is fine.
+MODEL_FILE_SUFFIXES = {".json", ".safetensors", ".bin", ".pt", ".pth", ".model", ".py", ".txt", ".tiktoken"}
+
+
+def _model_dir(model: str | None) -> str | None:
+    """Return the local directory a model is read from (a config.json path reads its directory), or None."""
+    st = _stat(model) if model else None
+    if model is None or st is None:
+        return None
+    path = Path(model).expanduser()
+    return os.path.realpath(path if stat.S_ISDIR(st.st_mode) else path.parent)
+
+
+def check_outputs_apart(
+    outputs: dict[str, str | None], reads: list[str | None], model: str | None, json_: bool
+) -> None:
+    """Raise a UsageError (exit 2, before any work) when a report file would overwrite something it should not:
+    another report of the same run (`--csv r.md --markdown r.md` kept only the last), a file the run reads
+    (`reads`: the --text, preset files; and the model's config, weights and tokenizer files: `--junit
+    m/config.json` destroyed the model), or, with --json, the standard output (`--junit /dev/stdout` put XML
+    beside the JSON). Character devices (/dev/null) are sinks, never collisions."""
+    seen: dict[tuple[int, int] | str, str] = {}
+    stdout = None
+    with contextlib.suppress(OSError, ValueError):
+        stdout = os.fstat(1)
+    home = _model_dir(model)
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        real = os.path.realpath(Path(path).expanduser())
+        st = _stat(path)
+        if json_ and st is not None and stdout is not None and (st.st_dev, st.st_ino) == (stdout.st_dev, stdout.st_ino):
+            raise UsageError(
+                f"{flag} {path} is the standard output, where --json prints its one object",
+                f"give {flag} a file, or leave --json out",
+            )
+        if st is not None and stat.S_ISCHR(st.st_mode):
+            continue
+        key: tuple[int, int] | str = (st.st_dev, st.st_ino) if st is not None else real
+        if key in seen:
+            raise UsageError(f"{seen[key]} and {flag} name the same file {path}", "give each report its own file")
+        seen[key] = flag
+        if st is None:
+            continue  # a new file overwrites nothing the run reads
+        for given in reads:
+            source = _stat(given) if given else None
+            if source is not None and (source.st_dev, source.st_ino) == key:
+                raise UsageError(f"{flag} {path} would overwrite {given}, which this run reads", "write it elsewhere")
+        of_model = home is not None and os.path.commonpath([home, real]) == home
+        if of_model and Path(real).suffix.lower() in MODEL_FILE_SUFFIXES:
+            raise UsageError(f"{flag} {path} would overwrite a file of the model {model}", "write the report elsewhere")
 
 
 @contextlib.contextmanager

@@ -328,6 +328,11 @@ def _check_flags(opts: EstimateOptions) -> None:
         )
     if opts.kv_dtype is not None and opts.context is None:
         raise UsageError("--kv-dtype sizes the KV cache: add --context", "e.g. --context 8192 --kv-dtype float16")
+    if opts.batch != defaults.batch and opts.context is None and not opts.train:
+        # without a context there is no KV cache and no activations: only the report's batch_size changed
+        raise UsageError(
+            f"--batch {opts.batch} multiplies the KV cache: add --context", "e.g. --context 8192 --batch 4"
+        )
 
 
 def _host_memory_read(opts: EstimateOptions) -> bool:
@@ -373,6 +378,25 @@ def _set_limits(spec: ModelSpec, req: PlanRequest, plan: Plan) -> None:
     plan.max_batch_size = max_batch(spec, req, layout)
 
 
+def _check_dtype(dtype: str | None, fmt: Format | None, preset: Preset | None, opts: EstimateOptions) -> None:
+    """Refuse a --dtype that would change nothing or contradict the precision (it was dropped silently):
+    a 16/32-bit --bits is already the dtype of every tensor, and --params has no unquantized modules to
+    give a dtype to unless the preset itself is unquantized."""
+    if dtype is None:
+        return
+    if fmt is not None and fmt.kind == "dense" and fmt.dtype != dtype:
+        raise UsageError(
+            f"--dtype {dtype} contradicts --bits {opts.bits}, which loads every tensor in {fmt.dtype}",
+            f"give one of them: --bits {DENSE_PRESET.get(dtype, dtype)} alone says {dtype}",
+        )
+    dense_preset = preset is not None and preset.quantization is None
+    if opts.model is None and not dense_preset and not (fmt is not None and fmt.kind == "dense"):
+        raise UsageError(
+            "--dtype sets the dtype of the modules that stay unquantized, and --params has no modules to tell apart",
+            "give a MODEL to plan them, or leave --dtype out",
+        )
+
+
 def run_estimate(opts: EstimateOptions) -> EstimateReport:
     """Return the estimate report for the options of `qcli estimate`."""
     _check_flags(opts)
@@ -384,8 +408,11 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
     preset: Preset | None = load_preset(opts.preset, opts.sets) if opts.preset else None
     fmt: Format | None = parse_format(opts.bits, opts.double_quant) if opts.bits else None
     dtype_flag = parse_load_dtype(opts.dtype, "--dtype")
+    _check_dtype(dtype_flag, fmt, preset, opts)
     kv_dtype = parse_load_dtype(opts.kv_dtype, "--kv-dtype")
     cuda_context, context_source = parse_cuda_context(opts.cuda_context)
+    if cuda_context is not None and not opts.gpus:  # checked after the file: its own errors say more
+        raise UsageError("--cuda-context is part of the fit on a GPU: add --gpu", "e.g. --gpu T4 --cuda-context 600MiB")
     cpu_memory = parse_capacity(opts.cpu_memory, "--cpu-memory") if opts.cpu_memory is not None else None
     budgets = parse_max_memory(opts.max_memory, opts.device_map)
     if budgets is not None and "cpu" in budgets:

@@ -216,6 +216,12 @@ def preset_key(name_or_path: str) -> str:
         return str(path.absolute())
 
 
+def preset_file(name_or_path: str | None) -> str | None:
+    """Return the YAML file a preset argument names, or None for a built-in name (or no preset)."""
+    path = _as_path(name_or_path) if name_or_path else None
+    return str(path) if path is not None else None
+
+
 def _read(name_or_path: str) -> tuple[str, str]:
     """Return (source label, YAML text) for a preset name or a path to a YAML file."""
     path = _as_path(name_or_path)

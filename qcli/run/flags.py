@@ -121,7 +121,7 @@ def resolve_device(device: str) -> str:
         return "cuda:0" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         return "cpu"
-    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    match = re.fullmatch(r"cuda(?::([0-9]{1,4}))?", device)  # ASCII digits: int() also reads "٣" and "３"
     if not match:
         raise UsageError(f"--device {device!r} is not a device", "use auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():

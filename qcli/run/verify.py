@@ -73,6 +73,12 @@ def parse_tolerance(text: str) -> float:
         raise UsageError(f"--tolerance {text!r} is not a percentage", "e.g. --tolerance 5%") from None
     if not 0 <= value < 1000:
         raise UsageError(f"--tolerance {text!r} is out of range")
+    if 0 < value < 1 and not text.strip().endswith("%"):
+        # --margin takes a fraction (0.05 = 5%) and this flag a percentage: a bare 0.05 is a guess either way
+        raise UsageError(
+            f"--tolerance {text!r} is ambiguous: a fraction or a percentage?",
+            f"write the percent sign: --tolerance {value * 100:g}% or --tolerance {value:g}%",
+        )
     return value
 
 
