@@ -56,6 +56,15 @@ class Terminated(BaseException):
     exit_code = ExitCode.TERMINATED
 
 
+class StdoutClosed(QcliError):
+    """stdout is closed (`qcli … >&-` leaves Python's sys.stdout None): the result has nowhere to go. Exit 1."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "stdout is closed: there is nowhere to print the result", "redirect it to a file or /dev/null instead"
+        )
+
+
 class HubError(UsageError):
     """The hub did not give a file of a repo; each subclass is one cause, worded by the CLI's error table."""
 

@@ -81,6 +81,14 @@ def test_an_output_that_cannot_be_written_is_a_failed_run_not_a_bug(redirect, ne
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("args", ["--help", "estimate --help", "--version"])
+def test_help_with_stdout_closed_is_a_failed_run(args):
+    cmd = f"{sys.executable} -m qcli {args} >&-"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert proc.returncode == 1 and "stdout is closed" in proc.stderr  # was exit 0, the help printed into nothing
+
+
 def test_bad_input_with_stderr_closed_is_still_exit_2():
     proc = _run_with("--bits 3 2>&-")
     assert proc.returncode == 2

@@ -651,6 +651,11 @@ CASES: list[Case] = [
     case("flags-cuda-context-without-gpu", "estimate", "m", "--preset", "bf16", "--cuda-context", "900MiB", setup=M, err_has=("--cuda-context", "--gpu")),
     case("flags-device-arabic-digit", "load", *DEMO, "--device", "cuda:٠", err_has="not a device"),
     case("numbers-tolerance-bare-fraction", "verify", *DEMO, "--tolerance", "0.05", err_has=("--tolerance", "5%")),
+    case("flags-revision-with-params", "estimate", "--params", "8b", "--revision", "main", err_has=("--revision", "--params")),
+    case("flags-token-with-params", "estimate", "--params", "8b", "--token", "hf_abcdefgh", err_has=("--token", "--params")),
+    case("markup-preset-name-bidi-override", "presets", "show", "qlora", "--set", "name=a\u202eb", err_has=("bidirectional", "\\u202e")),
+    case("markup-preset-file-name-bidi-isolate", "estimate", "--params", "8b", "--preset", "p.yaml", setup=write("p.yaml", 'name: "x\\u2067y"\ndescription: hostile\ndtype: bfloat16\n'), err_has="bidirectional"),
+    case("markup-preset-name-zwj-emoji-control", "presets", "show", "qlora", "--set", "name=👩\u200d💻", code=0, out_has="👩\u200d💻"),
 ]
 # fmt: on
 

@@ -23,7 +23,7 @@ import typer
 from typer.core import TyperCommand
 
 from qcli.cli._errors import outcome_of
-from qcli.errors import ExitCode, Terminated, UsageError, debug_enabled
+from qcli.errors import ExitCode, StdoutClosed, Terminated, UsageError, debug_enabled
 
 # command name -> the module that defines it, in the order `qcli --help` lists them. Each module has a
 # function of the same name (or, for a group, a Typer app named `app`) and an EPILOG of examples.
@@ -226,6 +226,8 @@ def _run(args: list[str]) -> int:
         os.environ["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
     try:
         _check_utf8(args)
+        if sys.stdout is None and set(args) & {"-h", "--help", "--version"}:
+            raise StdoutClosed()  # Click would print the help into nothing and exit 0
         result = build_app(_commands_for(args))(args=args, prog_name="qcli", standalone_mode=False)
         return int(result) if isinstance(result, int) else int(ExitCode.OK)
     except (Exception, KeyboardInterrupt, Terminated) as exc:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TextIO
 from pydantic import BaseModel
 from rich.console import Console
 
-from qcli.errors import QcliError
+from qcli.errors import StdoutClosed
 
 if TYPE_CHECKING:
     pass
@@ -39,9 +39,7 @@ def console(stderr: bool = False) -> Console:
 def _stdout() -> TextIO:
     """Return sys.stdout, or raise when it is closed (`qcli … >&-` leaves Python's sys.stdout None)."""
     if sys.stdout is None:
-        raise QcliError(
-            "stdout is closed: there is nowhere to print the result", "redirect it to a file or /dev/null instead"
-        )
+        raise StdoutClosed()
     return sys.stdout
 
 

@@ -291,6 +291,10 @@ def _check_flags(opts: EstimateOptions) -> None:
         raise UsageError("give a MODEL (a directory, config.json, hub id or demo) or --params (e.g. --params 8b)")
     if opts.params is not None and opts.model is not None:
         raise UsageError("give either a MODEL or --params, not both")
+    hub = [f for f, v in (("--revision", opts.revision), ("--token", opts.token)) if v is not None]
+    if hub and opts.params is not None:
+        verb = "read" if len(hub) > 1 else "reads"
+        raise UsageError(f"{' and '.join(hub)} {verb} a model from the hub: --params has none", "give a MODEL instead")
     if opts.preset and opts.bits:
         raise UsageError("give either --preset or --bits, not both")
     if opts.double_quant and not opts.bits:

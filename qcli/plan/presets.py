@@ -34,6 +34,10 @@ StorageDtype = Literal["uint8", "int8", "float16", "bfloat16", "float32"]
 # transformers matches each llm_int8_skip_modules entry with re.match against every module name, so a
 # pattern such as `(a+)+!` backtracks for hours. Entries are module names (or dotted fragments of them):
 # letters, digits, `_`, `-` and `.`, which as a regex matches in linear time.
+# Unicode's bidirectional-text controls (embeddings, overrides, isolates, marks): a name holding one reorders
+# the text printed after it ("Trojan Source"). Zero-width joiners and other format characters stay allowed
+# (emoji sequences).
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
 
 
@@ -128,6 +132,8 @@ class Preset(BaseModel):
             raise ValueError("is blank: give the preset a name")
         if any(unicodedata.category(c) in {"Cc", "Zl", "Zp"} for c in name):
             raise ValueError("holds control characters (a tab, newline or NUL): give a plain name")
+        if any(c in BIDI_CONTROLS for c in name):  # would reorder the text around the name in every report
+            raise ValueError("holds a bidirectional-text control (U+202E and kin): give a plain name")
         return name
 
     def weight_format(self, dtype: str | None = None) -> Format:
@@ -333,7 +339,8 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Preset
         data["name"] = f"{data['name']} (--set)"  # no longer the preset its name promises: reports say so
     if overrides:
         # What the errors and reports name: the file and the overrides (a value may come from either).
-        source = f"{source} with --set {', '.join(overrides)}"
+        shown = ", ".join(o if o.isprintable() else o.encode("unicode_escape").decode("ascii") for o in overrides)
+        source = f"{source} with --set {shown}"  # escaped where a value holds what would garble the line
     try:
         preset = Preset.model_validate(data, context={"preset": True})
     except ValidationError as exc:
