@@ -149,7 +149,7 @@ def main() -> int:
         "use, PyYAML for a preset or the GPU catalog, rich rendering the tables. qcli registers only the",
         "command being run (qcli/cli/app.py), every command module imports its view, planner and loading",
         "side inside the command (so `qcli --help` imports neither rich nor the planner and builds no option",
-        "of `estimate`: 0.17x of torch before, 0.08x now), `estimate` defines only its own result models",
+        "of `estimate`: 0.17x of torch before, the --help row now), `estimate` defines only its own result models",
         "(qcli.results.plan), pydantic models build their validators on first use (`defer_build`),",
         "PyYAML is imported only when a YAML file is read, pydantic's plugin scan is off in the CLI, and the",
         "longest context and largest batch that fit are found with about ten plans (regula falsi on the",
