@@ -24,6 +24,8 @@ typed errors; file_download.py `get_hf_file_metadata` reads `X-Repo-Commit`, `ET
   Also `CODED_ERRORS` (an HTTP error with the hub's X-Error-Code, or none), `HEADER_FAULTS` (a good answer
   with a weak ETag, no ETag, or an X-Repo-Commit that is no sha), `relative` (a 302 to a relative Location
   that serves the same file) and `slow-head` (the HEAD answers after 30 s).
+- A repo's other commits (`Repo.history`, each with its own files) are served at their sha; `move_after`
+  moves main to one of them once a given file (or the tree listing) has been sent: a push between requests.
 - A revoked token (`REVOKED_TOKEN`) gets 401 "Invalid credentials in Authorization header" on every route;
   a short sha (7 or more hex digits) names its commit, as on the real hub.
 
@@ -83,6 +85,12 @@ class Repo:
     branches: dict[str, str] = field(default_factory=dict)
     # file name -> stall | 429 | short | loop | 404 | 500 | html | away
     faults: dict[str, str] = field(default_factory=dict)
+    # other commits of the repo: sha -> its files (`files` are the files of `sha`); a revision at one of them
+    # is answered with its files, as the real hub answers any commit of a repo's history
+    history: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    # (file, commit): once a GET of that file (`@tree`: the tree listing) is answered, main moves to that
+    # commit, as when someone pushes between two of a client's requests
+    move_after: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         digest = hashlib.sha1()
@@ -96,12 +104,22 @@ class Repo:
         digits of a commit, as the real hub resolves a short sha), None if none."""
         if rev in self.branches:
             return self.branches[rev]
-        if rev == self.sha or rev in self.branches.values():  # any commit a branch is at: files at a full sha
+        if rev == self.sha or rev in self.branches.values() or rev in self.history:  # files at a full sha
             return rev
         if re.fullmatch(r"[0-9a-f]{7,39}", rev):
-            matches = {c for c in {self.sha, *self.branches.values()} if c.startswith(rev)}
+            matches = {c for c in {self.sha, *self.branches.values(), *self.history} if c.startswith(rev)}
             return matches.pop() if len(matches) == 1 else None
         return None
+
+    def files_at(self, commit: str) -> dict[str, bytes]:
+        """Return the files of a commit `commit()` resolved."""
+        return self.history.get(commit, self.files) if commit != self.sha else self.files
+
+    def answered(self, filename: str) -> None:
+        """A GET of `filename` was answered: move main when `move_after` says so (once)."""
+        if self.move_after is not None and self.move_after[0] == filename:
+            self.branches["main"] = self.move_after[1]
+            self.move_after = None
 
 
 @dataclass
@@ -141,9 +159,10 @@ class HubServer:
         self.repos = repos
         self.blobs: dict[str, bytes] = {}  # sha256 -> content, served by the CDN
         for repo in repos.values():
-            for name, data in repo.files.items():
-                if name.endswith(LFS_SUFFIXES):
-                    self.blobs[hashlib.sha256(data).hexdigest()] = data
+            for files in (repo.files, *repo.history.values()):
+                for name, data in files.items():
+                    if name.endswith(LFS_SUFFIXES):
+                        self.blobs[hashlib.sha256(data).hexdigest()] = data
         self.log: list[Request] = []
         self._lock = threading.Lock()
         self._hub = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, "hub"))
@@ -301,7 +320,7 @@ def _handler(server: HubServer, host: str) -> type[BaseHTTPRequestHandler]:
                 "gated": "auto" if repo.access == "gated" else False,
                 "disabled": False,
                 "library_name": "transformers",
-                "siblings": [{"rfilename": name} for name in sorted(repo.files)],
+                "siblings": [{"rfilename": name} for name in sorted(repo.files_at(commit))],
             }
             self._send(200, {"Content-Type": "application/json"}, json.dumps(info).encode(), head)
 
@@ -310,17 +329,21 @@ def _handler(server: HubServer, host: str) -> type[BaseHTTPRequestHandler]:
             repo = self._access(repo_id, head)
             if repo is None:
                 return
-            if repo.commit(rev) is None:
+            commit = repo.commit(rev)
+            if commit is None:
                 self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}", head)
                 return
             entries = []
-            for name in sorted(repo.files):
-                data = repo.files[name]
+            files = repo.files_at(commit)
+            for name in sorted(files):
+                data = files[name]
                 entry = {"type": "file", "path": name, "size": len(data), "oid": git_blob_sha1(data)}
                 if name.endswith(LFS_SUFFIXES):
                     entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
                 entries.append(entry)
             self._send(200, {"Content-Type": "application/json"}, json.dumps(entries).encode(), head)
+            if not head:
+                repo.answered("@tree")
 
         def _resolve(self, repo_id: str, rev: str, filename: str, head: bool) -> None:
             repo = self._access(repo_id, head)
@@ -330,7 +353,7 @@ def _handler(server: HubServer, host: str) -> type[BaseHTTPRequestHandler]:
             if commit is None:
                 self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}", head)
                 return
-            data = repo.files.get(filename)
+            data = repo.files_at(commit).get(filename)
             if data is None:
                 self._error(404, "EntryNotFound", "Entry not found", head, **{"X-Repo-Commit": commit})
                 return
@@ -354,6 +377,8 @@ def _handler(server: HubServer, host: str) -> type[BaseHTTPRequestHandler]:
                 self._send(302, headers, b"", head)
                 return
             self._body(data, headers, head)
+            if not head:
+                repo.answered(filename)
 
         def _fault(self, fault: str | None, data: bytes, head: bool) -> bool:
             """Answer a file's fault (see the module's docstring); False when it has none for this request."""

@@ -566,3 +566,34 @@ def test_cache_reads_agree_with_huggingface_hub(cli, hub: HubServer, hub_repos):
         ours = cached_file("acme/tiny-llama", "config.json", rev)
         assert (str(ours) if ours else None) == (theirs if isinstance(theirs, str) else None)
     assert cached_file("acme/tiny-llama", "config.json", "main") is not None
+
+
+def test_a_branch_that_moves_between_requests_is_read_at_one_commit(cli, hub_repos, monkeypatch, tmp_path):
+    """main moves to another commit right after config.json is sent (a push between two requests): the
+    safetensors are read at the commit config.json came from, not at whatever main is by then. (hf-mem asks
+    for every file at `main`: moved after its tree listing, it asks for a model.safetensors that is gone.)"""
+    config = hub_repos["acme/tiny-llama"].files["config.json"]
+    f32 = {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}
+    bf16 = {"w": {"dtype": "BF16", "shape": [4], "data_offsets": [0, 8]}}
+
+    def st(header: dict, data: int) -> bytes:
+        raw = json.dumps(header).encode()
+        return struct.pack("<Q", len(raw)) + raw + bytes(data)
+
+    later = "b" * 40
+    moved = {"config.json": config, "model.safetensors.index.json": b'{"weight_map": {"w": "s1.safetensors"}}'}
+    repo = Repo(
+        {"config.json": config, "model.safetensors": st(f32, 16)},
+        history={later: {**moved, "s1.safetensors": st(bf16, 8)}},
+        move_after=("config.json", later),
+    )
+    with HubServer({"acme/pushed": repo}) as server:
+        point_hub_at(monkeypatch, server.url, tmp_path / "hf-home")
+        monkeypatch.setenv("QCLI_CACHE", str(tmp_path / "qcli-cache"))
+        r = cli("estimate", "acme/pushed", "--json")
+        assert r.code == 0, r.err
+        assert repo.branches["main"] == later  # it did move
+        assert commit_of(r.json()) == repo.sha and stored_of(r.json()) == {"F32": 16}
+        r = cli("estimate", "acme/pushed", "--json")  # the next run reads the new commit, whole
+        assert r.code == 0, r.err
+        assert commit_of(r.json()) == later and stored_of(r.json()) == {"BF16": 8}
