@@ -154,21 +154,39 @@ def test_kv_cache_agrees_with_hf_mem_for_full_attention(cli, hf_mem, hub: HubSer
 # -- repo shapes beyond the tiny Llama: both readers against a second loopback hub -------------------------
 
 
-def _st(tensors: dict[str, tuple[str, list[int]]], metadata: dict[str, str] | None = None) -> bytes:
-    """A safetensors file of zeros: name -> (dtype, shape), laid out in order; `__metadata__` when given."""
+def _st(tensors: dict[str, tuple[str, list[int]]], metadata: dict | None = None, header_bytes: int = 0) -> bytes:
+    """A safetensors file of zeros: name -> (dtype, shape), laid out in order; `__metadata__` when given; the
+    JSON header padded with spaces to `header_bytes` when given (sub-byte dtypes rounded up, as no saver does)."""
     import struct
     from math import prod
 
-    from qcli.model.safetensors_header import DTYPE_BYTES
+    from qcli.model.safetensors_header import DTYPE_BITS
 
     header: dict = {} if metadata is None else {"__metadata__": metadata}
     at = 0
     for name, (dtype, shape) in tensors.items():
-        n = prod(shape) * DTYPE_BYTES[dtype]
+        n = -(-prod(shape) * DTYPE_BITS[dtype] // 8)
         header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [at, at + n]}
         at += n
     raw = json.dumps(header).encode()
+    raw += b" " * max(0, header_bytes - len(raw))
     return struct.pack("<Q", len(raw)) + raw + bytes(at)
+
+
+def _index(weight_map: dict[str, str], total_size: object = None) -> bytes:
+    data: dict = {"weight_map": weight_map}
+    if total_size is not None:
+        data["metadata"] = {"total_size": total_size}
+    return json.dumps(data).encode()
+
+
+def loaded_files(repo: hubserver.Repo) -> hubserver.Repo:
+    """The repo's files transformers loads: model.safetensors, else the shards its index lists."""
+    files = repo.files
+    if "model.safetensors" in files:
+        return hubserver.Repo({"model.safetensors": files["model.safetensors"]})
+    shards = set(json.loads(files["model.safetensors.index.json"])["weight_map"].values())
+    return hubserver.Repo({n: d for n, d in files.items() if n in shards})
 
 
 def _shape_repos(config: bytes) -> dict[str, hubserver.Repo]:
@@ -187,7 +205,87 @@ def _shape_repos(config: bytes) -> dict[str, hubserver.Repo]:
     int8 = {"w": ("I8", [64, 64]), "SCB": ("F32", [64]), "packed": ("U8", [2048, 1]), "absmax": ("F32", [32])}
     sub_map = {"a": "weights/s1.safetensors", "b": "weights/s2.safetensors"}
     twice = _st({"a.weight": ("BF16", [64, 64]), "b.weight": ("BF16", [64, 64]), "b.norm": ("F32", [64])})
+    many = {f"model-{i:05d}-of-00150.safetensors": _st({f"t{i}": ("BF16", [8])}) for i in range(1, 151)}
+    bnb = {
+        "q.weight": ("U8", [2048, 1]),
+        "q.weight.absmax": ("F32", [64]),
+        "q.weight.quant_map": ("F32", [16]),
+        "q.weight.quant_state.bitsandbytes__nf4": ("U8", [83]),
+        "norm.weight": ("BF16", [64]),
+    }
     return {
+        # bitsandbytes nf4 as transformers saves it: packed U8 weights and U8 quant_state entries beside F32
+        "shapes/bnb-quant-state": hubserver.Repo({**one, "model.safetensors": _st(bnb, {"format": "pt"})}),
+        # a shard holds a tensor its index does not list: transformers loads the shard, both count it
+        "shapes/shard-holds-more-than-its-index": hubserver.Repo(
+            {
+                **one,
+                "model.safetensors.index.json": _index({"a": "s1.safetensors"}),
+                "s1.safetensors": _st({"a": ("BF16", [8]), "extra": ("F32", [4])}),
+            }
+        ),
+        # model.safetensors and an index: transformers loads model.safetensors, the index's shards are ignored
+        "shapes/single-beside-an-index": hubserver.Repo(
+            {
+                **one,
+                "model.safetensors": _st({"w": ("BF16", [8])}),
+                "model.safetensors.index.json": _index({"a": "s1.safetensors"}),
+                "s1.safetensors": _st({"a": ("F32", [100])}),
+            }
+        ),
+        "shapes/150-shards": hubserver.Repo(
+            {**one, "model.safetensors.index.json": _index({f"t{i}": n for i, n in enumerate(many, 1)}), **many}
+        ),
+        # headers past the first Range request's 100,000 bytes: a second request reads the rest
+        "shapes/huge-header": hubserver.Repo(
+            {**one, "model.safetensors": _st({f"layers.{i}.weight": ("BF16", [2]) for i in range(4000)})}
+        ),
+        "shapes/header-of-100000-bytes": hubserver.Repo(
+            {**one, "model.safetensors": _st({"w": ("BF16", [8])}, header_bytes=100_000)}
+        ),
+        # the index's metadata.total_size is not what the shards hold: the headers are reported, with a note
+        "shapes/total-size-disagrees": hubserver.Repo(
+            {
+                **one,
+                "model.safetensors.index.json": _index({"a": "s1.safetensors"}, 999),
+                "s1.safetensors": _st({"a": ("BF16", [8])}),
+            }
+        ),
+        # dtypes hf-mem 0.5.6 does not know (types.py: "DTYPE=F4 NOT HANDLED"); safetensors 0.8 loads them
+        "shapes/sub-byte-and-complex": hubserver.Repo(
+            {
+                **one,
+                "model.safetensors": _st(
+                    {"a": ("F4", [4, 4]), "b": ("F6_E2M3", [4]), "c": ("C64", [2]), "d": ("F8_E4M3FNUZ", [3])}
+                ),
+            }
+        ),
+        # 15 F4 values are 60 bits: safetensors refuses the file ("does not end up at a byte boundary")
+        "shapes/f4-odd-count": hubserver.Repo({**one, "model.safetensors": _st({"a": ("F4", [3, 5])})}),
+        "shapes/gguf-only": hubserver.Repo({**one, "model-Q4_K_M.gguf": b"GGUF" + bytes(60)}),
+        "shapes/bin-only": hubserver.Repo({**one, "pytorch_model.bin": bytes(100)}),
+        "shapes/bin-sharded": hubserver.Repo(
+            {
+                **one,
+                "pytorch_model-00001-of-00002.bin": bytes(10),
+                "pytorch_model-00002-of-00002.bin": bytes(10),
+                "pytorch_model.bin.index.json": _index(
+                    {"a": "pytorch_model-00001-of-00002.bin", "b": "pytorch_model-00002-of-00002.bin"}, 1234
+                ),
+            }
+        ),
+        "shapes/config-in-a-subfolder": hubserver.Repo(
+            {"llm/config.json": config, "llm/model.safetensors": _st({"w": ("BF16", [8])}), "README.md": b"hi"}
+        ),
+        "shapes/lora-adapter": hubserver.Repo(
+            {
+                "adapter_config.json": json.dumps(
+                    {"base_model_name_or_path": "meta-llama/Llama-3.1-8B", "peft_type": "LORA", "r": 8}
+                ).encode(),
+                "adapter_model.safetensors": _st({"base_model.model.q_proj.lora_A.weight": ("F32", [8, 64])}),
+            }
+        ),
+        "shapes/gguf-without-config": hubserver.Repo({"tiny.Q4_0.gguf": b"GGUF" + bytes(60), "README.md": b"hi"}),
         "shapes/bool-mask": hubserver.Repo(
             {**one, "model.safetensors": _st({"m": ("BOOL", [10, 10]), "w": ("F16", [4])})}
         ),
@@ -231,14 +329,20 @@ def shapes_server(hub_repos) -> HubServer:
         "shapes/zero-elements",
         "shapes/consolidated-beside-shards",
         "shapes/shards-in-a-folder",
+        "shapes/bnb-quant-state",
+        "shapes/shard-holds-more-than-its-index",
+        "shapes/single-beside-an-index",
+        "shapes/150-shards",
+        "shapes/huge-header",
+        "shapes/header-of-100000-bytes",
+        "shapes/total-size-disagrees",
     ],
 )
 def test_stored_bytes_agree_with_hf_mem_across_repo_shapes(cli, shapes_server, monkeypatch, capsys, tmp_path, repo_id):
     """Per dtype and in all, both equal the data_offsets spans of the files transformers loads."""
     hubserver.point_hub_at(monkeypatch, shapes_server.url, tmp_path / "hf-home")
     monkeypatch.setenv("QCLI_CACHE", str(tmp_path / "qcli-cache"))
-    loaded = {n: d for n, d in shapes_server.repos[repo_id].files.items() if n != "consolidated.safetensors"}
-    truth = data_offsets_bytes(hubserver.Repo(loaded))
+    truth = data_offsets_bytes(loaded_files(shapes_server.repos[repo_id]))
 
     class LoopbackClient(httpx2.AsyncClient):
         def __init__(self, **kwargs) -> None:
@@ -267,6 +371,8 @@ def test_stored_bytes_agree_with_hf_mem_across_repo_shapes(cli, shapes_server, m
         # hf-mem merges the shards' headers by tensor name (`acc | m` in hf_mem/run.py), so a.weight, stored in
         # both shards, counts once (16,384 BF16 bytes): the files hold 24,576
         ("shapes/name-in-two-shards", {"BF16": 24_576, "F32": 512}),
+        # hf-mem 0.5.6 stops: "DTYPE=F4 NOT HANDLED" (nor F6_*, C64, the FNUZ float8s); 16 F4 values are 8 bytes
+        ("shapes/sub-byte-and-complex", {"F4": 8, "F6_E2M3": 3, "C64": 16, "F8_E4M3FNUZ": 3}),
     ],
 )
 def test_stored_bytes_where_hf_mem_is_wrong_are_the_data_offsets_spans(
@@ -278,3 +384,87 @@ def test_stored_bytes_where_hf_mem_is_wrong_are_the_data_offsets_spans(
     r = cli("estimate", repo_id, "--json")
     assert r.code == 0, r.err
     assert r.json()["model"]["stored_bytes_by_dtype"] == stored
+
+
+def _shapes_cli(cli, shapes_server: HubServer, monkeypatch, tmp_path, *args: str):
+    hubserver.point_hub_at(monkeypatch, shapes_server.url, tmp_path / "hf-home")
+    monkeypatch.setenv("QCLI_CACHE", str(tmp_path / "qcli-cache"))
+    return cli(*args)
+
+
+def test_a_sub_byte_tensor_that_ends_inside_a_byte_is_refused_as_safetensors_refuses_it(
+    cli, shapes_server, monkeypatch, tmp_path
+):
+    """15 F4 values are 60 bits; safetensors 0.8 will not open such a file, so transformers cannot load it (qcli
+    rounded it up to 8 bytes and went on)."""
+    from safetensors import SafetensorError, safe_open
+
+    data = shapes_server.repos["shapes/f4-odd-count"].files["model.safetensors"]
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "model.safetensors").write_bytes(data)
+    with pytest.raises(SafetensorError, match="byte boundary"):
+        safe_open(str(tmp_path / "local" / "model.safetensors"), "pt")
+    r = _shapes_cli(cli, shapes_server, monkeypatch, tmp_path, "estimate", "shapes/f4-odd-count")
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert "shape [3, 5] of F4 is 60 bits, not a whole number of bytes" in r.err
+    (tmp_path / "local" / "config.json").write_bytes(shapes_server.repos["shapes/f4-odd-count"].files["config.json"])
+    local = cli("estimate", str(tmp_path / "local"))
+    assert local.code == 2 and "60 bits" in local.err, local.err
+
+
+@pytest.mark.parametrize(
+    ("repo_id", "needles"),
+    [
+        # hf-mem sums the GGUF file's tensors instead; transformers would not load it without gguf_file=…
+        ("shapes/gguf-only", ("GGUF weights (model-Q4_K_M.gguf)", "gguf_file=")),
+        # hf-mem refuses both: "NONE OF `model.safetensors`, … FILES HAVE BEEN FOUND"
+        ("shapes/bin-only", ("PyTorch .bin weights (pytorch_model.bin)", "100 bytes on the hub")),
+        ("shapes/bin-sharded", ("pytorch_model-00001-of-00002.bin", "metadata.total_size 1,234 bytes")),
+    ],
+)
+def test_a_repo_without_safetensors_says_what_weights_it_has(
+    cli, shapes_server, monkeypatch, tmp_path, repo_id, needles
+):
+    r = _shapes_cli(cli, shapes_server, monkeypatch, tmp_path, "estimate", repo_id, "--json")
+    assert r.code == 0, r.err
+    data = r.json()
+    assert data["model"]["stored_bytes"] is None and data["model"]["stored_bytes_by_dtype"] is None
+    (note,) = [n for n in data["notes"] if n.startswith("stored bytes unknown")]
+    assert all(needle in note for needle in needles), note
+    assert shapes_server.weight_downloads() == []
+
+
+@pytest.mark.parametrize(
+    ("repo_id", "needles"),
+    [
+        ("shapes/config-in-a-subfolder", ("it has llm/config.json in a subfolder", "--include 'llm/*'", "DIR/llm")),
+        ("shapes/lora-adapter", ("PEFT LORA adapter, not a model", "'meta-llama/Llama-3.1-8B'")),
+        ("shapes/gguf-without-config", ("it holds GGUF files (tiny.Q4_0.gguf)", "gguf_file=")),
+    ],
+)
+def test_a_repo_without_a_config_says_what_it_holds(cli, shapes_server, monkeypatch, tmp_path, repo_id, needles):
+    """hf-mem says "NONE OF `model.safetensors`, … FILES HAVE BEEN FOUND" for the first two and sums the GGUF."""
+    r = _shapes_cli(cli, shapes_server, monkeypatch, tmp_path, "estimate", repo_id)
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert f"{repo_id} has no config.json at revision main; " in r.err
+    assert all(needle in r.err for needle in needles), r.err
+    assert "Traceback" not in r.err
+
+
+def test_an_index_total_size_that_disagrees_with_the_headers_is_noted(cli, shapes_server, monkeypatch, tmp_path):
+    """Both readers report the headers' 16 bytes (hf-mem never reads total_size); qcli says the index differs,
+    from the hub, from a warm run's record, and from a local copy."""
+    for _ in range(2):
+        r = _shapes_cli(cli, shapes_server, monkeypatch, tmp_path, "estimate", "shapes/total-size-disagrees", "--json")
+        assert r.code == 0, r.err
+        assert r.json()["model"]["stored_bytes"] == 16
+        assert any("metadata.total_size 999 bytes; the shards' headers hold 16" in n for n in r.json()["notes"])
+    local = tmp_path / "local"
+    local.mkdir()
+    for name, data in shapes_server.repos["shapes/total-size-disagrees"].files.items():
+        (local / name).write_bytes(data)
+    r = cli("estimate", str(local), "--json")
+    assert r.code == 0, r.err
+    assert any("metadata.total_size 999 bytes" in n for n in r.json()["notes"])
+    (local / "model.safetensors.index.json").write_bytes(_index({"a": "s1.safetensors"}, 16))
+    assert not any("total_size" in n for n in cli("estimate", str(local), "--json").json()["notes"])

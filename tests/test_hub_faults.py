@@ -401,7 +401,11 @@ def test_a_damaged_record_of_the_headers_is_read_again_from_the_hub(faulty, dama
     record.write_text(damage)
     assert _stored(qcli("estimate", "odd/single-and-consolidated", "--json")) == first == {"F32": 16}
     # written anew
-    assert json.loads(record.read_text()) == {"stored_bytes_by_dtype": first, "non_float_weight": None}
+    assert json.loads(record.read_text()) == {
+        "stored_bytes_by_dtype": first,
+        "non_float_weight": None,
+        "index_total_size": None,
+    }
 
 
 def test_a_qcli_cache_that_cannot_be_written_costs_only_the_record(faulty, tmp_path):

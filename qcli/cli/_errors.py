@@ -136,8 +136,10 @@ def _hub(exc: BaseException) -> Outcome:
             f"{repo} has no {file} at revision {rev}, which its safetensors index lists",
             "the checkpoint on the hub is incomplete: tell the repo's owners",
         )
-    if isinstance(exc, HubFileMissing):
-        return Outcome(code, f"{repo} has no {file} at revision {rev}", "is it a transformers model?")
+    if isinstance(exc, HubFileMissing):  # detail and hint: what the repo holds instead, when it was listed
+        instead = f"; {exc.detail}" if exc.detail else ""
+        hint = exc.hint or "is it a transformers model?"
+        return Outcome(code, f"{repo} has no {file} at revision {rev}{instead}", hint)
     return _qcli(exc)
 
 

@@ -541,6 +541,8 @@ class StoredHeaders:
 
     bytes_by_dtype: dict[str, int]
     non_float_weight: tuple[str, str, str] | None = None
+    # the index's metadata.total_size (None: no index, or it gives none): a note when it disagrees
+    index_total_size: int | None = None
 
 
 def stored_bytes(
@@ -576,7 +578,8 @@ def stored_bytes(
     rev = revision or commit
     where = f"{repo_id} at {rev}"
     try:
-        headers = _bounded(lambda: _remote_headers(repo_id, commit, token, where), _deadline(3))
+        declared: list[int | None] = [None]
+        headers = _bounded(lambda: _remote_headers(repo_id, commit, token, where, declared), _deadline(3))
     except SafetensorsError:
         raise
     except _failures() as exc:
@@ -596,7 +599,7 @@ def stored_bytes(
         raise
     if headers is None:
         return None
-    found = _summed(headers)
+    found = _summed(headers, declared[0])
     _write_record(record, found)
     return found
 
@@ -605,10 +608,11 @@ _FIRST_BYTES = 100_000  # read with the header length, as huggingface_hub does: 
 
 
 def _remote_headers(
-    repo_id: str, commit: str, token: str | None, where: str
+    repo_id: str, commit: str, token: str | None, where: str, declared: list[int | None]
 ) -> dict[str, dict[str, tuple[str, tuple[int, ...], int]]] | None:
     """Return {file: checked header entries} of the safetensors transformers loads from the repo at `commit`
-    (model.safetensors, else the index's shards, 8 at a time); None when the repo has neither file."""
+    (model.safetensors, else the index's shards, 8 at a time); None when the repo has neither file. The
+    index's metadata.total_size, if any, is put in `declared[0]`."""
     from concurrent.futures import ThreadPoolExecutor
 
     from huggingface_hub import errors, hf_hub_download
@@ -617,6 +621,7 @@ def _remote_headers(
         INDEX_NAME,
         SINGLE_NAME,
         check_index_covered,
+        declared_total_size,
         read_index,
         shard_names,
     )
@@ -637,6 +642,7 @@ def _remote_headers(
     headers = {name: futures[name].result() for name in names}  # the first failure in name order is raised
     weight_map = data["weight_map"]  # type: ignore[index]  # checked by shard_names
     check_index_covered(shown, weight_map, {name for entries in headers.values() for name in entries})
+    declared[0] = declared_total_size(data)
     return headers
 
 
@@ -707,7 +713,9 @@ def _content_length(response: object) -> int | None:
     return int(value) if value.isascii() and value.isdigit() and len(value) <= 20 else None
 
 
-def _summed(headers: dict[str, dict[str, tuple[str, tuple[int, ...], int]]]) -> StoredHeaders:
+def _summed(
+    headers: dict[str, dict[str, tuple[str, tuple[int, ...], int]]], index_total_size: int | None = None
+) -> StoredHeaders:
     """Return the bytes per dtype of the files' headers and their first integer or boolean `*.weight`."""
     from qcli.model.safetensors_header import non_float_weight
 
@@ -715,13 +723,20 @@ def _summed(headers: dict[str, dict[str, tuple[str, tuple[int, ...], int]]]) -> 
     for entries in headers.values():
         for dtype, _, nbytes in entries.values():
             totals[dtype] = totals.get(dtype, 0) + nbytes
-    return StoredHeaders(totals, non_float_weight(headers))
+    return StoredHeaders(totals, non_float_weight(headers), index_total_size)
 
 
 def _from_snapshot(repo_id: str, commit: str) -> StoredHeaders | None:
     """Return what the headers of a snapshot the hub cache holds whole (`hf download`, an earlier load) say,
     read as a local model's files are; None when the files transformers loads are not all there."""
-    from qcli.model.safetensors_header import checkpoint_files, read_header
+    from qcli.model.safetensors_header import (
+        INDEX_NAME,
+        SINGLE_NAME,
+        checkpoint_files,
+        declared_total_size,
+        read_header,
+        read_index,
+    )
     from qcli.model.safetensors_header import stored_bytes as local_stored_bytes
 
     config = cached_file(repo_id, "config.json", commit)
@@ -736,7 +751,10 @@ def _from_snapshot(repo_id: str, commit: str) -> StoredHeaders | None:
     totals = local_stored_bytes(config.parent)
     if totals is None:
         return None
-    return StoredHeaders(totals, _summed({f.name: read_header(f) for f in files}).non_float_weight)
+    declared = None
+    if files[0].name != SINGLE_NAME:
+        declared = declared_total_size(read_index(config.parent / INDEX_NAME))
+    return StoredHeaders(totals, _summed({f.name: read_header(f) for f in files}).non_float_weight, declared)
 
 
 def _read_record(record: Path, offline: bool = False) -> StoredHeaders | None:
@@ -752,13 +770,15 @@ def _read_record(record: Path, offline: bool = False) -> StoredHeaders | None:
         isinstance(k, str) and type(v) is int and v >= 0 for k, v in totals.items()
     ):
         return None
+    declared = data.get("index_total_size")
+    declared = declared if type(declared) is int and declared >= 0 else None
     if "non_float_weight" not in data:
-        return StoredHeaders(totals) if offline else None
+        return StoredHeaders(totals, None, declared) if offline else None
     found = data["non_float_weight"]
     if found is None:
-        return StoredHeaders(totals)
+        return StoredHeaders(totals, None, declared)
     if isinstance(found, list) and len(found) == 3 and all(isinstance(x, str) for x in found):
-        return StoredHeaders(totals, (found[0], found[1], found[2]))
+        return StoredHeaders(totals, (found[0], found[1], found[2]), declared)
     return None
 
 
@@ -766,7 +786,11 @@ def _write_record(record: Path, found: StoredHeaders) -> None:
     """Record the figures for the next run; a cache that cannot be written only costs that run the requests."""
     import os
 
-    data = {"stored_bytes_by_dtype": found.bytes_by_dtype, "non_float_weight": found.non_float_weight}
+    data = {
+        "stored_bytes_by_dtype": found.bytes_by_dtype,
+        "non_float_weight": found.non_float_weight,
+        "index_total_size": found.index_total_size,
+    }
     partial = record.with_suffix(f".{os.getpid()}.partial")
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
@@ -807,3 +831,112 @@ def _requested_file(exc: BaseException) -> str | None:
         return None
     _, sep, rest = path.partition("/resolve/")
     return unquote(rest.split("/", 1)[1]) if sep and "/" in rest else None
+
+
+def list_files(repo_id: str, revision: str, token: str | None) -> dict[str, int] | None:
+    """Return {path: size in bytes} of every file of the repo at `revision` (the hub's tree listing, one
+    request per page); None when that cannot be known (offline, no answer, refused, too slow). Asked only to
+    explain a failure or a repo with no safetensors, so its cost (importing HfApi, ~48 ms) is only paid then."""
+    if offline():
+        return None
+
+    def listing() -> dict[str, int]:
+        from huggingface_hub import HfApi
+        from huggingface_hub.hf_api import RepoFile
+
+        tree = HfApi().list_repo_tree(repo_id, recursive=True, revision=revision, token=token)
+        return {f.path: int(f.size or 0) for f in tree if isinstance(f, RepoFile)}
+
+    try:
+        return _bounded(listing, _deadline())
+    except (*_failures(), OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _read_small_json(repo_id: str, filename: str, revision: str, token: str | None) -> object:
+    """Return the parsed JSON of a small repo file (adapter_config.json, a .bin index); None when it cannot be
+    had or read: it only adds detail to a message."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = Path(_bounded(lambda: hf_hub_download(repo_id, filename, revision=revision, token=token), _deadline()))
+        if path.stat().st_size > 10_000_000:
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (*_failures(), OSError, ValueError, RecursionError):
+        return None
+
+
+def _shown_files(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(n[:80] for n in names[:limit])
+    return shown + (f" and {len(names) - limit:,} more" if len(names) > limit else "")
+
+
+def _gguf_hint() -> str:
+    return "qcli sizes safetensors, and transformers loads a GGUF file only when named (gguf_file=…), dequantized"
+
+
+def why_no_config(repo_id: str, revision: str, token: str | None) -> tuple[str, str] | None:
+    """Return (what the repo holds instead, a hint) for a repo without a top-level config.json: a PEFT adapter,
+    a model in a subfolder, GGUF files only, or its file list; None when the listing cannot be had."""
+    files = list_files(repo_id, revision, token)
+    if files is None:
+        return None
+    names = sorted(files)
+    if "adapter_config.json" in files:
+        data = _read_small_json(repo_id, "adapter_config.json", revision, token)
+        base = data.get("base_model_name_or_path") if isinstance(data, dict) else None
+        kind = data.get("peft_type") if isinstance(data, dict) and isinstance(data.get("peft_type"), str) else None
+        what = f"it holds adapter_config.json: a PEFT {kind[:20] + ' ' if kind else ''}adapter, not a model"
+        if isinstance(base, str) and base.strip():
+            return what, f"estimate its base model, {base[:100]!r}; the adapter adds little memory"
+        return what, "estimate the base model it was trained on; the adapter adds little memory"
+    nested = [n for n in names if n.endswith("/config.json")]
+    if nested:
+        folder = nested[0].rsplit("/", 1)[0]
+        return (
+            f"it has {_shown_files(nested)} in a subfolder",
+            "qcli reads the config.json at a repo's top: "
+            f"`hf download {repo_id} --include '{folder}/*' --local-dir DIR`, then give DIR/{folder}",
+        )
+    if "model_index.json" in files:
+        what = "it holds model_index.json: a diffusers pipeline, not a transformers model"
+        return what, "qcli plans transformers LLMs"
+    ggufs = [n for n in names if n.endswith(".gguf")]
+    if ggufs:
+        return f"it holds GGUF files ({_shown_files(ggufs)})", _gguf_hint()
+    if not names:
+        return "the repo is empty at this revision", "give a revision that holds the model"
+    return f"it holds {_shown_files(names, 5)}", "is it a transformers model?"
+
+
+def why_no_safetensors(repo_id: str, revision: str, token: str | None) -> str | None:
+    """Return a note saying what weights a repo without model.safetensors or its index holds: GGUF files,
+    PyTorch .bin files (with their index's metadata.total_size when it has one), other .safetensors files
+    transformers does not load, or none; None when the listing cannot be had."""
+    files = list_files(repo_id, revision, token)
+    if files is None:
+        return None
+    names = sorted(files)
+    bins = [n for n in names if "/" not in n and re.fullmatch(r"pytorch_model(-\d+-of-\d+)?\.bin", n)]
+    if bins:
+        note = f"stored bytes unknown: the repo has PyTorch .bin weights ({_shown_files(bins)}), no safetensors"
+        index = _read_small_json(repo_id, "pytorch_model.bin.index.json", revision, token) if len(bins) > 1 else None
+        meta = index.get("metadata") if isinstance(index, dict) else None
+        total = meta.get("total_size") if isinstance(meta, dict) else None
+        if type(total) is int and total >= 0:
+            return f"{note}; pytorch_model.bin.index.json gives metadata.total_size {total:,} bytes"
+        return f"{note}; the .bin files are {sum(files[n] for n in bins):,} bytes on the hub (pickled tensors)"
+    ggufs = [n for n in names if n.endswith(".gguf")]
+    if ggufs:
+        shown = _shown_files(ggufs)
+        return f"stored bytes unknown: the repo has GGUF weights ({shown}), not safetensors; {_gguf_hint()}"
+    others = [n for n in names if n.endswith(".safetensors")]
+    if "adapter_model.safetensors" in others:
+        return "stored bytes unknown: the repo holds adapter_model.safetensors, a PEFT adapter, not the model's weights"
+    if others:
+        return (
+            f"stored bytes unknown: the repo's safetensors ({_shown_files(others)}) are not model.safetensors or the "
+            "shards of model.safetensors.index.json, the files transformers loads"
+        )
+    return "stored bytes unknown: the repo has no weights files (no safetensors, .bin or .gguf)"

@@ -10,10 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from qcli.errors import UsageError, too_many_digits
+from qcli.errors import HubFileMissing, UsageError, too_many_digits
 from qcli.model import hub
 from qcli.model.demo import DEMO_CONFIG, DEMO_NAME
-from qcli.model.safetensors_header import stored_bytes
+from qcli.model.safetensors_header import (
+    INDEX_NAME,
+    SINGLE_NAME,
+    declared_total_size,
+    read_index,
+    stored_bytes,
+    total_size_note,
+)
 from qcli.paths import user_path
 from qcli.resources import cache_root
 
@@ -100,6 +107,10 @@ def resolve(
         source = ModelSource(
             name=model, config=_read_config(cfg), config_from="local", local_dir=path, stored_bytes=stored
         )
+        if stored is not None and not (path / SINGLE_NAME).exists():  # shards: does the index's total agree?
+            disagree = total_size_note(declared_total_size(read_index(path / INDEX_NAME)), stored)
+            if disagree:
+                source.notes.append(disagree)
         if stored is None and any(path.glob("*.safetensors")):
             source.notes.append(
                 "stored bytes unknown: no model.safetensors or model.safetensors.index.json, the files "
@@ -129,7 +140,13 @@ def resolve(
 
 def _from_hub(repo_id: str, revision: str | None, read_safetensors: bool, token: str | None) -> ModelSource:
     hub.check_token(token)
-    got = hub.fetch(repo_id, "config.json", revision, token)
+    try:
+        got = hub.fetch(repo_id, "config.json", revision, token)
+    except HubFileMissing as exc:  # say what the repo holds instead: an adapter, a subfolder, GGUF files
+        instead = hub.why_no_config(repo_id, exc.revision, token)
+        if instead is not None:
+            exc.detail, exc.hint = instead
+        raise
     rev = revision or hub.DEFAULT_REVISION
     shown = f"{repo_id}: config.json at {rev}" + ("" if rev == got.commit_sha else f" (commit {got.commit_sha[:12]})")
     try:
@@ -162,10 +179,14 @@ def _from_hub(repo_id: str, revision: str | None, read_safetensors: bool, token:
         else:
             if found is not None:
                 source.stored_bytes, source.non_float_weight = found.bytes_by_dtype, found.non_float_weight
-            else:
+                disagree = total_size_note(found.index_total_size, found.bytes_by_dtype)
+                if disagree:
+                    source.notes.append(disagree)
+            elif online:
                 source.notes.append(
-                    "the repo has no safetensors weights: stored bytes unknown"
-                    if online
-                    else "stored bytes unknown: the hub was not asked and no earlier run recorded them"
+                    hub.why_no_safetensors(repo_id, got.commit_sha, token)
+                    or "the repo has no safetensors weights: stored bytes unknown"
                 )
+            else:
+                source.notes.append("stored bytes unknown: the hub was not asked and no earlier run recorded them")
     return source

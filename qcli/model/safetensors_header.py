@@ -19,11 +19,11 @@ from qcli.errors import UsageError, too_many_digits
 
 # safetensors' own limit on the JSON header (safetensors/src/tensor.rs MAX_HEADER_SIZE).
 MAX_HEADER_BYTES = 100_000_000
-# Header dtypes -> bits per element (safetensors 0.8's Dtype, sub-byte floats included).
+# Header dtypes -> bits per element (safetensors 0.8's Dtype, sub-byte floats and AMD's FNUZ float8s included).
 DTYPE_BITS = {
     "F64": 64, "F32": 32, "F16": 16, "BF16": 16, "I64": 64, "I32": 32, "I16": 16, "I8": 8, "U8": 8,
-    "BOOL": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "U16": 16, "U32": 32, "U64": 64, "C64": 64,
-    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+    "BOOL": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8,
+    "U16": 16, "U32": 32, "U64": 64, "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
 }  # fmt: skip
 DTYPE_BYTES = {k: v // 8 for k, v in DTYPE_BITS.items() if v % 8 == 0}
 MAX_RANK = 16
@@ -143,7 +143,12 @@ def check_entries(
             raise SafetensorsError(path, f"{where}: data_offsets {offsets} are not [begin, end] with begin ≤ end")
         if data_bytes is not None and end > data_bytes:
             raise SafetensorsError(path, f"{where}: data_offsets {offsets} lie outside the {data_bytes:,} data bytes")
-        nbytes = -(-prod(shape) * DTYPE_BITS[dtype] // 8)  # sub-byte types pack into whole bytes
+        nbits = prod(shape) * DTYPE_BITS[dtype]
+        if nbits % 8:  # safetensors refuses it: "the slice does not end up at a byte boundary"
+            raise SafetensorsError(
+                path, f"{where}: shape {shape} of {dtype} is {nbits:,} bits, not a whole number of bytes"
+            )
+        nbytes = nbits // 8  # sub-byte types pack into whole bytes
         if end - begin != nbytes:
             raise SafetensorsError(
                 path, f"{where}: shape {shape} of {dtype} needs {nbytes:,} bytes, offsets give {end - begin:,}"
@@ -217,6 +222,28 @@ def shard_names(index: Path | str, data: object) -> list[str]:
         if not name or name.startswith("/") or ".." in parts or "" in parts:
             raise SafetensorsError(index, f"shard {name[:80]!r} is not a file name in the repo", "index")
     return names
+
+
+def declared_total_size(data: object) -> int | None:
+    """Return an index's `metadata.total_size` (what the saver says the shards hold; transformers only
+    reads its weight_map); None when it has none, or not a whole number of bytes."""
+    meta = data.get("metadata") if isinstance(data, dict) else None
+    total = meta.get("total_size") if isinstance(meta, dict) else None
+    if isinstance(total, float) and total.is_integer() and 0 <= total < 2**63:
+        total = int(total)  # some savers write 1.5e10 or 123.0
+    return total if type(total) is int and total >= 0 else None
+
+
+def total_size_note(declared: int | None, totals: dict[str, int]) -> str | None:
+    """Return a note when an index's metadata.total_size disagrees with the bytes the shards' headers hold
+    (the figure reported); None when it agrees or says nothing."""
+    held = sum(totals.values())
+    if declared is None or declared == held:
+        return None
+    return (
+        f"{INDEX_NAME} says metadata.total_size {declared:,} bytes; the shards' headers hold {held:,} "
+        "(reported: the headers are what transformers loads)"
+    )
 
 
 def check_index_covered(index: Path | str, weight_map: dict[str, str], held: set[str]) -> None:
