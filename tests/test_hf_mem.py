@@ -12,6 +12,7 @@ own CLI parses the flags and prints the JSON compared here.
 from __future__ import annotations
 
 import json
+import struct
 import sys
 from types import SimpleNamespace
 
@@ -240,6 +241,11 @@ def _shape_repos(config: bytes) -> dict[str, hubserver.Repo]:
         "shapes/huge-header": hubserver.Repo(
             {**one, "model.safetensors": _st({f"layers.{i}.weight": ("BF16", [2]) for i in range(4000)})}
         ),
+        # hf-mem's first Range is bytes=0-100000 and it slices [8 : length + 8] of it without a second request
+        # while length < 100,000: a header of 99,994-99,999 bytes is cut short and not JSON
+        "shapes/header-of-99996-bytes": hubserver.Repo(
+            {**one, "model.safetensors": _st({"w": ("BF16", [8])}, {"pad": "x" * (99_996 - 92)})}
+        ),
         "shapes/header-of-100000-bytes": hubserver.Repo(
             {**one, "model.safetensors": _st({"w": ("BF16", [8])}, header_bytes=100_000)}
         ),
@@ -284,6 +290,10 @@ def _shape_repos(config: bytes) -> dict[str, hubserver.Repo]:
                 ).encode(),
                 "adapter_model.safetensors": _st({"base_model.model.q_proj.lora_A.weight": ("F32", [8, 64])}),
             }
+        ),
+        # Mistral's own format only (no config.json): params.json and consolidated.safetensors
+        "shapes/mistral-format-only": hubserver.Repo(
+            {"params.json": b'{"dim": 64}', "consolidated.safetensors": _st({"w": ("BF16", [8])})}
         ),
         "shapes/gguf-without-config": hubserver.Repo({"tiny.Q4_0.gguf": b"GGUF" + bytes(60), "README.md": b"hi"}),
         "shapes/bool-mask": hubserver.Repo(
@@ -373,11 +383,16 @@ def test_stored_bytes_agree_with_hf_mem_across_repo_shapes(cli, shapes_server, m
         ("shapes/name-in-two-shards", {"BF16": 24_576, "F32": 512}),
         # hf-mem 0.5.6 stops: "DTYPE=F4 NOT HANDLED" (nor F6_*, C64, the FNUZ float8s); 16 F4 values are 8 bytes
         ("shapes/sub-byte-and-complex", {"F4": 8, "F6_E2M3": 3, "C64": 16, "F8_E4M3FNUZ": 3}),
+        # hf-mem 0.5.6: JSONDecodeError (its first request's bytes cut the header short; see the repo)
+        ("shapes/header-of-99996-bytes", {"BF16": 16}),
     ],
 )
 def test_stored_bytes_where_hf_mem_is_wrong_are_the_data_offsets_spans(
     cli, shapes_server, monkeypatch, tmp_path, repo_id, stored
 ):
+    if repo_id == "shapes/header-of-99996-bytes":
+        (length,) = struct.unpack("<Q", shapes_server.repos[repo_id].files["model.safetensors"][:8])
+        assert length == 99_996
     hubserver.point_hub_at(monkeypatch, shapes_server.url, tmp_path / "hf-home")
     monkeypatch.setenv("QCLI_CACHE", str(tmp_path / "qcli-cache"))
     assert data_offsets_bytes(shapes_server.repos[repo_id]) == stored
@@ -440,6 +455,7 @@ def test_a_repo_without_safetensors_says_what_weights_it_has(
         ("shapes/config-in-a-subfolder", ("it has llm/config.json in a subfolder", "--include 'llm/*'", "DIR/llm")),
         ("shapes/lora-adapter", ("PEFT LORA adapter, not a model", "'meta-llama/Llama-3.1-8B'")),
         ("shapes/gguf-without-config", ("it holds GGUF files (tiny.Q4_0.gguf)", "gguf_file=")),
+        ("shapes/mistral-format-only", ("params.json and consolidated.safetensors: Mistral's own format", "vLLM")),
     ],
 )
 def test_a_repo_without_a_config_says_what_it_holds(cli, shapes_server, monkeypatch, tmp_path, repo_id, needles):

@@ -899,6 +899,12 @@ def why_no_config(repo_id: str, revision: str, token: str | None) -> tuple[str, 
             "qcli reads the config.json at a repo's top: "
             f"`hf download {repo_id} --include '{folder}/*' --local-dir DIR`, then give DIR/{folder}",
         )
+    if "params.json" in files and "consolidated.safetensors" in files:
+        return (
+            "it holds params.json and consolidated.safetensors: Mistral's own format, which transformers does not load",
+            "look for the transformers version of the model (a repo with config.json), or use mistral-inference or "
+            "vLLM (--tokenizer-mode mistral)",
+        )
     if "model_index.json" in files:
         what = "it holds model_index.json: a diffusers pipeline, not a transformers model"
         return what, "qcli plans transformers LLMs"
