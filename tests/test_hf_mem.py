@@ -484,3 +484,41 @@ def test_an_index_total_size_that_disagrees_with_the_headers_is_noted(cli, shape
     assert any("metadata.total_size 999 bytes" in n for n in r.json()["notes"])
     (local / "model.safetensors.index.json").write_bytes(_index({"a": "s1.safetensors"}, 16))
     assert not any("total_size" in n for n in cli("estimate", str(local), "--json").json()["notes"])
+
+
+def _write_local(repo: hubserver.Repo, where) -> str:
+    for name, data in repo.files.items():
+        (where / name).parent.mkdir(parents=True, exist_ok=True)
+        (where / name).write_bytes(data)
+    return str(where)
+
+
+@pytest.mark.parametrize(
+    ("repo_id", "needle"),
+    [
+        ("shapes/config-in-a-subfolder", "it has llm/config.json in a subfolder"),
+        ("shapes/lora-adapter", "PEFT LORA adapter, not a model"),
+        ("shapes/gguf-without-config", "it holds GGUF files (tiny.Q4_0.gguf)"),
+        ("shapes/mistral-format-only", "Mistral's own format"),
+    ],
+)
+def test_a_local_copy_without_a_config_gets_the_words_the_hub_gets(cli, shapes_server, tmp_path, repo_id, needle):
+    local = _write_local(shapes_server.repos[repo_id], tmp_path / "copy")
+    r = cli("estimate", local)
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert "no config.json in this directory; it " in r.err and needle in r.err, r.err
+
+
+@pytest.mark.parametrize(
+    ("repo_id", "needle"),
+    [
+        ("shapes/gguf-only", "the directory has GGUF weights (model-Q4_K_M.gguf)"),
+        ("shapes/bin-only", "the .bin files are 100 bytes here"),
+        ("shapes/bin-sharded", "metadata.total_size 1,234 bytes"),
+    ],
+)
+def test_a_local_copy_without_safetensors_says_what_weights_it_has(cli, shapes_server, tmp_path, repo_id, needle):
+    local = _write_local(shapes_server.repos[repo_id], tmp_path / "copy")
+    r = cli("estimate", local, "--json")
+    assert r.code == 0, r.err
+    assert any(needle in n for n in r.json()["notes"]), r.json()["notes"]

@@ -867,82 +867,30 @@ def _read_small_json(repo_id: str, filename: str, revision: str, token: str | No
         return None
 
 
-def _shown_files(names: list[str], limit: int = 3) -> str:
-    shown = ", ".join(n[:80] for n in names[:limit])
-    return shown + (f" and {len(names) - limit:,} more" if len(names) > limit else "")
-
-
-def _gguf_hint() -> str:
-    return "qcli sizes safetensors, and transformers loads a GGUF file only when named (gguf_file=…), dequantized"
-
-
 def why_no_config(repo_id: str, revision: str, token: str | None) -> tuple[str, str] | None:
-    """Return (what the repo holds instead, a hint) for a repo without a top-level config.json: a PEFT adapter,
-    a model in a subfolder, GGUF files only, or its file list; None when the listing cannot be had."""
+    """Return (what the repo holds instead, a hint) for a repo without a top-level config.json
+    (qcli.model.repo_files); None when the hub's file list cannot be had."""
+    from qcli.model.repo_files import no_config
+
     files = list_files(repo_id, revision, token)
     if files is None:
         return None
-    names = sorted(files)
-    if "adapter_config.json" in files:
-        data = _read_small_json(repo_id, "adapter_config.json", revision, token)
-        base = data.get("base_model_name_or_path") if isinstance(data, dict) else None
-        kind = data.get("peft_type") if isinstance(data, dict) and isinstance(data.get("peft_type"), str) else None
-        what = f"it holds adapter_config.json: a PEFT {kind[:20] + ' ' if kind else ''}adapter, not a model"
-        if isinstance(base, str) and base.strip():
-            return what, f"estimate its base model, {base[:100]!r}; the adapter adds little memory"
-        return what, "estimate the base model it was trained on; the adapter adds little memory"
-    nested = [n for n in names if n.endswith("/config.json")]
-    if nested:
-        folder = nested[0].rsplit("/", 1)[0]
+
+    def subfolder(folder: str) -> str:
         return (
-            f"it has {_shown_files(nested)} in a subfolder",
             "qcli reads the config.json at a repo's top: "
-            f"`hf download {repo_id} --include '{folder}/*' --local-dir DIR`, then give DIR/{folder}",
+            f"`hf download {repo_id} --include '{folder}/*' --local-dir DIR`, then give DIR/{folder}"
         )
-    if "params.json" in files and "consolidated.safetensors" in files:
-        return (
-            "it holds params.json and consolidated.safetensors: Mistral's own format, which transformers does not load",
-            "look for the transformers version of the model (a repo with config.json), or use mistral-inference or "
-            "vLLM (--tokenizer-mode mistral)",
-        )
-    if "model_index.json" in files:
-        what = "it holds model_index.json: a diffusers pipeline, not a transformers model"
-        return what, "qcli plans transformers LLMs"
-    ggufs = [n for n in names if n.endswith(".gguf")]
-    if ggufs:
-        return f"it holds GGUF files ({_shown_files(ggufs)})", _gguf_hint()
-    if not names:
-        return "the repo is empty at this revision", "give a revision that holds the model"
-    return f"it holds {_shown_files(names, 5)}", "is it a transformers model?"
+
+    return no_config(files, lambda name: _read_small_json(repo_id, name, revision, token), subfolder, "repo")
 
 
 def why_no_safetensors(repo_id: str, revision: str, token: str | None) -> str | None:
-    """Return a note saying what weights a repo without model.safetensors or its index holds: GGUF files,
-    PyTorch .bin files (with their index's metadata.total_size when it has one), other .safetensors files
-    transformers does not load, or none; None when the listing cannot be had."""
+    """Return a note saying what weights a repo without model.safetensors or its index holds
+    (qcli.model.repo_files); None when the hub's file list cannot be had."""
+    from qcli.model.repo_files import no_safetensors
+
     files = list_files(repo_id, revision, token)
     if files is None:
         return None
-    names = sorted(files)
-    bins = [n for n in names if "/" not in n and re.fullmatch(r"pytorch_model(-\d+-of-\d+)?\.bin", n)]
-    if bins:
-        note = f"stored bytes unknown: the repo has PyTorch .bin weights ({_shown_files(bins)}), no safetensors"
-        index = _read_small_json(repo_id, "pytorch_model.bin.index.json", revision, token) if len(bins) > 1 else None
-        meta = index.get("metadata") if isinstance(index, dict) else None
-        total = meta.get("total_size") if isinstance(meta, dict) else None
-        if type(total) is int and total >= 0:
-            return f"{note}; pytorch_model.bin.index.json gives metadata.total_size {total:,} bytes"
-        return f"{note}; the .bin files are {sum(files[n] for n in bins):,} bytes on the hub (pickled tensors)"
-    ggufs = [n for n in names if n.endswith(".gguf")]
-    if ggufs:
-        shown = _shown_files(ggufs)
-        return f"stored bytes unknown: the repo has GGUF weights ({shown}), not safetensors; {_gguf_hint()}"
-    others = [n for n in names if n.endswith(".safetensors")]
-    if "adapter_model.safetensors" in others:
-        return "stored bytes unknown: the repo holds adapter_model.safetensors, a PEFT adapter, not the model's weights"
-    if others:
-        return (
-            f"stored bytes unknown: the repo's safetensors ({_shown_files(others)}) are not model.safetensors or the "
-            "shards of model.safetensors.index.json, the files transformers loads"
-        )
-    return "stored bytes unknown: the repo has no weights files (no safetensors, .bin or .gguf)"
+    return no_safetensors(files, lambda name: _read_small_json(repo_id, name, revision, token), "repo", "on the hub")

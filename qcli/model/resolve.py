@@ -101,7 +101,17 @@ def resolve(
     if path.is_dir():
         cfg = path / "config.json"
         if not cfg.is_file():
-            raise UsageError(f"{model}: no config.json in this directory", "point at a saved transformers model")
+            from qcli.model.repo_files import local_files, no_config, read_local_json
+
+            held, hint = no_config(
+                local_files(path),
+                read_local_json(path),
+                lambda folder: f"give {str(Path(model) / folder)!r}, the folder with the config.json",
+                "directory",
+            )
+            if hint == "is it a transformers model?":
+                hint = "point at a saved transformers model"
+            raise UsageError(f"{model}: no config.json in this directory; {held}", hint)
         # Headers are checked even when their sizes are not needed: a bad file is exit 2 before any load.
         stored = stored_bytes(path)
         source = ModelSource(
@@ -111,11 +121,12 @@ def resolve(
             disagree = total_size_note(declared_total_size(read_index(path / INDEX_NAME)), stored)
             if disagree:
                 source.notes.append(disagree)
-        if stored is None and any(path.glob("*.safetensors")):
-            source.notes.append(
-                "stored bytes unknown: no model.safetensors or model.safetensors.index.json, the files "
-                "transformers loads"
-            )
+        if stored is None:  # a config.json alone says nothing; weights transformers would not size do
+            from qcli.model.repo_files import has_weights, local_files, no_safetensors, read_local_json
+
+            files = {n: size for n, size in local_files(path).items() if "/" not in n}
+            if has_weights(files):
+                source.notes.append(no_safetensors(files, read_local_json(path), "directory", "here"))
         return source
     if path.is_symlink():  # it names a local entry, not a hub repo: the link points nowhere, or at itself
         raise UsageError(
