@@ -172,3 +172,24 @@ def test_offline_reads_the_cache_only(hub: HubServer, monkeypatch, tmp_path):
     with pytest.raises(errors.LocalEntryNotFoundError):
         hf_hub_download("acme/tiny-llama-sharded", "config.json")
     assert hub.log == []
+
+
+def test_history_serves_each_commit_its_files_and_main_moves_after_a_file(monkeypatch, tmp_path):
+    later = "c" * 40
+    repo = hubserver.Repo(
+        {"config.json": b'{"v": 1}', "a.txt": b"a"},
+        history={later: {"config.json": b'{"v": 2}'}},
+        move_after=("a.txt", later),
+    )
+    with HubServer({"acme/h": repo}) as server:
+        point_hub_at(monkeypatch, server.url, tmp_path / "hf-home")
+        api = HfApi()
+        assert api.model_info("acme/h").sha == repo.sha
+        assert Path(hf_hub_download("acme/h", "config.json", revision=later)).read_bytes() == b'{"v": 2}'
+        with pytest.raises(errors.RemoteEntryNotFoundError):
+            hf_hub_download("acme/h", "a.txt", revision=later)
+        assert sorted(api.list_repo_files("acme/h", revision=later)) == ["config.json"]
+        hf_hub_download("acme/h", "a.txt")  # main moves once this is sent
+        assert api.model_info("acme/h").sha == later
+        assert Path(hf_hub_download("acme/h", "config.json")).read_bytes() == b'{"v": 2}'
+        assert Path(hf_hub_download("acme/h", "config.json", revision=repo.sha)).read_bytes() == b'{"v": 1}'
