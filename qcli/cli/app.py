@@ -172,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         # no garbage worth collecting: the collector's ~100 passes over them are ~5 % of an estimate
         # (docs/bench.md). Commands that hold a model's tensors keep it.
         gc.disable()
-    return _end_process(_run(args))
+    code = _run(args)
+    if _main_thread():  # the run is over and its result written: a late Ctrl-C has nothing left to stop, and
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # would only turn the exit into a death by SIGINT
+    return _end_process(code)
 
 
 def _end_process(code: int) -> int:
