@@ -256,3 +256,17 @@ def test_a_prequantized_checkpoint_with_damaged_quantization_state_is_named(
 def test_an_intact_prequantized_checkpoint_still_loads(cli, prequant, kind):
     r = cli("load", str(prequant[kind]), "--preset", kind, "--json")
     assert r.code == 0, r.err
+
+
+def test_logits_that_overflow_are_named_by_compare_not_as_a_nan_kl(cli, good, tmp_path):
+    """Finite weights whose forward pass overflows (q and k ×1e20: scores past bfloat16's range): compare's rows
+    fail naming the non-finite logits (was "KL divergence measured as nan ... a bug in qcli")."""
+    state = _state(good)
+    for key in state:
+        if "q_proj" in key or "k_proj" in key:
+            state[key].mul_(1e20)
+    d = _with_tokenizer(_safetensors(good, tmp_path / "overflow", state))
+    r = cli("compare", str(d), "--presets", "bf16,int8", "--json")
+    assert r.code == 1, r.err
+    errors = [row["error"] or "" for row in r.json()["results"]]
+    assert "non-finite logits" in errors[0] and not any("KL divergence" in e for e in errors), errors
