@@ -270,3 +270,11 @@ def test_logits_that_overflow_are_named_by_compare_not_as_a_nan_kl(cli, good, tm
     assert r.code == 1, r.err
     errors = [row["error"] or "" for row in r.json()["results"]]
     assert "non-finite logits" in errors[0] and not any("KL divergence" in e for e in errors), errors
+
+
+@pytest.mark.parametrize("storage", ["float32", "bfloat16", "float16"])
+def test_4bit_weights_packed_into_float_storage_are_not_taken_for_nan(cli, good, storage):
+    """bnb_4bit_quant_storage float32/bfloat16 packs nibbles into floats, some reading as NaN: not a NaN weight."""
+    r = cli("load", str(good), "--preset", "nf4", "--set", f"quantization.bnb_4bit_quant_storage={storage}", "--json")
+    assert r.code == 0, r.err
+    assert not any("NaN" in note for note in r.json()["notes"])

@@ -154,8 +154,10 @@ def _quant_tensors(name: str, param: Any) -> list[tuple[str, Any]]:
     """Return (name, tensor) of the float tensors a parameter's values live in: itself when it is a float, and a
     bitsandbytes weight's quantization state (4-bit absmax, nested absmax, offset; 8-bit row scales SCB), where a
     NaN or inf of the checkpoint ends up (the packed integers cannot hold one)."""
-    out = [(name, param)] if param.is_floating_point() else []
     state, prefix = getattr(param, "quant_state", None), ""
+    # a 4-bit weight's own data is packed nibbles whatever its storage dtype (bnb_4bit_quant_storage float32 or
+    # bfloat16 packs them into floats, some of whose bit patterns read as NaN): only its quant_state holds values
+    out = [(name, param)] if param.is_floating_point() and state is None else []
     while state is not None:
         for part in ("absmax", "offset", "code"):
             value = getattr(state, part, None)
@@ -226,7 +228,7 @@ def non_finite_error(model_name: str, model: Any, directory: Path | None, dtype:
                 f"(±{limit:.5g}): loaded as {dtype}, they became inf{more}",
                 "load with a bfloat16 or float32 preset (e.g. --preset bf16, or --dtype bfloat16)",
             )
-    if stored is not None and stored[1].is_floating_point():
+    if stored is not None and stored[1].is_floating_point() and not bool(torch.isfinite(stored[1]).all()):
         file, stored_bad = stored[0], int((~torch.isfinite(stored[1])).sum())
         return UsageError(
             f"{model_name}: {file} stores {name} with {stored_bad:,} NaN or inf value(s){more}: the checkpoint "
