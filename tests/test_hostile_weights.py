@@ -278,3 +278,12 @@ def test_4bit_weights_packed_into_float_storage_are_not_taken_for_nan(cli, good,
     r = cli("load", str(good), "--preset", "nf4", "--set", f"quantization.bnb_4bit_quant_storage={storage}", "--json")
     assert r.code == 0, r.err
     assert not any("NaN" in note for note in r.json()["notes"])
+
+
+def test_a_skip_module_entry_matching_no_module_is_bad_input(cli, good):
+    """The list replaces transformers' default: a misspelt entry quantized lm_head too, and verify passed."""
+    skip = "quantization.llm_int8_skip_modules"
+    r = cli("load", str(good), "--preset", "nf4", "--set", f'{skip}=["nonexistent"]')
+    _one_line(r, "'nonexistent' matches no module", "lm_head")
+    r = cli("load", str(good), "--preset", "int8", "--set", f'{skip}=["lm_head","down_proj"]', "--json")
+    assert r.code == 0, r.err

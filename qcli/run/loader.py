@@ -22,7 +22,7 @@ from qcli.model.spec import ModelSpec
 from qcli.options import FromCli
 from qcli.plan.estimate import preset_plan
 from qcli.plan.formats import parse_load_dtype
-from qcli.plan.planner import quantized_tensors
+from qcli.plan.planner import quantized_tensors, should_convert
 from qcli.plan.prequantized import checked_format, prequant_of
 from qcli.plan.presets import Preset, load_preset
 from qcli.plan.storages import cuda_prediction
@@ -152,12 +152,32 @@ def prepare(opts: LoadOptions) -> Prepared:
             skip = pre.skip_modules
         if fmt.kind != "dense":
             quantizable = sorted(quantized_tensors(spec, fmt, skip))
+            if pre is None:
+                check_skip_modules(opts.model, preset, spec)
     prepared = Prepared(
         source, spec, preset, dtype, plan, quantizable, prequantized=pre is not None, describe_error=describe_error
     )
     if opts.prompt is not None:
         require_tokenizer(opts, prepared)  # before the load: a missing or damaged tokenizer is bad input now
     return prepared
+
+
+def check_skip_modules(model: str, preset: Preset, spec: ModelSpec) -> None:
+    """Raise a UsageError when an llm_int8_skip_modules entry of the preset matches no module of the model (by
+    transformers' own rule, should_convert): the list REPLACES transformers' default one, so a misspelt entry
+    keeps nothing unquantized it meant to, and quantizes lm_head besides."""
+    modules = set()
+    for t in spec.tensors:
+        parts = t.module.split(".")
+        modules.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    for entry in preset.skip_modules or []:
+        if all(should_convert(m, [entry]) for m in modules):
+            heads = sorted({t.module for t in spec.tensors if t.role == "lm_head"}) or ["lm_head"]
+            raise UsageError(
+                f"preset {preset.name}: llm_int8_skip_modules entry {entry!r} matches no module of {model}",
+                f"name modules the model has (e.g. {heads[0]}); the list replaces transformers' default, so list "
+                f"{heads[0]} too to keep it unquantized",
+            )
 
 
 def require_tokenizer(opts: LoadOptions, prepared: Prepared) -> None:
