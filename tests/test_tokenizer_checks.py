@@ -4,6 +4,7 @@ A tiny real Llama with the demo's BPE tokenizer; the broken copies link its file
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -38,6 +39,11 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     linked("notok", skip=("tokenizer.json", "tokenizer_config.json"))
     (linked("garbage", skip=("tokenizer.json",)) / "tokenizer.json").write_text("garbage{")
     os.mkfifo(linked("fifo", skip=("tokenizer.json",)) / "tokenizer.json")
+    # as many tokens as the embeddings, one of them moved to id 5000: len(tokenizer) fits, its ids do not
+    data = json.loads((good / "tokenizer.json").read_text())
+    token = next(t for t, i in data["model"]["vocab"].items() if i == 300)
+    data["model"]["vocab"][token] = 5000
+    (linked("bigid", skip=("tokenizer.json",)) / "tokenizer.json").write_text(json.dumps(data))
     return out
 
 
@@ -54,6 +60,7 @@ CASES = [
     ("notok", ("no tokenizer in the directory", "tokenizer.json")),
     ("garbage", ("tokenizer.json is not valid JSON", "line 1 column 1")),
     ("fifo", ("tokenizer.json is not a regular file",)),
+    ("bigid", ("id 5,000, past the model's embeddings", "vocab_size 512")),
 ]
 
 

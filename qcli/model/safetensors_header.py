@@ -104,6 +104,19 @@ def parse_header(path: Path | str, raw: bytes, data_bytes: int | None) -> dict[s
     return check_entries(path, header, data_bytes)
 
 
+def name_problem(name: str) -> str | None:
+    """Return why a tensor name is no module path transformers can load ('' or a part such as `layers.²`);
+    None when it is one. transformers sorts the names it loads by their dot-separated parts, reading any part
+    `str.isdigit()` accepts as an int: `²`, `①` or `٣` pass isdigit() and int() fails on the first two
+    (a ValueError mid-load) or reads another digit system; no model's module index is written so."""
+    if not name or not name.isprintable():
+        return "the name is empty or holds control characters"
+    for part in name.split("."):
+        if part.isdigit() and not (part.isascii() and part.isdecimal()):
+            return f"part {part[:20]!r} of the name is a number in digits other than 0-9 (no module is named so)"
+    return None
+
+
 def check_entries(
     path: Path | str, header: dict, data_bytes: int | None
 ) -> dict[str, tuple[str, tuple[int, ...], int]]:
@@ -121,6 +134,8 @@ def check_entries(
         if name == "__metadata__":
             continue
         where = f"tensor {name[:80]!r}"
+        if (problem := name_problem(name)) is not None:
+            raise SafetensorsError(path, f"{where}: {problem}")
         if not isinstance(info, dict):
             raise SafetensorsError(path, f"{where} is not an object")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")

@@ -150,7 +150,104 @@ def untied_output_embeddings(model: Any) -> str | None:
     return next((name for name, module in model.named_modules() if module is out), "lm_head")
 
 
-def check_loaded_weights(model_name: str, model: Any, loading_info: dict[str, Any], prequantized: bool) -> None:
+def _quant_tensors(name: str, param: Any) -> list[tuple[str, Any]]:
+    """Return (name, tensor) of the float tensors a parameter's values live in: itself when it is a float, and a
+    bitsandbytes weight's quantization state (4-bit absmax, nested absmax, offset; 8-bit row scales SCB), where a
+    NaN or inf of the checkpoint ends up (the packed integers cannot hold one)."""
+    state, prefix = getattr(param, "quant_state", None), ""
+    # a 4-bit weight's own data is packed nibbles whatever its storage dtype (bnb_4bit_quant_storage float32 or
+    # bfloat16 packs them into floats, some of whose bit patterns read as NaN): only its quant_state holds values
+    out = [(name, param)] if param.is_floating_point() and state is None else []
+    while state is not None:
+        for part in ("absmax", "offset", "code"):
+            value = getattr(state, part, None)
+            if value is not None and hasattr(value, "is_floating_point") and value.is_floating_point():
+                out.append((f"{name} ({prefix}{part})", value))
+        state, prefix = getattr(state, "state2", None), "nested "  # double quantization: absmax quantized in turn
+    scb = getattr(param, "SCB", None)
+    if scb is not None and hasattr(scb, "is_floating_point") and scb.is_floating_point():
+        out.append((f"{name} (SCB)", scb))
+    return out
+
+
+def non_finite_weights(model: Any) -> list[tuple[str, str, int]]:
+    """Return (parameter, where in it, count) of the loaded parameters holding NaN or inf values; parameters on
+    the meta device (offloaded by accelerate) are not read. Buffers are not weights (some hold -inf masks)."""
+    import torch
+
+    out = []
+    for name, param in model.named_parameters():
+        if param.device.type == "meta":
+            continue
+        for where, tensor in _quant_tensors(name, param):
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                out.append((name, where, bad))
+                break
+    return out
+
+
+def _stored_values(directory: Path | None, tensor: str) -> tuple[str, Any] | None:
+    """Return (file, tensor) of a weight as a local safetensors checkpoint stores it; None when not found there."""
+    if directory is None:
+        return None
+    from safetensors import safe_open
+
+    from qcli.model.safetensors_header import checkpoint_files
+
+    for path in checkpoint_files(directory) or []:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if tensor in f.keys():  # noqa: SIM118 (safe_open is no mapping)
+                    return path.name, f.get_tensor(tensor)
+        except Exception:  # the load read it a moment ago; not worth a second error
+            return None
+    return None
+
+
+def non_finite_error(model_name: str, model: Any, directory: Path | None, dtype: str) -> UsageError | None:
+    """Return the UsageError for loaded weights holding NaN or inf (None when all are finite): every forward
+    pass through them gives NaN, so the model cannot be what the checkpoint claims. The checkpoint's own copy
+    of the first one (a local safetensors file) tells whether it stores them so (damaged) or its values are past
+    the load dtype's range (1e30 loaded as float16 is inf: the preset cannot apply)."""
+    bad = non_finite_weights(model)
+    if not bad:
+        return None
+    import torch
+
+    name, where, count = bad[0]
+    more = f" (and {len(bad) - 1} more weight(s))" if len(bad) > 1 else ""
+    stored = _stored_values(directory, name)
+    if stored is not None and stored[1].is_floating_point() and bool(torch.isfinite(stored[1]).all()):
+        file, values = stored
+        peak = float(values.abs().max())
+        limit = torch.finfo(getattr(torch, dtype)).max if hasattr(torch, dtype) else None
+        if limit is not None and peak > limit:
+            return UsageError(
+                f"{model_name}: {file} stores {name} with values up to {peak:.3g}, past {dtype}'s range "
+                f"(±{limit:.5g}): loaded as {dtype}, they became inf{more}",
+                "load with a bfloat16 or float32 preset (e.g. --preset bf16, or --dtype bfloat16)",
+            )
+    if stored is not None and stored[1].is_floating_point() and not bool(torch.isfinite(stored[1]).all()):
+        file, stored_bad = stored[0], int((~torch.isfinite(stored[1])).sum())
+        return UsageError(
+            f"{model_name}: {file} stores {name} with {stored_bad:,} NaN or inf value(s){more}: the checkpoint "
+            "is damaged and every forward pass would give NaN",
+            "download or save the checkpoint again",
+        )
+    return UsageError(
+        f"{model_name}: the loaded {where} holds {count:,} NaN or inf value(s){more}: the checkpoint is damaged, "
+        f"or its values are past the range of the load dtype ({dtype})",
+        "download the checkpoint again; if it loads in float32 (--preset fp32), use a bfloat16 or float32 preset",
+    )
+
+
+def check_loaded_weights(
+    model_name: str,
+    model: Any,
+    loading_info: dict[str, Any],
+    prequantized: bool,
+) -> None:
     """Raise a UsageError (exit 2) when the loaded weights are not the checkpoint its config describes."""
     report = weight_report(loading_info, model)
     if report:
@@ -250,7 +347,8 @@ def check_token_ids(name: str, config: dict[str, Any]) -> None:
 
 
 def check_weight_dtypes(name: str, source: ModelSource, token: str | None = None) -> None:
-    """Raise a UsageError when a checkpoint without a quantization_config stores a `*.weight` tensor as
+    """Raise a UsageError when a local model's PyTorch .bin weights are no dictionary of tensors
+    (check_bin_weights), or when a checkpoint without a quantization_config stores a `*.weight` tensor as
     integers or booleans: transformers casts it to the load dtype without a word (int32(w × 100) loads as a
     bf16 weight a hundred times too large), and the model generates garbage. Buffers such as GPT-2's boolean
     `attn.bias` masks are not weights and pass; quantized checkpoints store integer weights by design.
@@ -259,6 +357,7 @@ def check_weight_dtypes(name: str, source: ModelSource, token: str | None = None
     per commit), and hf_quant_config.json is asked for only when such a weight is there."""
     from qcli.model.safetensors_header import checkpoint_files, non_float_weight, read_header
 
+    bins = check_bin_weights(name, source.local_dir)  # .bin files that are no state dict: exit 2 whatever the config
     if isinstance(source.config.get("quantization_config"), dict):
         return
     directory = source.local_dir
@@ -273,7 +372,7 @@ def check_weight_dtypes(name: str, source: ModelSource, token: str | None = None
     elif directory is None or (directory / MODELOPT_CONFIG).is_file():
         return
     else:
-        found = non_float_weight({p.name: read_header(p) for p in checkpoint_files(directory) or []})
+        found = non_float_weight({p.name: read_header(p) for p in checkpoint_files(directory) or []} or bins)
         if found is None:
             return
     file, tensor, dtype = found
@@ -285,6 +384,177 @@ def check_weight_dtypes(name: str, source: ModelSource, token: str | None = None
 
 
 MODELOPT_CONFIG = "hf_quant_config.json"  # NVIDIA ModelOpt's quantization config, beside config.json
+
+# What bitsandbytes saves beside a 4-bit weight `X.weight` (Params4bit's QuantState.as_dict(packed=True)).
+BNB4_PARTS = ("absmax", "quant_map", "nested_absmax", "nested_quant_map")
+BNB4_STATE = ".quant_state.bitsandbytes__"  # + nf4 or fp4: the state's JSON, stored as a uint8 tensor
+PREQUANT_HINT = "the quantized checkpoint is damaged or incomplete: download or save it again"
+
+
+def _bnb4_state(path: Path, tensor: str) -> dict[str, Any] | None:
+    """Return the JSON a 4-bit weight's quant_state tensor holds; None when it is no JSON object."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            data = json.loads(bytes(f.get_tensor(tensor).flatten().tolist()).decode("utf-8"))
+    except Exception:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def check_prequantized_state(name: str, source: ModelSource) -> None:
+    """Raise a UsageError when a local bitsandbytes checkpoint's quantization state does not fit its weights:
+    a 4-bit weight without its absmax, quant_map or quant_state tensor (or with one of another size than the
+    state's shape and block size give), an 8-bit weight without row scales (SCB) for each row. transformers
+    fails on a missing part mid-load with "issues during automatic conversion ... look at the above report" and
+    loads a part of another size without a word: the forward pass then fails or reads garbage."""
+    from math import ceil, prod
+
+    from qcli.model.safetensors_header import DTYPE_BYTES, checkpoint_files, read_header
+
+    q = source.quantization_config
+    directory = source.local_dir
+    if q is None or q.get("quant_method") != "bitsandbytes" or directory is None:
+        return
+    files = checkpoint_files(directory) or []
+    where: dict[str, Path] = {}
+    entries: dict[str, tuple[str, tuple[int, ...], int]] = {}
+    for path in files:
+        header = read_header(path)
+        entries.update(header)
+        where.update(dict.fromkeys(header, path))
+
+    def bad(tensor: str, problem: str) -> UsageError:
+        if tensor not in where:
+            return UsageError(f"{name}: the checkpoint has no {tensor}: {problem}", PREQUANT_HINT)
+        return UsageError(f"{name}: {where[tensor].name}: {tensor}: {problem}", PREQUANT_HINT)
+
+    def count(tensor: str) -> int:
+        return prod(entries[tensor][1])
+
+    bases = set()
+    for tensor in entries:
+        for part in (*BNB4_PARTS, BNB4_STATE.strip(".")):
+            marker = f".weight.{part}"
+            if marker in tensor:
+                bases.add(tensor[: tensor.index(marker)] + ".weight")
+    for base in sorted(bases, key=_natural):
+        states = [t for t in entries if t.startswith(base + BNB4_STATE)]
+        for needed in (base, f"{base}.absmax", f"{base}.quant_map"):
+            if needed not in entries:
+                raise bad(needed, "bitsandbytes cannot rebuild the 4-bit weight without it")
+        if len(states) != 1:
+            raise bad(
+                f"{base}{BNB4_STATE}nf4",
+                f"{len(states)} quant_state tensors stored (one needed), so the 4-bit weight cannot be rebuilt",
+            )
+        state = _bnb4_state(where[states[0]], states[0])
+        shape = state.get("shape") if state else None
+        block = _int(state.get("blocksize")) if state else None
+        if state is None or not isinstance(shape, list) or not all(_int(d) for d in shape) or block is None:
+            raise bad(states[0], "not the JSON of a 4-bit quant_state (with shape and blocksize)")
+        n = prod(shape)
+        stored = entries[base]
+        packed = count(base) * DTYPE_BYTES.get(stored[0], 1)
+        if packed != ceil(n / 2):
+            raise bad(base, f"{packed:,} bytes stored, a {_shape(shape)} 4-bit weight packs into {ceil(n / 2):,}")
+        blocks = ceil(n / block)
+        if count(f"{base}.absmax") != blocks:
+            raise bad(f"{base}.absmax", f"{count(f'{base}.absmax'):,} values stored, {blocks:,} blocks of {block}")
+        if count(f"{base}.quant_map") != 16:
+            raise bad(f"{base}.quant_map", f"{count(f'{base}.quant_map'):,} values stored, 16 needed")
+        nested = [f"{base}.nested_absmax", f"{base}.nested_quant_map"]
+        if any(t in entries for t in nested) or "nested_blocksize" in state:
+            for t in nested:
+                if t not in entries:
+                    raise bad(t, "the weight is double quantized and its absmax cannot be rebuilt without it")
+            nblock = _int(state.get("nested_blocksize"))
+            if nblock is None:
+                raise bad(states[0], "double quantized, but the quant_state has no nested_blocksize")
+            if count(nested[0]) != ceil(blocks / nblock):
+                raise bad(nested[0], f"{count(nested[0]):,} values stored, {ceil(blocks / nblock):,} needed")
+            if count(nested[1]) != 256:
+                raise bad(nested[1], f"{count(nested[1]):,} values stored, 256 needed")
+    if q.get("load_in_8bit") or q.get("_load_in_8bit"):
+        for tensor, (dtype, shape, _) in entries.items():
+            if not tensor.endswith(".weight") or dtype != "I8" or len(shape) != 2:
+                continue
+            scb = tensor.removesuffix("weight") + "SCB"
+            if scb not in entries:
+                raise bad(scb, f"the int8 weight {tensor} has no row scales without it")
+            if count(scb) != shape[0]:
+                raise bad(scb, f"{count(scb):,} row scales stored, {tensor} has {shape[0]:,} rows")
+
+
+BIN_SINGLE, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"  # transformers' WEIGHTS_(INDEX_)NAME
+BIN_HINT = "download the weights again, or save the model as model.safetensors"
+_TORCH_DTYPE_TAGS = {  # torch dtype -> safetensors header dtype, for the checks shared with safetensors
+    "bool": "BOOL", "uint8": "U8", "int8": "I8", "int16": "I16", "int32": "I32", "int64": "I64",
+    "uint16": "U16", "uint32": "U32", "uint64": "U64",
+}  # fmt: skip
+
+
+def _bin_files(directory: Path) -> list[Path]:
+    """Return the PyTorch weight files transformers loads from a directory with no model.safetensors and no
+    safetensors index: pytorch_model.bin, else the shards pytorch_model.bin.index.json lists."""
+    from qcli.model.safetensors_header import read_index, shard_names
+
+    if (directory / BIN_SINGLE).exists():
+        return [directory / BIN_SINGLE]
+    index = directory / BIN_INDEX
+    if not index.exists():
+        return []
+    return [directory / n for n in shard_names(index, read_index(index))]
+
+
+def check_bin_weights(name: str, directory: Path | None) -> dict[str, dict[str, tuple[str, tuple[int, ...], int]]]:
+    """Raise a UsageError when the PyTorch .bin files a local model loads from (no safetensors there) are not
+    dictionaries of tensors: garbage, a zip archive torch did not write, a pickle of something else, or one
+    torch's weights_only unpickler refuses. transformers reads them the same way, but fails with errors that
+    name nothing (`KeyError: 101`, `cannot convert dictionary update sequence`). They are read on the meta
+    device: the pickle and the tensor names, shapes and dtypes, no data. Return {file: {tensor: (dtype tag,
+    shape, 0)}}, the same entries a safetensors header gives, for the checks both formats share."""
+    from qcli.model.safetensors_header import checkpoint_files, name_problem
+
+    if directory is None or checkpoint_files(directory) is not None:
+        return {}  # safetensors are loaded first: transformers never opens a .bin beside them
+    out: dict[str, dict[str, tuple[str, tuple[int, ...], int]]] = {}
+    for path in _bin_files(directory):
+        where = f"{name}: {path.name}"
+        if not path.is_file():
+            raise UsageError(f"{where} is missing or not a regular file", BIN_HINT)
+        with path.open("rb") as f:
+            start = f.read(4)
+        if not (start.startswith(b"PK\x03\x04") or start[:1] == b"\x80"):  # torch.save: a zip, or a legacy pickle
+            raise UsageError(
+                f"{where} is not a readable PyTorch checkpoint (neither a zip archive nor a pickle)", BIN_HINT
+            )
+        import torch
+
+        try:
+            data = torch.load(path, map_location="meta", weights_only=True)
+        except Exception as exc:
+            raise unreadable_weights(exc, name, directory, path.name, force=True) from None  # type: ignore[misc]
+        if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+            what = type(data).__name__ if not isinstance(data, dict) else "dict whose keys are not all strings"
+            raise UsageError(f"{where} holds a {what}, not a dictionary of tensors", BIN_HINT)
+        entries = {}
+        for tensor, value in data.items():
+            if not isinstance(value, torch.Tensor):
+                raise UsageError(f"{where}: {tensor[:80]!r} is a {type(value).__name__}, not a tensor", BIN_HINT)
+            if (problem := name_problem(tensor)) is not None:
+                raise UsageError(f"{where}: tensor {tensor[:80]!r}: {problem}", BIN_HINT)
+            dtype = str(value.dtype).removeprefix("torch.")
+            entries[tensor] = (_TORCH_DTYPE_TAGS.get(dtype, dtype), tuple(value.shape), 0)
+        out[path.name] = entries
+    return out
 
 
 GENERATION_CONFIG = "generation_config.json"
@@ -325,42 +595,71 @@ def check_generation_config(name: str, directory: Path | None) -> None:
         raise UsageError(f"{name}: {GENERATION_CONFIG} is not valid: {first}", hint) from None
 
 
+def _largest_id(tokenizer: Any) -> int | None:
+    """Return the largest token id the tokenizer can give (its vocabulary with the added tokens); None when it
+    does not say. len(tokenizer) is the count, not the largest id: a vocabulary with a hole in its ids (or a
+    token moved to id 5000) is as long as another and gives ids past it."""
+    ids = []
+    with contextlib.suppress(TypeError):
+        ids.append(len(tokenizer) - 1)
+    try:
+        vocab = tokenizer.get_vocab()
+        ids += [v for v in vocab.values() if isinstance(v, int)]
+    except Exception:  # a tokenizer without get_vocab (some remote-code ones)
+        pass
+    return max(ids) if ids else None
+
+
 def check_tokenizer_fits(name: str, tokenizer: Any, config: dict[str, Any]) -> None:
     """Raise a UsageError when the tokenizer gives ids past the model's embeddings (a tokenizer of another
-    model): every prompt with such a token would fail inside the forward pass with an IndexError.
-    A tokenizer smaller than the embeddings is normal (vocabularies are padded)."""
+    model, or a damaged one): every prompt with such a token would fail inside the forward pass with an
+    IndexError. A tokenizer smaller than the embeddings is normal (vocabularies are padded)."""
     vocab = _vocab_size(config)
-    try:
-        size = len(tokenizer)
-    except TypeError:
+    largest = _largest_id(tokenizer)
+    if vocab is None or largest is None or largest < vocab:
         return
-    if vocab is not None and size > vocab:
+    size = len(tokenizer) if hasattr(tokenizer, "__len__") else largest + 1
+    if size > vocab:
         raise UsageError(
             f"{name}: the tokenizer has {size:,} tokens and the model's embeddings only {vocab:,} (vocab_size in "
             "config.json): the tokenizer is another model's",
             "copy the tokenizer files of the model the weights came from into the directory",
         )
+    token = next((t for t, i in tokenizer.get_vocab().items() if i == largest), "?")
+    raise UsageError(
+        f"{name}: the tokenizer gives token {token[:40]!r} id {largest:,}, past the model's embeddings (vocab_size "
+        f"{vocab:,} in config.json: ids 0 to {vocab - 1:,}); a prompt holding it would fail in the forward pass",
+        "copy the tokenizer files of the model the weights came from into the directory",
+    )
 
 
 # How torch.load says a file is not a checkpoint it can read (a pickle, a zip archive, or neither).
 _UNREADABLE_PICKLE = ("UnpicklingError", "PytorchStreamReader", "invalid load key", "Ran out of input", "weights_only")
 
 
-def unreadable_weights(exc: BaseException, name: str, directory: Path | None) -> UsageError | None:
+def unreadable_weights(
+    exc: BaseException, name: str, directory: Path | None, file: str | None = None, force: bool = False
+) -> UsageError | None:
     """Return the UsageError for a PyTorch weight file torch.load refused (garbage, truncated, not a checkpoint);
-    None for any other failure. torch's own advice to retry with weights_only=False, which runs whatever
-    the file holds, is never passed on."""
+    None for any other failure (`force`: the exception is torch.load's on `file`, whatever it is). torch's own
+    advice to retry with weights_only=False, which runs whatever the file holds, is never passed on."""
     text = f"{type(exc).__name__}: {exc}"
-    if not (isinstance(exc, EOFError) or any(marker in text for marker in _UNREADABLE_PICKLE)):  # EOF: an empty file
+    known = isinstance(exc, EOFError) or any(marker in text for marker in _UNREADABLE_PICKLE)  # EOF: an empty file
+    if not (known or force):
         return None
     bins = sorted(p.name for p in directory.glob("*.bin")) if directory is not None else []
-    what = bins[0] if len(bins) == 1 else "its PyTorch .bin weight files"
+    what = file or (bins[0] if len(bins) == 1 else "its PyTorch .bin weight files")
     found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(exc))
-    cause = found.group(1).strip() if found else ("" if "weights_only" in str(exc) else str(exc).strip())
+    if found:
+        cause = found.group(1).strip()
+    elif known:
+        cause = "" if "weights_only" in str(exc) else str(exc).strip()
+    else:  # torch.load's own words on a zip it did not write, a pickle it cannot rebuild
+        cause = f"{type(exc).__name__}: {str(exc).strip()}"
     cause = (cause.splitlines() or [""])[0][:120]
     return UsageError(
         f"{name}: {what} is not a readable PyTorch checkpoint (torch.load refused it{': ' + cause if cause else ''})",
-        "download the weights again, or save the model as model.safetensors",
+        BIN_HINT,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from qcli.errors import UsageError
 from qcli.plan.presets import Preset
 from qcli.results.run import CheckResult, LoadReport, QuantGroup
 from qcli.run.kernels import failure_text
@@ -155,6 +156,14 @@ def budget(report: LoadReport, budget_bytes: int) -> CheckResult:
     return CheckResult(
         name="budget", passed=used <= budget_bytes, detail=f"{what} {used:,} B vs budget {budget_bytes:,} B"
     )
+
+
+def weights_finite(problem: UsageError | None) -> CheckResult:
+    """Fail when the loaded weights hold NaN or inf (the load's own reading of every parameter and of
+    bitsandbytes' quantization state, run.checkpoint.non_finite_weights)."""
+    if problem is None:
+        return CheckResult(name="weights_finite", passed=True, detail="every loaded weight is finite")
+    return CheckResult(name="weights_finite", passed=False, detail=problem.line())
 
 
 FORWARD_TEXT = "The quick brown fox jumps over the lazy dog."

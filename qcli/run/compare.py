@@ -24,6 +24,7 @@ from qcli.results.run import CompareReport, CompareRow
 from qcli.run.checkpoint import (
     check_causal_lm,
     check_generation_config,
+    check_prequantized_state,
     check_token_ids,
     check_tokenizer_fits,
     check_weight_dtypes,
@@ -89,6 +90,7 @@ def validate(opts: CompareOptions) -> Checked:
     check_token_ids(opts.model, source.config)
     check_generation_config(opts.model, source.local_dir)
     check_weight_dtypes(opts.model, source, opts.token)
+    check_prequantized_state(opts.model, source)
     try:
         spec = from_config(source.config)
     except UnknownModelType:

@@ -22,7 +22,7 @@ from qcli.model.spec import ModelSpec
 from qcli.options import FromCli
 from qcli.plan.estimate import preset_plan
 from qcli.plan.formats import parse_load_dtype
-from qcli.plan.planner import quantized_tensors
+from qcli.plan.planner import quantized_tensors, should_convert
 from qcli.plan.prequantized import checked_format, prequant_of
 from qcli.plan.presets import Preset, load_preset
 from qcli.plan.storages import cuda_prediction
@@ -32,12 +32,14 @@ from qcli.run.checkpoint import (
     check_causal_lm,
     check_generation_config,
     check_loaded_weights,
+    check_prequantized_state,
     check_remote_code,
     check_token_ids,
     check_tokenizer_fits,
     check_weight_dtypes,
     load_tokenizer,
     missing_file,
+    non_finite_error,
     unreadable_weights,
 )
 from qcli.run.demo import ensure_demo
@@ -128,6 +130,7 @@ def prepare(opts: LoadOptions) -> Prepared:
     check_token_ids(opts.model, source.config)
     check_generation_config(opts.model, source.local_dir)
     check_weight_dtypes(opts.model, source, opts.token)
+    check_prequantized_state(opts.model, source)
     spec: ModelSpec | None
     describe_error: UsageError | None = None
     try:
@@ -149,12 +152,32 @@ def prepare(opts: LoadOptions) -> Prepared:
             skip = pre.skip_modules
         if fmt.kind != "dense":
             quantizable = sorted(quantized_tensors(spec, fmt, skip))
+            if pre is None:
+                check_skip_modules(opts.model, preset, spec)
     prepared = Prepared(
         source, spec, preset, dtype, plan, quantizable, prequantized=pre is not None, describe_error=describe_error
     )
     if opts.prompt is not None:
         require_tokenizer(opts, prepared)  # before the load: a missing or damaged tokenizer is bad input now
     return prepared
+
+
+def check_skip_modules(model: str, preset: Preset, spec: ModelSpec) -> None:
+    """Raise a UsageError when an llm_int8_skip_modules entry of the preset matches no module of the model (by
+    transformers' own rule, should_convert): the list REPLACES transformers' default one, so a misspelt entry
+    keeps nothing unquantized it meant to, and quantizes lm_head besides."""
+    modules = set()
+    for t in spec.tensors:
+        parts = t.module.split(".")
+        modules.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    for entry in preset.skip_modules or []:
+        if all(should_convert(m, [entry]) for m in modules):
+            heads = sorted({t.module for t in spec.tensors if t.role == "lm_head"}) or ["lm_head"]
+            raise UsageError(
+                f"preset {preset.name}: llm_int8_skip_modules entry {entry!r} matches no module of {model}",
+                f"name modules the model has (e.g. {heads[0]}); the list replaces transformers' default, so list "
+                f"{heads[0]} too to keep it unquantized",
+            )
 
 
 def require_tokenizer(opts: LoadOptions, prepared: Prepared) -> None:
@@ -187,6 +210,7 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
     offload_dir: Any = None  # a TemporaryDirectory kept alive as long as the model (disk-offloaded weights)
     tokenizer_problem: str | None = None  # why `tokenizer` is None
+    weight_problem: UsageError | None = None  # weights holding NaN or inf (non_finite_error)
 
 
 def quiet_libraries(progress: bool = False) -> None:
@@ -301,6 +325,7 @@ def load(opts: LoadOptions, prepared: Prepared) -> Loaded:
             raise prepared.describe_error from exc  # the meta build failed the same way: the config is at fault
         raise error from exc
     check_loaded_weights(opts.model, model, loading_info, prepared.prequantized)
+    weight_problem = non_finite_error(opts.model, model, prepared.source.local_dir, prepared.dtype)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -321,6 +346,7 @@ def load(opts: LoadOptions, prepared: Prepared) -> Loaded:
         load_seconds=seconds,
         notes=notes,
         offload_dir=offload_dir,
+        weight_problem=weight_problem,
     )
 
 
@@ -374,11 +400,16 @@ CPU_FIRST_FORWARD_NOTE = (
 )
 
 
-def load_report(opts: LoadOptions, prepared: Prepared | None = None) -> tuple[LoadReport, Loaded]:
+def load_report(
+    opts: LoadOptions, prepared: Prepared | None = None, keep_non_finite: bool = False
+) -> tuple[LoadReport, Loaded]:
     """Return the load report (and the loaded model): what the loaded modules hold, read back from them
-    after the load and before any forward pass."""
+    after the load and before any forward pass. Weights holding NaN or inf are a UsageError naming the first
+    one, unless `keep_non_finite` (verify, which reports them as a failed check): then they are a note."""
     prepared = prepared or prepare(opts)
     loaded = load(opts, prepared)
+    if loaded.weight_problem is not None and not keep_non_finite:
+        raise loaded.weight_problem
     model = loaded.model
     memory = tensor_memory(model)  # before any forward: see CPU_FIRST_FORWARD_NOTE
     model_census = census(model, prepared.quantizable)
@@ -424,6 +455,8 @@ def load_report(opts: LoadOptions, prepared: Prepared | None = None) -> tuple[Lo
             "(transformers keeps a pre-quantized checkpoint's quantization; the estimate follows the preset)"
         )
     report.notes += loaded.notes
+    if loaded.weight_problem is not None:
+        report.notes.append(f"WEIGHTS HOLD NaN OR inf: {loaded.weight_problem.message}")
     if prepared.spec is None:
         report.notes.append("qcli cannot describe this architecture: no estimate to compare with")
     elif report.cuda and loaded.device.startswith("cuda") and not opts.device_map:

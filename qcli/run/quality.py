@@ -38,6 +38,15 @@ def perplexity_and_logprobs(model: Any, ids: Any, device: str) -> tuple[float, A
             end = min(begin + window, ids.numel())
             chunk = ids[begin:end].unsqueeze(0).to(device)
             logits = model(chunk).logits[0].float()
+            bad = int((~torch.isfinite(logits)).sum())
+            if bad:  # no perplexity, agreement or KL can be measured on them: say so, not "KL is NaN"
+                from qcli.errors import RunError
+
+                raise RunError(
+                    f"the forward pass gives non-finite logits ({bad:,} of {logits.numel():,} NaN/inf, tokens "
+                    f"{begin} to {end} of the evaluation text): its activations overflow in this precision",
+                    "`qcli verify` names the check that fails; try a preset with a wider dtype (bf16 or fp32)",
+                )
             logp = torch.log_softmax(logits, dim=-1)
             if first is None:
                 first = logp[:-1].cpu()

@@ -203,7 +203,7 @@ def run_verify(opts: VerifyOptions, prepared: Prepared | None = None) -> VerifyR
     results: list[CheckResult] = []
     start = time.perf_counter()
     try:  # the generation is a check of its own below, so that a failing forward is a result, not a crash
-        report, loaded = load_report(dataclasses.replace(opts.load, prompt=None), prepared)
+        report, loaded = load_report(dataclasses.replace(opts.load, prompt=None), prepared, keep_non_finite=True)
     except RunError as exc:
         results.append(
             CheckResult(
@@ -225,6 +225,7 @@ def run_verify(opts: VerifyOptions, prepared: Prepared | None = None) -> VerifyR
             duration_seconds=round(time.perf_counter() - start, 4),
         )
     )
+    results.append(checks.weights_finite(loaded.weight_problem))
     results.append(_timed(lambda: checks.placement(report, opts.allow_offload)))
     results.append(_timed(lambda: checks.quantization(report, v.preset)))
     results.append(_timed(lambda: checks.memory_vs_estimate(report, v.tolerance_pct)))
