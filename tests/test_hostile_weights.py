@@ -287,3 +287,15 @@ def test_a_skip_module_entry_matching_no_module_is_bad_input(cli, good):
     _one_line(r, "'nonexistent' matches no module", "lm_head")
     r = cli("load", str(good), "--preset", "int8", "--set", f'{skip}=["lm_head","down_proj"]', "--json")
     assert r.code == 0, r.err
+
+
+def test_the_non_finite_scan_reads_in_chunks_and_counts_every_value(monkeypatch):
+    import torch
+
+    from qcli.run import checkpoint
+
+    monkeypatch.setattr(checkpoint, "SCAN_CHUNK", 7)  # chunks that do not divide the tensor
+    t = torch.zeros(5, 9, dtype=torch.bfloat16)
+    t[0, 0], t[2, 3], t[4, 8] = float("nan"), float("inf"), float("-inf")  # first, middle and last chunk
+    assert checkpoint._non_finite_count(t) == 3
+    assert checkpoint._non_finite_count(t[:, :4]) == 2  # a non-contiguous view is read whole

@@ -170,17 +170,28 @@ def _quant_tensors(name: str, param: Any) -> list[tuple[str, Any]]:
     return out
 
 
+SCAN_CHUNK = 1 << 24  # elements per isfinite pass: a 16 MiB mask, not one the size of a 500M-element embedding
+
+
+def _non_finite_count(tensor: Any) -> int:
+    """Return how many of a tensor's values are NaN or inf, read in chunks so that the check needs little
+    memory beside the model (it may just fit the GPU)."""
+    import torch
+
+    flat = tensor.detach().reshape(-1)
+    return sum(int((~torch.isfinite(flat[i : i + SCAN_CHUNK])).sum()) for i in range(0, flat.numel(), SCAN_CHUNK))
+
+
 def non_finite_weights(model: Any) -> list[tuple[str, str, int]]:
     """Return (parameter, where in it, count) of the loaded parameters holding NaN or inf values; parameters on
     the meta device (offloaded by accelerate) are not read. Buffers are not weights (some hold -inf masks)."""
-    import torch
 
     out = []
     for name, param in model.named_parameters():
         if param.device.type == "meta":
             continue
         for where, tensor in _quant_tensors(name, param):
-            bad = int((~torch.isfinite(tensor)).sum())
+            bad = _non_finite_count(tensor)
             if bad:
                 out.append((name, where, bad))
                 break

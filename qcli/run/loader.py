@@ -325,7 +325,6 @@ def load(opts: LoadOptions, prepared: Prepared) -> Loaded:
             raise prepared.describe_error from exc  # the meta build failed the same way: the config is at fault
         raise error from exc
     check_loaded_weights(opts.model, model, loading_info, prepared.prequantized)
-    weight_problem = non_finite_error(opts.model, model, prepared.source.local_dir, prepared.dtype)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -346,7 +345,6 @@ def load(opts: LoadOptions, prepared: Prepared) -> Loaded:
         load_seconds=seconds,
         notes=notes,
         offload_dir=offload_dir,
-        weight_problem=weight_problem,
     )
 
 
@@ -408,8 +406,6 @@ def load_report(
     one, unless `keep_non_finite` (verify, which reports them as a failed check): then they are a note."""
     prepared = prepared or prepare(opts)
     loaded = load(opts, prepared)
-    if loaded.weight_problem is not None and not keep_non_finite:
-        raise loaded.weight_problem
     model = loaded.model
     memory = tensor_memory(model)  # before any forward: see CPU_FIRST_FORWARD_NOTE
     model_census = census(model, prepared.quantizable)
@@ -448,6 +444,10 @@ def load_report(
         versions=versions(),
         notes=[],
     )
+    # Read after the figures above, so that the scan's temporaries show in no CUDA reserved or peak figure.
+    loaded.weight_problem = non_finite_error(opts.model, model, prepared.source.local_dir, prepared.dtype)
+    if loaded.weight_problem is not None and not keep_non_finite:
+        raise loaded.weight_problem
     if overridden:
         change = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in overridden.items())
         report.notes.append(
