@@ -131,6 +131,8 @@ def test_compare_files_carry_the_environment(tmp_path):
     assert "Paris" not in md or "\\|" in md
     path = tmp_path / "c.csv"
     compare_csv(report, str(path))
+    header = next(csv.reader(path.open()))
+    assert len(header) == len(set(header)), header  # every column named once
     rows = list(csv.DictReader(path.open()))
     assert len(rows) == 3 and {r["schema_version"] for r in rows} == {"2"}
     assert rows[0]["transformers_version"] == "5.23.0" and rows[0]["gpu"] == "NVIDIA H100 80GB HBM3"
@@ -179,3 +181,17 @@ def test_plot_has_two_panels(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     (mem_title, mem_unit), (q_title, _) = seen[0]
     assert "memory" in mem_title and "MiB" in mem_unit and "lower is better" in q_title
+
+
+def test_decode_rate_is_unknown_rather_than_absurd():
+    """A busy CPU can make the prefill runs slower than a whole generate run: that run has no decode time,
+    and compare printed 16,000,000,000 tokens/s for it (16 tokens over a 1e-9 s floor)."""
+    from qcli.run.quality import decode_rates
+
+    assert decode_rates(16, [0.2, 0.2, 0.2], [0.1, 0.15, 0.2]) == dict.fromkeys(
+        ("tokens_per_second", "min_tokens_per_second", "max_tokens_per_second")
+    )
+    rates = decode_rates(16, [0.2, 0.2, 0.2], [0.1, 0.36, 0.52])  # the first run is left out
+    assert rates == pytest.approx(
+        {"tokens_per_second": 75.0, "min_tokens_per_second": 50.0, "max_tokens_per_second": 100.0}
+    )
