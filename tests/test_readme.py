@@ -33,10 +33,20 @@ def test_the_first_steps_name_real_make_targets():
     assert "source .venv/bin/activate" in README and "TORCH=torch" in README
 
 
+def test_no_example_splits_a_number_from_its_unit():
+    """At 80 columns a wrapped line never ends in a number whose unit starts the next line."""
+    from test_views import UNIT_SPLIT
+
+    for name, body in BLOCKS.items():
+        split = UNIT_SPLIT.search(body)
+        assert not split, (name, body[max(0, split.start() - 60) : split.end() + 20])
+
+
 def test_normalize_masks_timings_and_trained_figures_only():
     assert ex.normalize("loaded in 2.14 s │ 6.13 MiB") == ex.normalize("loaded in 12.03 s │ 6.13 MiB")
+    assert ex.normalize("load   pass   2.88   6.13 MiB") != ex.normalize("load   pass   2.88   6.14 MiB")
     assert ex.normalize("6.13 MiB") != ex.normalize("6.14 MiB")
-    assert ex.normalize("│ load │ pass │ 2.88 │ qlora") == ex.normalize("│ load │ pass │ 12.03 │ qlora")
+    assert ex.normalize("load   pass   2.88   qlora") == ex.normalize("load   pass   12.03   qlora")  # verify
     assert ex.normalize("┡━━━━╇━━┩") == ex.normalize("┡━━━━━━╇━━┩")
     # Quality figures depend on the CPU that trained the demo: masked; the table's rows and columns are not.
     quality = "quality vs bf16 (built-in sample)\npreset perplexity KL\nqlora {} 0.0065\n"
