@@ -85,3 +85,42 @@ def test_planning_doc_examples_match(body: str) -> None:
     assert command.startswith("$ qcli estimate "), command
     fresh = ex.run_example(command[2:])
     assert ex.normalize(body) == ex.normalize(fresh), f"re-run the block; now:\n{fresh}"
+
+
+def _section(title: str) -> str:
+    """Return the README's text under `## title`, up to the next `## ` heading."""
+    return README.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_exit_code_table_is_the_code():
+    from qcli.errors import ExitCode
+
+    rows = re.findall(r"^\| ([\d, ]+) \|", _section("Exit codes"), re.M)
+    assert {int(c) for row in rows for c in row.split(",")} == {int(c) for c in ExitCode}
+
+
+SHORT_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def test_the_preset_table_is_configs():
+    """README's preset reference says what each configs/*.yaml holds: a hand-written table, so checked."""
+    from qcli.plan.presets import presets_report
+
+    rows = {}
+    for line in _section("Presets (configs/)").splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 4 and cells[0] not in {"name", "---"}:
+            rows[cells[0]] = cells[1:]
+    presets = {p.name: p for p in presets_report().presets}
+    assert set(rows) == set(presets)
+    for name, (weights, kept, compute) in rows.items():
+        p, bnb = presets[name], presets[name].bitsandbytes_config or {}
+        assert SHORT_DTYPES[kept] == p.dtype, name
+        assert SHORT_DTYPES[compute.split()[0]] == bnb.get("bnb_4bit_compute_dtype", p.dtype), name
+        if bnb.get("load_in_4bit"):
+            assert weights.split()[0].strip(",").lower() == bnb["bnb_4bit_quant_type"], name
+            assert ("double quant" in weights and "no double" not in weights) == bnb["bnb_4bit_use_double_quant"]
+        elif bnb.get("load_in_8bit"):
+            assert "LLM.int8" in weights and f"threshold {bnb['llm_int8_threshold']}" in weights, name
+        else:
+            assert weights == name, name
