@@ -74,6 +74,8 @@ def normalize(text: str) -> str:
             in_speed = in_quality = False
         if in_speed and not line.startswith(("speed:", "preset")):
             line = re.sub(r"\d[\d,.]*", "<t>", line)  # the speed table is all timings
+            # a run whose decode could not be timed (a busy CPU) shows "—" for its median (min–max)
+            line = re.sub(r"<t> \(<t>–<t>\)|—", "<t>", line)
         if in_quality and not line.startswith(("quality", "preset")):
             # The demo is trained in float32 on the CPU for a few seconds: another CPU's kernels sum in
             # another order and train other weights (same versions and seed: bf16 perplexity 3.685 on an

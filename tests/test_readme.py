@@ -48,6 +48,9 @@ def test_normalize_masks_timings_and_trained_figures_only():
     assert ex.normalize("6.13 MiB") != ex.normalize("6.14 MiB")
     assert ex.normalize("load   pass   2.88   qlora") == ex.normalize("load   pass   12.03   qlora")  # verify
     assert ex.normalize("┡━━━━╇━━┩") == ex.normalize("┡━━━━━━╇━━┩")
+    speed = "speed: time.perf_counter\npreset prefill (ms) decode (tokens/s)\nqlora 3.2 (3.2–3.6) {}\n"
+    assert ex.normalize(speed.format("356 (356–358)")) == ex.normalize(speed.format("—"))  # decode not timed
+    assert ex.normalize(speed.format("356 (356–358)")) != ex.normalize(speed.format("356 (356–358) 9"))
     # Quality figures depend on the CPU that trained the demo: masked; the table's rows and columns are not.
     quality = "quality vs bf16 (built-in sample)\npreset perplexity KL\nqlora {} 0.0065\n"
     assert ex.normalize(quality.format("3.682")) == ex.normalize(quality.format("3.543"))
