@@ -24,6 +24,26 @@ def test_help_names_types_the_click_way(cli, args):
         assert python_type not in r.out, (args, python_type)
 
 
+@pytest.mark.parametrize("args", [(), ("presets", "--help")])
+def test_command_lists_are_not_cut(cli, args):
+    """Click cuts a docstring's first sentence with "..." in a command list: each command has a SHORT_HELP."""
+    listed = cli(*args).out.split("Commands:")[1]
+    assert "..." not in listed and "…" not in listed, listed
+
+
+def test_model_is_described_the_same_way_everywhere(cli):
+    """Every command that takes MODEL accepts the same kinds of it, so their help says the same thing."""
+    said = "MODEL is a model directory, a config.json, a hub id (org/name) or URL, or demo (a tiny built-in model)"
+    for command in ("estimate", "load", "verify", "compare"):
+        assert said in " ".join(cli(command, "--help").out.split()), command
+
+
+def test_a_parse_error_points_to_that_commands_help(cli):
+    r = cli("load")
+    assert r.code == 2 and "Missing argument 'MODEL'" in r.err and "see `qcli load --help`" in r.err, r.err
+    assert "see `qcli --help`" in cli("estimat").err  # no command was reached: the root's help
+
+
 def test_examples_are_one_per_line(cli):
     out = cli("estimate", "--help").out
     lines = [line.strip() for line in out.splitlines() if line.strip().startswith("qcli estimate ")]

@@ -27,10 +27,16 @@ def text_of(render, report, width: int = 80) -> str:
     return out.getvalue()
 
 
+# A line that ends in a number whose unit starts the next line: "reserved 5.45" / "GiB (range …".
+UNIT_SPLIT = re.compile(r"\d[ ]*\n[ ]*(?:[KMGT]i?B|[kMGT]B|B|tokens|params|s|ms)\b")
+
+
 def assert_fits(text: str, width: int = 80) -> None:
     long = [line for line in text.splitlines() if len(line) > width]
     assert not long, long
     assert "…" not in re.sub(r"embeddings … \w+", "", text)  # rich's truncation mark never cuts a number
+    split = UNIT_SPLIT.search(text)
+    assert not split, text[max(0, split.start() - 60) : split.end() + 20]
 
 
 def test_units_scale_per_row():
@@ -131,6 +137,8 @@ def test_compare_files_carry_the_environment(tmp_path):
     assert "Paris" not in md or "\\|" in md
     path = tmp_path / "c.csv"
     compare_csv(report, str(path))
+    header = next(csv.reader(path.open()))
+    assert len(header) == len(set(header)), header  # every column named once
     rows = list(csv.DictReader(path.open()))
     assert len(rows) == 3 and {r["schema_version"] for r in rows} == {"2"}
     assert rows[0]["transformers_version"] == "5.23.0" and rows[0]["gpu"] == "NVIDIA H100 80GB HBM3"
@@ -179,3 +187,38 @@ def test_plot_has_two_panels(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     (mem_title, mem_unit), (q_title, _) = seen[0]
     assert "memory" in mem_title and "MiB" in mem_unit and "lower is better" in q_title
+
+
+def test_decode_rate_is_unknown_rather_than_absurd():
+    """A busy CPU can make the prefill runs slower than a whole generate run: that run has no decode time,
+    and compare printed 16,000,000,000 tokens/s for it (16 tokens over a 1e-9 s floor)."""
+    from qcli.run.quality import decode_rates
+
+    assert decode_rates(16, [0.2, 0.2, 0.2], [0.1, 0.15, 0.2]) == dict.fromkeys(
+        ("tokens_per_second", "min_tokens_per_second", "max_tokens_per_second")
+    )
+    rates = decode_rates(16, [0.2, 0.2, 0.2], [0.1, 0.36, 0.52])  # the first run is left out
+    assert rates == pytest.approx(
+        {"tokens_per_second": 75.0, "min_tokens_per_second": 50.0, "max_tokens_per_second": 100.0}
+    )
+
+
+def test_load_reads_at_80_columns(qcli_cache):
+    """`make demo` ends with `qcli load demo`: the first report a newcomer reads. The answer comes first,
+    no description is cut with "…", and sizes carry GB beside GiB as estimate's do."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "QCLI_CACHE": str(qcli_cache), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
+    env |= {"COLUMNS": "80", "NO_COLOR": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "qcli", "load", "demo", "--preset", "qlora", "--prompt", "The capital of France is"],
+        capture_output=True, text=True, env=env, cwd=root,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert_fits(proc.stdout)
+    assert re.match(r"demo in qlora on cpu: \d+\.\d\d MiB of tensors \(\d+\.\d\d MB\), estimate", proc.stdout)
+    assert "GB (10^9)" in proc.stdout and "get_memory_footprint()" in proc.stdout

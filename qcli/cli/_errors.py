@@ -158,7 +158,10 @@ def _typer_exit(exc: BaseException) -> Outcome:
 def _typer_usage(exc: BaseException) -> Outcome:
     # Typer's parse errors (unknown option, missing argument, bad value) carry exit code 2.
     assert isinstance(exc, typer.TyperException)
-    return Outcome(int(exc.exit_code), _one_line(exc.format_message()), "see `qcli --help`")
+    # The help of the command that was being parsed (`qcli load --help` for a missing MODEL), else the root's.
+    ctx = getattr(exc, "ctx", None)
+    path = ctx.command_path if ctx is not None and ctx.command_path.startswith("qcli") else "qcli"
+    return Outcome(int(exc.exit_code), _one_line(exc.format_message()), f"see `{path} --help`")
 
 
 def _interrupted(exc: BaseException) -> Outcome:

@@ -26,7 +26,8 @@ from qcli.cli._errors import outcome_of
 from qcli.errors import ExitCode, StdoutClosed, Terminated, UsageError, debug_enabled
 
 # command name -> the module that defines it, in the order `qcli --help` lists them. Each module has a
-# function of the same name (or, for a group, a Typer app named `app`) and an EPILOG of examples.
+# function of the same name (or, for a group, a Typer app named `app`), an EPILOG of examples and the
+# SHORT_HELP line the root help lists it with.
 COMMANDS: dict[str, str] = {
     "estimate": "qcli.cli.estimate",
     "load": "qcli.cli.load",
@@ -145,9 +146,11 @@ def build_app(names: list[str] | None = None) -> typer.Typer:
     for name in names or list(COMMANDS):
         module = importlib.import_module(COMMANDS[name])
         if isinstance(getattr(module, "app", None), typer.Typer):
-            app.add_typer(module.app, name=name)
+            app.add_typer(module.app, name=name, short_help=module.SHORT_HELP)
         else:
-            app.command(name, epilog=module.EPILOG, cls=OnceCommand)(getattr(module, name))
+            app.command(name, epilog=module.EPILOG, short_help=module.SHORT_HELP, cls=OnceCommand)(
+                getattr(module, name)
+            )
     return app
 
 

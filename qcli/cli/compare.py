@@ -10,6 +10,8 @@ from qcli.cli._options import DeviceOpt, JsonOpt, MaxNewTokensOpt, ModelArg, Pro
 from qcli.errors import ExitCode, UsageError
 from qcli.extras import require_load_extra
 
+# The line `qcli --help` lists it with (the docstring's first sentence would be cut with "...").
+SHORT_HELP = "Memory, speed and quality of several presets."
 EPILOG = """Example:
 
 \b

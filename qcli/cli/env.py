@@ -2,6 +2,8 @@
 
 from qcli.cli._options import JsonOpt
 
+# The line `qcli --help` lists it with (the docstring's first sentence would be cut with "...").
+SHORT_HELP = "Versions and GPUs, for bug reports."
 EPILOG = """Examples:
 
 \b

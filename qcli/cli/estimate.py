@@ -8,6 +8,8 @@ import typer
 
 from qcli.cli._options import DeviceMapOpt, DtypeOpt, JsonOpt, MaxMemoryOpt, PresetOpt, RevisionOpt, SetOpt, TokenOpt
 
+# The line `qcli --help` lists it with (the docstring's first sentence would be cut with "...").
+SHORT_HELP = "Memory a model needs, and whether it fits."
 EPILOG = """Examples:
 
 \b
@@ -31,7 +33,13 @@ def estimate(
         str | None, typer.Option("--model", "-m", metavar="TEXT", help="The MODEL, given as an option.")
     ] = None,
     bits: Annotated[
-        str | None, typer.Option("--bits", "-b", metavar="TEXT", help="32, 16, 8, 4 or fp32/fp16/bf16/int8/nf4/fp4.")
+        str | None,
+        typer.Option(
+            "--bits",
+            "-b",
+            metavar="TEXT",
+            help="32, 16, 8, 4, or fp32, fp16, bf16, int8, int4, nf4, fp4 (8bit, 4bit too).",
+        ),
     ] = None,
     double_quant: Annotated[bool, typer.Option("--double-quant", help="4-bit with double quantization.")] = False,
     preset: PresetOpt = None,
@@ -123,7 +131,8 @@ def estimate(
 ) -> None:
     """Memory a model needs at a precision: weights with quantization constants, KV cache, training.
 
-    MODEL is a model directory, a config.json, a hub id (org/name) or URL, or demo; or give --params instead.
+    MODEL is a model directory, a config.json, a hub id (org/name) or URL, or demo (a tiny built-in model);
+    or give --params instead.
     """
     # Imported here, not at the top: `qcli --help` and completion import every command module, and these
     # (rich, the result models, the planner) were most of their start-up (docs/bench.md).

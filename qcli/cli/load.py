@@ -18,6 +18,8 @@ from qcli.cli._options import (
 )
 from qcli.extras import require_load_extra
 
+# The line `qcli --help` lists it with (the docstring's first sentence would be cut with "...").
+SHORT_HELP = "Load with a preset; report the real memory."
 EPILOG = """Examples:
 
 \b
@@ -44,7 +46,7 @@ def load(
 ) -> None:
     """Load a model with a preset and report the memory it really takes.
 
-    MODEL is a model directory, a config.json, a hub id (org/name), or demo (a tiny built-in model).
+    MODEL is a model directory, a config.json, a hub id (org/name) or URL, or demo (a tiny built-in model).
     """
     # Imported here, not at module level: `qcli --help` and `qcli estimate` never pay for the loading side.
     from qcli.model.demo import DEMO_NAME

@@ -6,6 +6,8 @@ import typer
 
 from qcli.cli._options import JsonOpt, SetOpt
 
+# The line `qcli --help` lists it with (the docstring's first sentence would be cut with "...").
+SHORT_HELP = "List the presets, or show one."
 app = typer.Typer(
     help="List the presets or show one as a BitsAndBytesConfig.", no_args_is_help=False, invoke_without_command=True
 )
@@ -28,7 +30,7 @@ def presets_list(ctx: typer.Context, json_: JsonOpt = False) -> None:
         render_presets(report, console())
 
 
-@app.command("show")
+@app.command("show", short_help="Show a preset as its BitsAndBytesConfig.")
 def presets_show(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(metavar="NAME", hidden=True, show_default=False)],

@@ -23,6 +23,8 @@ from qcli.cli._options import (
 from qcli.errors import ExitCode, Terminated
 from qcli.extras import require_load_extra
 
+# The line `qcli --help` lists it with (the docstring's first sentence would be cut with "...").
+SHORT_HELP = "Pass/fail checks of a real load, for CI."
 EPILOG = """Example:
 
 \b

@@ -6,11 +6,14 @@ text) is escaped."""
 from __future__ import annotations
 
 import os
+import re
 import sys
+import textwrap
 from typing import TYPE_CHECKING, TextIO
 
 from pydantic import BaseModel
 from rich.console import Console
+from rich.text import Text
 
 from qcli.errors import StdoutClosed
 
@@ -34,6 +37,38 @@ def console(stderr: bool = False) -> Console:
     if out.width < MIN_WIDTH:
         out.width = MIN_WIDTH
     return out
+
+
+# A number and its unit ("5.45 GiB", "8,192 tokens") are one word when a line wraps: rich breaks at any
+# space, and "reserved 5.45" at the end of one line with "GiB" starting the next reads as a bare number.
+_NUMBER_UNIT = re.compile(r"(?<=\d) (?=(?:[KMGT]i?B|[kMGT]?B|B|bytes|tokens|params|s|ms|%)\b)")
+_GLUE = "\x00"  # textwrap breaks only at ASCII whitespace, so a NUL holds the pair together
+
+
+def print_line(out: Console, markup: str) -> None:
+    """Print one line of prose (rich markup), wrapped at the console's width between words but never
+    between a number and its unit."""
+    text = Text.from_markup(markup, emoji=False)  # as the console: "a:smile:b" is a name, not an emoji
+    plain = text.plain
+    if len(plain) <= out.width or "\n" in plain:
+        out.print(text)
+        return
+    glued = _NUMBER_UNIT.sub(_GLUE, plain)
+    wrapper = textwrap.TextWrapper(
+        out.width, break_long_words=True, break_on_hyphens=False, expand_tabs=False, replace_whitespace=False
+    )
+    offsets, start = [], 0
+    try:
+        for piece in wrapper.wrap(glued):
+            start = glued.index(piece, start)  # glued has plain's length: its offsets are plain's
+            offsets.append(start)
+            start += len(piece)
+    except ValueError:  # not expected; rich's own wrapping is the fallback
+        out.print(text)
+        return
+    for line in text.divide(offsets[1:]):
+        line.rstrip()
+        out.print(line, soft_wrap=True)
 
 
 def _stdout() -> TextIO:

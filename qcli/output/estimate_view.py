@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from qcli.output.console import print_line
 from qcli.output.labels import GROUP_LABELS, STRATEGY_LABELS, component_label, format_label
 from qcli.results.plan import (
     Component,
@@ -268,10 +269,10 @@ def groups_table(m: ModelInfo) -> Table:
 
 def render_estimate(report: EstimateReport, out: Console) -> None:
     """Print the answer and the verdict first, then the memory table, the fit, the parameter groups, notes."""
-    out.print(estimate_answer(report))
+    print_line(out, estimate_answer(report))
     rec = report.recommendation
     if rec:
-        out.print(f"recommendation: [bold]{escape(rec.preset or 'none')}[/bold] — {escape(rec.reason)}")
+        print_line(out, f"recommendation: [bold]{escape(rec.preset or 'none')}[/bold] — {escape(rec.reason)}")
     if len(report.plans) != 1:
         out.print()
         out.print(comparison_table(report, out))
@@ -280,37 +281,39 @@ def render_estimate(report: EstimateReport, out: Console) -> None:
         out.print()
         out.print(components_table(plan, out))
         if plan.cuda_prediction:
-            out.print(cuda_prediction_line(plan.cuda_prediction))
+            print_line(out, cuda_prediction_line(plan.cuda_prediction))
         if plan.training:
             t = plan.training
             where = STRATEGY_LABELS.get(t.strategy, t.strategy)
             if t.total_gpus > 1:
                 where += f" on {t.total_gpus} GPUs ({t.total_nodes} node{'s' if t.total_nodes > 1 else ''})"
-            out.print(
+            print_line(
+                out,
                 f"training: {t.mode}, {human_params(t.trainable_params)} trainable params, optimizer "
                 f"{t.optimizer}, {where}; mixed precision {t.mixed_precision}"
                 f"{', fp32 master weights' if t.master_weights else ''}; "
-                f"gradient checkpointing {'on' if t.gradient_checkpointing else 'off'}"
+                f"gradient checkpointing {'on' if t.gradient_checkpointing else 'off'}",
             )
         if plan.devices:
             out.print()
             out.print(devices_table(plan))
-            out.print(f"verdict: {verdict_line(plan)}")
+            print_line(out, f"verdict: {verdict_line(plan)}")
             if plan.largest_layer:
                 ll = plan.largest_layer
-                out.print(
+                print_line(
+                    out,
                     f"largest layer: {escape(ll.name)}, {human_bytes(ll.size_bytes)} — must fit whole on one GPU "
-                    "(offloaded blocks are streamed through GPU 0)"
+                    "(offloaded blocks are streamed through GPU 0)",
                 )
             if plan.max_context_tokens is not None or plan.context_binding:
-                out.print(_context_line(plan, report.batch_size))
+                print_line(out, _context_line(plan, report.batch_size))
             if plan.max_batch_size is not None:
                 ctx = plan.training.sequence_tokens if plan.training else report.context_tokens
-                out.print(f"max batch that fits: {plan.max_batch_size:,} at {ctx:,} tokens")
+                print_line(out, f"max batch that fits: {plan.max_batch_size:,} at {ctx:,} tokens")
     if report.gpus_needed:
-        table = Table(title="GPUs needed (--gpus auto)", title_justify="left", box=box.HORIZONTALS, show_edge=False)
+        table = Table(box=box.HORIZONTALS, pad_edge=False, show_edge=False)
         for col in ("strategy", "GPUs", "per GPU"):
-            table.add_column(col, justify="left" if col == "strategy" else "right")
+            table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)
         for g in report.gpus_needed:
             table.add_row(
                 escape(STRATEGY_LABELS.get(g.strategy, g.strategy)),
@@ -318,20 +321,25 @@ def render_estimate(report: EstimateReport, out: Console) -> None:
                 "does not fit" if g.required_bytes is None else human_bytes(g.required_bytes),
             )
         out.print()
+        print_line(out, "GPUs needed (--gpus auto)")
         out.print(table)
     if rec and rec.options:
+        heading, tail = options_lines(rec.options)
         out.print()
+        print_line(out, heading)
         out.print(options_table(rec.options))
+        if tail:
+            print_line(out, tail)
     for line in _checkpoint_lines(report):
-        out.print(line)
+        print_line(out, line)
     if report.model.params_by_group:
         out.print()
-        out.print(groups_heading(report.model))
+        print_line(out, groups_heading(report.model))
         out.print(groups_table(report.model))
     for n in rec.notes if rec else []:
-        out.print(f"note: {escape(n)}")
+        print_line(out, f"note: {escape(n)}")
     for n in report.notes:
-        out.print(f"note: {escape(n)}")
+        print_line(out, f"note: {escape(n)}")
 
 
 def _checkpoint_lines(report: EstimateReport) -> list[str]:
@@ -366,29 +374,46 @@ def _context_line(plan: Plan, batch: int) -> str:
 
 # The options view lists those that fit and a few that do not (the JSON holds all of them).
 OPTIONS_SHOWN = 10
+OPTIONS_HEADING = "options (those that fit first; least memory per GPU first)"
+
+
+def _shown_options(options: list[Option]) -> list[Option]:
+    """Return those that fit and the first few that do not (at least 3, up to OPTIONS_SHOWN in all)."""
+    shown = [o for o in options if o.fits]
+    return shown + [o for o in options if not o.fits][: max(3, OPTIONS_SHOWN - len(shown))]
 
 
 def options_table(options: list[Option]) -> Table:
-    table = Table(
-        title="options (those that fit, least memory per GPU first)",
-        title_justify="left",
-        box=box.HORIZONTALS,
-        show_edge=False,
-    )
-    for col in ("preset", "train", "strategy", "per GPU", "fits", "why not"):
-        table.add_column(col, justify="right" if col == "per GPU" else "left")
-    shown = [o for o in options if o.fits]
-    shown += [o for o in options if not o.fits][: max(3, OPTIONS_SHOWN - len(shown))]
-    for o in shown:
-        table.add_row(
-            escape(o.preset),
-            o.train or "—",
-            escape(STRATEGY_LABELS.get(o.strategy or "", o.strategy or "—")),
-            human_bytes(o.required_bytes),
-            "[green]yes[/green]" if o.fits else "[red]no[/red]",
-            escape(o.why_not or ""),
+    """Return the options: those that fit, then those that do not, least memory per GPU first in each.
+    The train and strategy columns appear only where some option has one (a plain estimate has neither)."""
+    table = Table(box=box.HORIZONTALS, pad_edge=False, show_edge=False)
+    shown = _shown_options(options)
+    cells = {
+        "preset": [escape(o.preset) for o in shown],
+        "train": [o.train or "—" for o in shown],
+        "strategy": [escape(STRATEGY_LABELS.get(o.strategy or "", o.strategy or "—")) for o in shown],
+        "per GPU": [human_bytes(o.required_bytes) for o in shown],
+        "fits": ["[green]yes[/green]" if o.fits else "[red]no[/red]" for o in shown],
+        "why not": [escape(o.why_not or "") for o in shown],
+    }
+    columns = [c for c in cells if c not in {"train", "strategy"} or any(v != "—" for v in cells[c])]
+    if not any(cells["why not"]):
+        columns.remove("why not")
+    for col in columns:
+        table.add_column(
+            col,
+            justify="right" if col == "per GPU" else "left",
+            no_wrap=col != "why not",
+            overflow="fold",
+            ratio=1 if col == "why not" else None,
         )
-    if len(shown) < len(options):
-        table.caption = f"{len(options) - len(shown)} more that do not fit: --json lists every option"
-        table.caption_justify = "left"
+    for i in range(len(shown)):
+        table.add_row(*[cells[c][i] for c in columns])
     return table
+
+
+def options_lines(options: list[Option]) -> tuple[str, str | None]:
+    """Return the options table's heading, and the line under it when some options are not shown."""
+    hidden = len(options) - len(_shown_options(options))
+    tail = f"{hidden} more that do not fit: --json lists every option" if hidden > 0 else None
+    return OPTIONS_HEADING, tail

@@ -42,7 +42,9 @@ def compare_csv(report: CompareReport, path: str) -> None:
     import csv
 
     measured = [f for f in CompareRow.model_fields if f != "continuation"]
-    env = environment_fields(report)
+    # A column name once: a row's own `device` stays, the environment's same-named one is not repeated
+    # (csv.DictReader keeps only the last of two `device` columns).
+    env = {k: v for k, v in environment_fields(report).items() if k not in measured}
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=[*measured, *env])
         writer.writeheader()

@@ -10,10 +10,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from qcli.output.console import print_line
 from qcli.units import decimal_bytes, human_bytes, human_params, signed_percent
 
 if TYPE_CHECKING:
     from qcli.results.run import CompareReport, LoadReport, QuantGroup, VerifyReport
+
+
+QUANTIZATION_HEADING = "quantization read from the loaded modules (--json lists every module)"
 
 
 def quantization_table(report: LoadReport) -> Table | None:
@@ -44,12 +48,7 @@ def quantization_table(report: LoadReport) -> Table | None:
     shown = [(name, get) for name, get in columns if any(get(g) is not None for g in groups)]
     if all(g.quantized for g in groups):
         shown = [c for c in shown if c[0] != "quantized"]
-    table = Table(
-        title="quantization read from the loaded modules (--json lists every module)",
-        title_justify="left",
-        box=box.HORIZONTALS,
-        show_edge=False,
-    )
+    table = Table(box=box.HORIZONTALS, pad_edge=False, show_edge=False)
     for name, _ in shown:
         table.add_column(name, justify="right" if name in {"modules", "block", "threshold"} else "left")
     for g in groups:
@@ -57,121 +56,119 @@ def quantization_table(report: LoadReport) -> Table | None:
     return table
 
 
-def render_load(report: LoadReport, out: Console) -> None:
-    if report.preset_overridden:
-        out.print(
-            f"[bold red]WARNING: the checkpoint's own quantization_config overrode preset "
-            f"{escape(report.preset)}[/bold red]: what loaded is below, read from the modules"
-        )
-    table = Table(
-        title=f"{escape(report.model)} · preset {escape(report.preset)} · {report.device} · "
-        f"loaded in {report.load_seconds:.2f} s · measured {escape(report.measured_at)}",
-        title_justify="left",
-    )
-    table.add_column("measure")
-    table.add_column("bytes", justify="right")
-    table.add_column("size (binary units)", justify="right")
-    table.add_column("what it is")
-    table.add_row(
-        "memory_bytes",
-        f"{report.memory_bytes:,}",
-        human_bytes(report.memory_bytes),
-        "every tensor once, wherever it is: params, buffers, quant_state, SCB",
-    )
-    for place, size in sorted(report.memory_bytes_by_device.items()):
-        what = {"disk": "offloaded to disk by accelerate", "meta": "never loaded (meta device)"}.get(place, "")
-        table.add_row(f"  on {escape(place)}", f"{size:,}", human_bytes(size), what)
-    for kind, size in sorted(report.memory_bytes_by_kind.items()):
-        table.add_row(f"  {kind}", f"{size:,}", human_bytes(size), "")
-    if report.offloaded_bytes:
-        table.add_row(
-            "[yellow]offloaded_bytes[/yellow]",
-            f"{report.offloaded_bytes:,}",
-            human_bytes(report.offloaded_bytes),
-            "off the load device (disk, or CPU for a GPU load)",
-        )
-    table.add_row(
-        "footprint_bytes",
-        f"{report.footprint_bytes:,}",
-        human_bytes(report.footprint_bytes),
-        "transformers get_memory_footprint() (misses 4-bit quant_state)",
+# Below this width load's exact-bytes column is dropped, as estimate's is (the JSON keeps every byte).
+LOAD_EXACT_BYTES_MIN_WIDTH = 100
+
+
+def load_answer(report: LoadReport) -> str:
+    """Return the one-line answer `qcli load` starts with: what the model takes, against the estimate."""
+    head = (
+        f"[bold]{escape(report.model)}[/bold] in [bold]{escape(report.preset)}[/bold] on {escape(report.device)}: "
+        f"{human_bytes(report.memory_bytes)} of tensors ({decimal_bytes(report.memory_bytes)})"
     )
     if report.estimate_bytes is not None:
-        error = report.estimate_error_percent
-        table.add_row(
-            "estimate_bytes",
-            f"{report.estimate_bytes:,}",
-            human_bytes(report.estimate_bytes),
-            f"qcli estimate, {error:+.3f}% vs measured" if error is not None else "qcli estimate",
+        head += f", estimate {human_bytes(report.estimate_bytes)}"
+        if report.estimate_error_percent is not None:
+            head += f" ({report.estimate_error_percent:+.3f}%)"
+    return head + f"; loaded in {report.load_seconds:.2f} s"
+
+
+def load_table(report: LoadReport, out: Console) -> Table:
+    """Return load's memory table: what each figure is in its label, then its size in GiB-style and GB units
+    (and exact bytes where there is room), so that it reads at 80 columns without cutting a word."""
+    table = Table(box=box.HORIZONTALS, pad_edge=False, show_edge=False)
+    table.add_column("measure", overflow="fold", ratio=1)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("GB (10^9)", justify="right", no_wrap=True)
+    exact = out.width >= LOAD_EXACT_BYTES_MIN_WIDTH
+    if exact:
+        table.add_column("bytes", justify="right", no_wrap=True)
+
+    def row(label: str, n_bytes: int | None) -> None:
+        if n_bytes is None:
+            cells = ["—", "—", "—"]
+        else:
+            cells = [human_bytes(n_bytes), decimal_bytes(n_bytes), f"{n_bytes:,}"]
+        table.add_row(label, *cells[: 3 if exact else 2])
+
+    row("memory_bytes: every tensor once, wherever it is (params, buffers, quant_state, SCB)", report.memory_bytes)
+    for place, size in sorted(report.memory_bytes_by_device.items()):
+        what = {"disk": " (offloaded to disk by accelerate)", "meta": " (never loaded: meta device)"}.get(place, "")
+        row(f"  on {escape(place)}{what}", size)
+    for kind, size in sorted(report.memory_bytes_by_kind.items()):
+        row(f"  {escape(kind)}", size)
+    if report.offloaded_bytes:
+        row(
+            "[yellow]offloaded_bytes[/yellow]: off the load device (disk, or CPU for a GPU load)",
+            report.offloaded_bytes,
         )
+    row("footprint_bytes: transformers get_memory_footprint(), which misses 4-bit quant_state", report.footprint_bytes)
+    if report.estimate_bytes is not None:
+        error = report.estimate_error_percent
+        vs = f", {error:+.3f}% vs measured" if error is not None else ""
+        row(f"estimate_bytes: qcli estimate{vs}", report.estimate_bytes)
     pred = report.cuda_prediction
     for c in report.cuda or []:
         table.add_section()
-        table.add_row(
-            f"{c.device} allocated", f"{c.allocated_bytes:,}", human_bytes(c.allocated_bytes), "torch allocator"
-        )
-        if pred is not None and c.device == report.device:
-            table.add_row(
-                "  predicted",
-                f"{pred.cuda_allocated_bytes:,}",
-                human_bytes(pred.cuda_allocated_bytes),
-                f"qcli's allocator model, {c.allocated_bytes - pred.cuda_allocated_bytes:+,} B vs measured",
-            )
-        table.add_row(
-            f"{c.device} reserved", f"{c.reserved_bytes:,}", human_bytes(c.reserved_bytes), "allocator segments"
-        )
-        if pred is not None and c.device == report.device:
-            table.add_row(
-                "  predicted",
-                f"{pred.cuda_reserved_bytes:,}",
-                human_bytes(pred.cuda_reserved_bytes),
-                f"range {human_bytes(pred.cuda_reserved_low_bytes)}–{human_bytes(pred.cuda_reserved_high_bytes)}",
-            )
-        table.add_row(
-            f"{c.device} peak allocated",
-            f"{c.peak_allocated_bytes:,}",
-            human_bytes(c.peak_allocated_bytes),
-            "during the load",
-        )
-        table.add_row(f"{c.device} peak reserved", f"{c.peak_reserved_bytes:,}", human_bytes(c.peak_reserved_bytes), "")
-        table.add_row(
-            f"{c.device} CUDA context",
-            f"{c.cuda_context_bytes:,}",
-            human_bytes(c.cuda_context_bytes),
-            "total − free − reserved (incl. other processes)",
-        )
-        table.add_row(
-            f"{c.device} free / total",
-            f"{c.free_bytes:,}",
-            f"{human_bytes(c.free_bytes)} / {human_bytes(c.total_bytes)}",
-            "",
-        )
+        mine = pred is not None and c.device == report.device
+        row(f"{c.device} allocated (torch allocator)", c.allocated_bytes)
+        if mine:
+            gap = c.allocated_bytes - pred.cuda_allocated_bytes
+            row(f"  predicted by qcli's allocator model ({gap:+,} B vs measured)", pred.cuda_allocated_bytes)
+        row(f"{c.device} reserved (allocator segments)", c.reserved_bytes)
+        if mine:
+            low, high = human_bytes(pred.cuda_reserved_low_bytes), human_bytes(pred.cuda_reserved_high_bytes)
+            row(f"  predicted by qcli (range {low}–{high})", pred.cuda_reserved_bytes)
+        row(f"{c.device} peak allocated (during the load)", c.peak_allocated_bytes)
+        row(f"{c.device} peak reserved", c.peak_reserved_bytes)
+        row(f"{c.device} CUDA context (total − free − reserved, other processes included)", c.cuda_context_bytes)
+        row(f"{c.device} free", c.free_bytes)
+        row(f"{c.device} total", c.total_bytes)
     if report.cuda is None:
-        table.add_row("CUDA allocated / reserved", "—", "—", "absent: no CUDA device")
+        row("CUDA allocated / reserved: absent (no CUDA device)", None)
     if report.rss_bytes is not None:
-        table.add_row("process RSS", f"{report.rss_bytes:,}", human_bytes(report.rss_bytes), "resident memory (CPU)")
+        row("process RSS (resident CPU memory of this process)", report.rss_bytes)
+    return table
+
+
+def render_load(report: LoadReport, out: Console) -> None:
+    """Print the answer first, then the memory table, the quantization read back, the generation, notes."""
+    if report.preset_overridden:
+        print_line(
+            out,
+            f"[bold red]WARNING: the checkpoint's own quantization_config overrode preset "
+            f"{escape(report.preset)}[/bold red]: what loaded is below, read from the modules",
+        )
+    print_line(out, load_answer(report))
+    out.print()
+    table = load_table(report, out)
     out.print(table)
     quant = quantization_table(report)
     if quant is not None:
+        out.print()
+        print_line(out, QUANTIZATION_HEADING)
         out.print(quant)
     c = report.census
-    out.print(
+    print_line(
+        out,
         f"modules: {c.linear4bit} Linear4bit, {c.linear8bit} Linear8bitLt, {c.linear_unquantized} unquantized "
         f"Linear ({escape(', '.join(c.unquantized_modules[:4])) or 'none'}"
-        f"{' …' if len(c.unquantized_modules) > 4 else ''})"
+        f"{' …' if len(c.unquantized_modules) > 4 else ''})",
     )
-    out.print(
+    print_line(
+        out,
         "unquantized tensors by dtype: "
-        + ", ".join(f"{k} {human_params(v)}" for k, v in c.kept_params_by_dtype.items())
+        + ", ".join(f"{k} {human_params(v)} params" for k, v in c.kept_params_by_dtype.items()),
     )
     if report.generation:
         g = report.generation
-        out.print(
+        print_line(
+            out,
             f"generation ({g.new_tokens} tokens, {g.generate_seconds:.2f} s): "
-            f"[bold]{escape(g.prompt)}[/bold]{escape(g.text)}"
+            f"[bold]{escape(g.prompt)}[/bold]{escape(g.text)}",
         )
     for n in report.notes:
-        out.print(f"note: {escape(n)}")
+        print_line(out, f"note: {escape(n)}")
 
 
 CHECK_MARKS = {
@@ -183,21 +180,31 @@ CHECK_MARKS = {
 }
 
 
+def verify_answer(report: VerifyReport) -> str:
+    """Return verify's first line: the verdict, then how many checks had each outcome."""
+    counts: dict[str, int] = {}
+    for c in report.checks:
+        counts[c.outcome] = counts.get(c.outcome, 0) + 1
+    order = ("failed", "error", "warning", "passed", "skipped")
+    tally = ", ".join(f"{counts[o]} {o}" for o in order if counts.get(o))
+    verdict = "[green]PASSED[/green]" if report.passed else "[red]FAILED[/red]"
+    return f"qcli verify: {verdict}" + (f" ({tally})" if tally else "")
+
+
 def render_verify(report: VerifyReport, out: Console) -> None:
-    table = Table(
-        title="qcli verify: " + ("[green]PASSED[/green]" if report.passed else "[red]FAILED[/red]"),
-        title_justify="left",
-    )
-    table.add_column("check")
-    table.add_column("result")
-    table.add_column("s", justify="right")
-    table.add_column("detail")
+    """Print the verdict first, then one row per check (its seconds and what it found)."""
+    print_line(out, verify_answer(report))
+    table = Table(box=box.HORIZONTALS, pad_edge=False, show_edge=False)
+    table.add_column("check", no_wrap=True)
+    table.add_column("result", no_wrap=True)
+    table.add_column("seconds", justify="right", no_wrap=True)
+    table.add_column("detail", overflow="fold", ratio=1)
     for c in report.checks:
         seconds = "" if c.duration_seconds is None else f"{c.duration_seconds:.2f}"
         table.add_row(c.name, CHECK_MARKS[c.outcome], seconds, escape(c.detail))
     out.print(table)
     if report.load is not None and report.load.preset_overridden:
-        out.print("[bold red]the checkpoint's own quantization_config overrode the preset[/bold red]")
+        print_line(out, "[bold red]the checkpoint's own quantization_config overrode the preset[/bold red]")
 
 
 def _f(value: float | None, spec: str, suffix: str = "") -> str:
@@ -279,23 +286,23 @@ def render_compare(report: CompareReport, out: Console) -> None:
     head += f" against {escape(report.reference)}"
     if failed:
         head += f"; [red]failed: {escape(', '.join(failed))}[/red]"
-    out.print(head)
+    print_line(out, head)
     for title, table in compare_tables(report):
         out.print()
-        out.print(title)
+        print_line(out, title)
         out.print(table)
     continuations = [r for r in report.results if r.continuation is not None]
     if continuations:
         out.print()
-        out.print(f"greedy continuations of {escape(repr(report.prompt))}:")
+        print_line(out, f"greedy continuations of {escape(repr(report.prompt))}:")
         width = max(len(r.preset) for r in continuations)
         for r in continuations:
-            out.print(f"  {escape(r.preset):<{width}}  {escape(_one_line(r.continuation or ''))}")
+            print_line(out, f"  {escape(r.preset):<{width}}  {escape(_one_line(r.continuation or ''))}")
     for r in report.results:
         if r.traceback:
-            out.print(f"--- {escape(r.preset)} worker traceback ---\n{escape(r.traceback)}")
+            print_line(out, f"--- {escape(r.preset)} worker traceback ---\n{escape(r.traceback)}")
     for r in report.results:
         if r.error:
-            out.print(f"[red]{escape(r.preset)} failed[/red]: {escape(_one_line(r.error))}")
+            print_line(out, f"[red]{escape(r.preset)} failed[/red]: {escape(_one_line(r.error))}")
     for n in report.notes:
-        out.print(f"note: {escape(n)}")
+        print_line(out, f"note: {escape(n)}")

@@ -3,7 +3,8 @@ planning every precision × strategy on the devices. Pure Python.
 
 The pick follows 2c (quality first: 16-bit, then int8, then 4-bit; for training full, then LoRA, then
 QLoRA), and among strategies the one that shards least (less communication) that fits. The options list
-ranks everything that fits by per-GPU memory, cheapest first, then says why each of the others does not.
+ranks everything that fits by per-GPU memory, cheapest first, then the others, cheapest first, each with
+why it does not fit.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ def why_not(plan: Plan) -> str | None:
         if row.role == "offload":
             return f"{human_bytes(row.assigned_bytes)} would be offloaded to CPU"
         if row.fits is False and row.capacity_bytes is not None:
-            return f"{row.name} needs {human_bytes(row.required_bytes)} of {human_bytes(row.capacity_bytes)}"
+            # the required bytes are the option's own figure: this says what they exceed, short enough
+            # for the options table's last column at 80 columns
+            return f"over {row.name}'s {human_bytes(row.capacity_bytes)}"
     return "does not fit"
 
 
@@ -79,7 +82,7 @@ def recommend(
     options = [_option(p, m, s, plan_of(p, m, s)) for p, m, s in tried]
     pick = next((o for o in options if o.fits), None)
     ranked = sorted((o for o in options if o.fits), key=lambda o: o.required_bytes)
-    ranked += [o for o in options if not o.fits]
+    ranked += sorted((o for o in options if not o.fits), key=lambda o: o.required_bytes)
     if pick is None:
         return Recommendation(preset=None, reason=none_reason, notes=notes, options=ranked)
     reason = why[pick.train or pick.preset] if training else why[pick.preset]

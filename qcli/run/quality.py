@@ -125,14 +125,27 @@ def speed(model: Any, tokenizer: Any, prompt: str, device: str, new_tokens: int,
             device,
             runs,
         )
-    decode_tps = [new_tokens / max(t - statistics.median(prefill), 1e-9) for t in total]
     method = (SPEED_METHOD_CUDA if device.startswith("cuda") else SPEED_METHOD_CPU).format(n=runs)
     return {
         "prefill_seconds": statistics.median(prefill),
         "prefill_min_seconds": min(prefill),
         "prefill_max_seconds": max(prefill),
-        "tokens_per_second": statistics.median(decode_tps),
-        "min_tokens_per_second": min(decode_tps),
-        "max_tokens_per_second": max(decode_tps),
+        **decode_rates(new_tokens, prefill, total),
         "speed_method": method,
+    }
+
+
+def decode_rates(new_tokens: int, prefill: list[float], total: list[float]) -> dict[str, float | None]:
+    """Return decode tokens/s (median, min, max) of the generate runs: each run's time less the median
+    prefill. A run no longer than the prefill (a busy CPU slowed the prefill runs, not that one) has no
+    decode time to divide by and is left out; with none left the rates are unknown (None), never the
+    1.6e10 tokens/s that dividing by a floor of 1e-9 s printed."""
+    decode = [t - statistics.median(prefill) for t in total]
+    tps = [new_tokens / d for d in decode if d > 0]
+    if not tps:
+        return {"tokens_per_second": None, "min_tokens_per_second": None, "max_tokens_per_second": None}
+    return {
+        "tokens_per_second": statistics.median(tps),
+        "min_tokens_per_second": min(tps),
+        "max_tokens_per_second": max(tps),
     }
