@@ -220,3 +220,34 @@ def test_activation_formulas(cli):
     assert acts("--attention", "sdpa") == layers * s * h * 34
     assert acts("--grad-checkpointing") == layers * 2 * s * h + int(s * h * (34 + 5 * a * s / h))
     assert acts("--mixed-precision", "no") == 2 * acts()
+
+
+@pytest.mark.parametrize(
+    ("preset", "gpu", "caveat"),
+    [
+        ("qlora", "T4", True),
+        ("bf16", "V100-32GB", True),
+        ("nf4-fp16", "T4", False),
+        ("fp16", "V100-32GB", False),
+        ("qlora", "A100-80GB", False),
+    ],
+)
+def test_the_answer_says_when_the_gpu_lacks_the_bf16_the_plan_uses(cli, preset, gpu, caveat):
+    r = cli("estimate", LLAMA, "--preset", preset, "--gpu", gpu)
+    first = " ".join(r.out.split("\n\n")[0].split())  # the answer, however it wraps
+    assert r.code == 0 and "fits" in first
+    assert (f"but the {gpu} has no bf16" in first) is caveat
+    assert (
+        plan(est(cli, LLAMA, "--preset", preset, "--gpu", gpu))["compute_dtype"]
+        == ({"qlora": "bfloat16", "bf16": "bfloat16", "nf4-fp16": "float16", "fp16": "float16"}[preset])
+    )
+
+
+def test_a_mistyped_path_into_a_local_folder_is_not_sent_to_the_hub(cli, tmp_path, monkeypatch):
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: a hub call would say unreachable
+    r = cli("estimate", "models/llama")
+    assert r.code == 2 and "no such file or directory, though there is a local folder models/" in r.err
+    assert "https://huggingface.co/models/llama" in r.err and "reach" not in r.err

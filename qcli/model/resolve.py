@@ -146,6 +146,12 @@ def resolve(
         raise UsageError(
             f"{model}: no such file or directory", "give a model directory, a config.json, a hub id or a hub URL"
         )
+    first = model.split("/", 1)[0]
+    if "/" in model and Path(first).is_dir():  # a path into a local folder, mistyped: not a hub id to ask for
+        raise UsageError(
+            f"{model}: no such file or directory, though there is a local folder {first}/",
+            f"check the path; for the hub repo of that name, give https://huggingface.co/{model}",
+        )
     return _from_hub(model, revision, read_safetensors, token)
 
 

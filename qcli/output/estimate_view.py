@@ -197,7 +197,11 @@ def estimate_answer(report: EstimateReport) -> str:
     need = human_bytes(max(d.required_bytes for d in gpus)) + (" per GPU" if len(_gpu_names(plan)) > 1 else "")
     if plan.fits:
         free = sum((d.headroom_bytes or 0) * d.identical_gpus for d in gpus)
-        return f"{head} {verb} {need} on {where}: [green]fits[/green], {human_bytes(free)} free"
+        lacking = [d.name for d in gpus if d.bf16 is False]
+        caveat = ""
+        if lacking and "bfloat16" in (plan.load_dtype, plan.compute_dtype):  # the notes say what to use instead
+            caveat = f", [yellow]but the {escape(lacking[0])} has no bf16 (see the notes)[/yellow]"
+        return f"{head} {verb} {need} on {where}: [green]fits[/green], {human_bytes(free)} free{caveat}"
     short = f", {human_bytes(plan.offloaded_bytes)} would go to the CPU" if plan.offloaded_bytes else ""
     return f"{head} {verb} {need} on {where}: [red]does not fit[/red]{short}"
 

@@ -528,6 +528,8 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
             report.notes.append(f"--gpus auto: nothing fits on up to {MAX_GPUS_PER_NODE} GPUs per node")
     req = request(f, load, name, skip, opts.train, strategy, devices)
     plan = build_plan(spec, req)
+    four_bit = f.kind == "4bit"
+    plan.compute_dtype = (preset.compute_dtype if preset is not None else None) if four_bit else load
     if predict_cuda:
         plan.cuda_prediction = cuda_prediction(spec, f, load, skip, device_total)
     report.plans.append(plan)

@@ -157,6 +157,11 @@ class Plan(Model):
     format: str = Field(description="storage format of the quantizable linears: fp32, bf16, int8, nf4, nf4+dq, …")
     preset: str | None = Field(default=None, description="the preset this plan follows, when one was given")
     load_dtype: str = Field(description="dtype of every tensor that stays unquantized")
+    compute_dtype: str | None = Field(
+        default=None,
+        description="dtype the layers compute in (a 4-bit preset's bnb_4bit_compute_dtype, else the load dtype); "
+        "null for --bits 4 without a preset",
+    )
     total_params: int
     quantized_params: int = Field(description="parameters stored in the quantized format")
     bits_per_param: float = Field(description="weight bytes × 8 / params (quantization constants included)")
