@@ -24,6 +24,17 @@ def save_tiny_llama(out: Path, vocab_size: int = 128) -> Path:
     return out
 
 
+def one_error_line(r, *needles: str) -> str:
+    """Assert a run ended as bad input with one plain error line holding every needle; return the line."""
+    assert r.code == 2, (r.code, r.err)
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.err and "internal error" not in r.err, r.err
+    assert "is the checkpoint complete" not in r.err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def qcli_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache dir per test session: the demo model is built once."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import save_tiny_llama
+from tests.conftest import one_error_line, save_tiny_llama
 from tests.hubserver import point_hub_at
 
 pytestmark = pytest.mark.slow
@@ -31,16 +31,6 @@ def _copy(good: Path, to: Path, config: dict | None = None, weights: bool = True
     return to
 
 
-def _one_line(r, *needles: str) -> str:
-    assert r.code == 2, (r.code, r.err)
-    lines = r.err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in r.err and "internal error" not in r.err, r.err
-    assert "is the checkpoint complete" not in r.err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 @pytest.mark.parametrize("content", ["garbage", "empty", "truncated zip"])
 def test_an_unreadable_pytorch_bin_names_the_file_and_never_suggests_weights_only(cli, good, tmp_path, content):
     import torch
@@ -55,7 +45,7 @@ def test_an_unreadable_pytorch_bin_names_the_file_and_never_suggests_weights_onl
         torch.save({"w": torch.zeros(64)}, target)
         target.write_bytes(target.read_bytes()[:100])
     r = cli("load", str(d), "--preset", "bf16")
-    line = _one_line(r, "pytorch_model.bin", "not a readable PyTorch checkpoint")
+    line = one_error_line(r, "pytorch_model.bin", "not a readable PyTorch checkpoint")
     assert "weights_only" not in line
 
 
@@ -65,7 +55,7 @@ def test_a_config_without_model_type_is_bad_input(cli, good, tmp_path, command):
     config.pop("model_type")
     config.pop("architectures", None)
     d = _copy(good, tmp_path / "nomodeltype", config)
-    _one_line(cli(command, str(d)), "config.json has no model_type")
+    one_error_line(cli(command, str(d)), "config.json has no model_type")
 
 
 @pytest.mark.parametrize("command", ["load", "verify", "compare"])
@@ -75,7 +65,7 @@ def test_a_model_that_is_not_a_causal_lm_is_bad_input(cli, good, tmp_path, comma
 
     config = AutoConfig.for_model(model_type, d_model=32, vocab_size=128).to_dict()
     d = _copy(good, tmp_path / model_type, config)
-    _one_line(cli(command, str(d)), f"model_type {model_type!r} is not a causal language model", "estimate")
+    one_error_line(cli(command, str(d)), f"model_type {model_type!r} is not a causal language model", "estimate")
 
 
 def test_offline_with_only_the_config_cached_says_the_weights_are_not_cached(cli, good, tmp_path, monkeypatch):
@@ -87,7 +77,7 @@ def test_offline_with_only_the_config_cached_says_the_weights_are_not_cached(cli
     (repo / "snapshots" / commit).mkdir(parents=True)
     (repo / "snapshots" / commit / "config.json").write_text((good / "config.json").read_text())
     for command in ("load", "compare"):
-        _one_line(cli(command, "org/cfgonly"), "org/cfgonly", "not in the local cache", "HF_HUB_OFFLINE")
+        one_error_line(cli(command, "org/cfgonly"), "org/cfgonly", "not in the local cache", "HF_HUB_OFFLINE")
     os.symlink(good / "model.safetensors", repo / "snapshots" / commit / "model.safetensors")
     r = cli("load", "org/cfgonly", "--preset", "bf16", "--json")  # with the weights cached, it loads
     assert r.code == 0, r.err

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import save_tiny_llama
+from tests.conftest import one_error_line, save_tiny_llama
 
 pytestmark = pytest.mark.slow
 
@@ -49,16 +49,6 @@ def _safetensors(good: Path, to: Path, state: dict) -> Path:
     return d
 
 
-def _one_line(r, *needles: str) -> str:
-    assert r.code == 2, (r.code, r.err)
-    lines = r.err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in r.err and "internal error" not in r.err, r.err
-    assert "is the checkpoint complete" not in r.err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 @pytest.mark.parametrize("part", ["²", "①"])
 def test_a_tensor_name_with_digits_other_than_ascii_is_named(cli, good, tmp_path, part):
     """transformers sorts names by parts, int() on any part isdigit() accepts: `²` was a ValueError, exit 1."""
@@ -67,8 +57,8 @@ def test_a_tensor_name_with_digits_other_than_ascii_is_named(cli, good, tmp_path
     state = _state(good)
     state[f"model.layers.{part}.w"] = torch.zeros(3)
     d = _safetensors(good, tmp_path / "named", state)
-    _one_line(cli("load", str(d), "--preset", "nf4"), "model.safetensors", f"model.layers.{part}.w")
-    _one_line(cli("estimate", str(d)), "model.safetensors", f"model.layers.{part}.w")
+    one_error_line(cli("load", str(d), "--preset", "nf4"), "model.safetensors", f"model.layers.{part}.w")
+    one_error_line(cli("estimate", str(d)), "model.safetensors", f"model.layers.{part}.w")
 
 
 def _bin(good: Path, to: Path, content: str) -> Path:
@@ -111,7 +101,7 @@ def test_a_pytorch_bin_that_is_no_float_state_dict_is_bad_input(cli, good, tmp_p
     """Were exit 1 (`KeyError: 101`, `TypeError: cannot convert dictionary update sequence`) or exit 0 (an
     integer weight cast to floats) before."""
     d = _bin(good, tmp_path / "bin", content)
-    _one_line(cli("load", str(d), "--preset", "bf16"), "pytorch_model.bin", needle)
+    one_error_line(cli("load", str(d), "--preset", "bf16"), "pytorch_model.bin", needle)
 
 
 def test_a_legacy_pickle_bin_still_loads(cli, good, tmp_path):
@@ -129,7 +119,7 @@ def test_a_malicious_pickle_bin_is_refused_without_running_it(cli, good, tmp_pat
 
     d = _dir(good, tmp_path / "evil")
     (d / "pytorch_model.bin").write_bytes(pickle.dumps({"w": Evil()}, protocol=2))
-    _one_line(cli("load", str(d), "--preset", "bf16"), "pytorch_model.bin", "not a readable PyTorch checkpoint")
+    one_error_line(cli("load", str(d), "--preset", "bf16"), "pytorch_model.bin", "not a readable PyTorch checkpoint")
     assert not marker.exists()
 
 
@@ -140,7 +130,7 @@ def test_nan_or_inf_stored_in_a_weight_is_bad_input_for_every_preset(cli, good, 
     state = _state(good)
     state[TENSOR][0, 0] = float(value)
     d = _safetensors(good, tmp_path / "nan", state)
-    _one_line(cli("load", str(d), "--preset", preset), "model.safetensors", TENSOR, "NaN or inf")
+    one_error_line(cli("load", str(d), "--preset", preset), "model.safetensors", TENSOR, "NaN or inf")
 
 
 def _with_tokenizer(d: Path) -> Path:
@@ -162,7 +152,7 @@ def test_nan_weights_fail_verify_with_the_tensor_named_and_stop_compare(cli, goo
     check = next(c for c in data["checks"] if c["name"] == "weights_finite")
     assert not check["passed"] and "model.norm.weight" in check["detail"] and "NaN or inf" in check["detail"]
     assert any("NaN" in n for n in data["load"]["notes"])
-    _one_line(cli("compare", str(d), "--presets", "bf16,nf4"), "model.norm.weight", "NaN or inf")
+    one_error_line(cli("compare", str(d), "--presets", "bf16,nf4"), "model.norm.weight", "NaN or inf")
     good_tok = _with_tokenizer(_safetensors(good, tmp_path / "fine", _state(good)))
     r = cli("verify", str(good_tok), "--preset", "nf4", "--json")
     assert next(c for c in r.json()["checks"] if c["name"] == "weights_finite")["passed"], r.out
@@ -172,7 +162,7 @@ def test_values_past_float16_range_are_refused_for_fp16_and_load_in_bf16(cli, go
     state = _state(good)
     state[TENSOR].mul_(1e30)
     d = _safetensors(good, tmp_path / "big", state)
-    _one_line(cli("load", str(d), "--preset", "fp16"), TENSOR, "past float16's range", "--preset bf16")
+    one_error_line(cli("load", str(d), "--preset", "fp16"), TENSOR, "past float16's range", "--preset bf16")
     r = cli("load", str(d), "--preset", "bf16", "--json")
     assert r.code == 0, r.err
     json.loads(r.out)
@@ -249,7 +239,7 @@ def test_a_prequantized_checkpoint_with_damaged_quantization_state_is_named(
         key = f"{W}.weight.quant_state.bitsandbytes__nf4"
         change = _set(key, torch.tensor(list(b"garbage!"), dtype=torch.uint8))
     d = _damaged(prequant[kind], tmp_path / "damaged", change)
-    _one_line(cli("load", str(d), "--preset", kind), "quantized checkpoint is damaged", *needles)
+    one_error_line(cli("load", str(d), "--preset", kind), "quantized checkpoint is damaged", *needles)
 
 
 @pytest.mark.parametrize("kind", ["nf4", "int8"])
@@ -284,7 +274,7 @@ def test_a_skip_module_entry_matching_no_module_is_bad_input(cli, good):
     """The list replaces transformers' default: a misspelt entry quantized lm_head too, and verify passed."""
     skip = "quantization.llm_int8_skip_modules"
     r = cli("load", str(good), "--preset", "nf4", "--set", f'{skip}=["nonexistent"]')
-    _one_line(r, "'nonexistent' matches no module", "lm_head")
+    one_error_line(r, "'nonexistent' matches no module", "lm_head")
     r = cli("load", str(good), "--preset", "int8", "--set", f'{skip}=["lm_head","down_proj"]', "--json")
     assert r.code == 0, r.err
 
