@@ -251,3 +251,10 @@ def test_a_mistyped_path_into_a_local_folder_is_not_sent_to_the_hub(cli, tmp_pat
     r = cli("estimate", "models/llama")
     assert r.code == 2 and "no such file or directory, though there is a local folder models/" in r.err
     assert "https://huggingface.co/models/llama" in r.err and "reach" not in r.err
+
+
+def test_every_plan_says_its_compute_dtype(cli):
+    plans = est(cli, LLAMA)["plans"]  # the comparison table: no preset
+    assert {p["format"]: p["compute_dtype"] for p in plans} == {
+        "fp32": "float32", "bf16": "bfloat16", "int8": "bfloat16", "nf4": None, "nf4+dq": None,
+    }  # fmt: skip

@@ -496,6 +496,7 @@ def run_estimate(opts: EstimateOptions) -> EstimateReport:
         for f in COMPARISON_FORMATS:
             load = f.dtype if f.kind == "dense" else model_dtype
             report.plans.append(build_plan(spec, request(f, load or model_dtype, None, None, None, None, devices)))
+            report.plans[-1].compute_dtype = None if f.kind == "4bit" else load or model_dtype
             if predict_cuda:
                 report.plans[-1].cuda_prediction = cuda_prediction(spec, f, load or model_dtype, None, device_total)
         if devices and opts.model is not None:

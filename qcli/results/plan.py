@@ -160,7 +160,7 @@ class Plan(Model):
     compute_dtype: str | None = Field(
         default=None,
         description="dtype the layers compute in (a 4-bit preset's bnb_4bit_compute_dtype, else the load dtype); "
-        "null for --bits 4 without a preset",
+        "null for 4-bit without a preset (transformers' default then is float32)",
     )
     total_params: int
     quantized_params: int = Field(description="parameters stored in the quantized format")
